@@ -1,0 +1,132 @@
+"""Typed config: the dataclass schema of every Hydra group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` are the options; this schema types them, so a misspelt key or a value of
+the wrong type fails at composition. Cross-group rules (scheme vs hardware, kernel libraries) live in
+``lightx2v_quant.validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class QuantConfig:
+    """One component's quantization (`dit_quant`, `t5_quant`, `clip_quant`)."""
+
+    scheme: str = "none"  # a registry name, "none" or "auto"
+    format: Optional[str] = None  # filled by the option file from the registry
+    kernel: Optional[str] = None
+    ckpt: Optional[str] = None  # a pre-quantized file or folder; None: discover in model.path or quantize online
+
+
+@dataclass
+class QuantOptions:
+    """Settings shared by all components (`quant.*`)."""
+
+    fallback: str = "none"  # "none": a scheme that cannot run is an error; "native": use our kernel for its format
+    fast_accum: bool = False  # fp8 torch._scaled_mm with fast (lower precision) accumulation
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "auto"  # "auto" = detect this machine
+    description: str = ""
+    compute_capability: Optional[str] = None  # "9.0"; None = CPU only
+    memory_gb: float = 0.0
+    attention: str = "sdpa"  # default attention backend on this hardware
+
+
+@dataclass
+class OffloadConfig:
+    mode: str = "none"  # none | model | block | phase | disk | auto
+    granularity: str = "block"  # unit moved by `disk`: block | phase
+    lazy_load: bool = False  # read block weights from per-block files on demand
+    num_disk_workers: int = 4
+    pin_memory: bool = True
+    t5_cpu: bool = False  # run the text encoder on the CPU
+
+
+@dataclass
+class DitArch:
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512
+    eps: float = 1e-6
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    image_dim: Optional[int] = None  # 1280 for Wan2.1 I2V (CLIP tokens in cross-attention)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "???"
+    family: str = "wan2.1"  # wan2.1 | wan2.2
+    task: str = "t2v"  # t2v | i2v
+    path: Optional[str] = None  # folder of the official files; None = seeded random weights
+    dtype: str = "bf16"  # run dtype: bf16 | fp16 | fp32
+    sensitive_fp32: bool = False  # keep norms / embeddings / modulation in fp32
+    dit: DitArch = field(default_factory=DitArch)
+    extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
+
+
+@dataclass
+class TaskConfig:
+    name: str = "t2v"
+    height: int = 480
+    width: int = 832
+    frames: int = 81
+    fps: int = 16
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "unipc"  # unipc | euler | distill
+    steps: int = 50
+    shift: float = 5.0
+    guide_scale: float = 5.0
+    cfg: bool = True
+    timesteps: Optional[list[float]] = None  # explicit list (distilled models)
+
+
+@dataclass
+class ReportConfig:
+    reference: bool = False  # also run the unquantized pipeline and report the error
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    dit_quant: QuantConfig = field(default_factory=QuantConfig)
+    t5_quant: QuantConfig = field(default_factory=QuantConfig)
+    clip_quant: QuantConfig = field(default_factory=QuantConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    quant: QuantOptions = field(default_factory=QuantOptions)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    prompt: str = "A cat walks on the grass, realistic style."
+    negative_prompt: Optional[str] = None  # None: the official default negative prompt
+    image: Optional[str] = None  # input image for i2v
+    seed: int = 42
+    lightx2v_config: Optional[str] = None  # a LightX2V JSON config to translate onto these groups
+
+
+QUANT_GROUPS = ("dit_quant", "t5_quant", "clip_quant")
+
+
+def register_configs() -> None:
+    """Store the schema as `config_schema`; conf/config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="config_schema", node=RunConfig)
+
+
+register_configs()
