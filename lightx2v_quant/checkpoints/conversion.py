@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from lightx2v_quant.checkpoints.discovery import _two_dit_error, list_dit_checkpoints
+from lightx2v_quant.checkpoints.discovery import ambiguous_dit_error, list_dit_checkpoints
 from lightx2v_quant.checkpoints.inspect import inspect_checkpoint
 from lightx2v_quant.checkpoints.layout import (
     DIT_DEFAULT_STEM, ComponentRules, dit_file_name, encoder_file_name, rules,
@@ -88,7 +88,7 @@ def resolve_source(source: Path, model_type: str) -> tuple[TensorSource, str]:
             folder = source / "transformer"
             found = list_dit_checkpoints(folder)
         if len(found) > 1:
-            raise _two_dit_error(folder, found)
+            raise ambiguous_dit_error(folder, found)
         if not found:
             raise CheckpointError(f"no DIT checkpoint (*.safetensors, an index, or per-block files) in {source}")
         paths = found[0]

@@ -97,7 +97,7 @@ def _show(paths: tuple[Path, ...]) -> str:
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} shards)"
 
 
-def _two_dit_error(folder: Path, found: list[tuple[Path, ...]]) -> CheckpointError:
+def ambiguous_dit_error(folder: Path, found: list[tuple[Path, ...]]) -> CheckpointError:
     listed = "\n  ".join(_show(p) for p in found)
     return CheckpointError(
         f"{folder} holds {len(found)} DIT checkpoints:\n  {listed}\nLightX2V would merge them into one model; "
@@ -140,7 +140,7 @@ def find_dit(model_path: str | Path | None, fmt: Format | str | None = None, ckp
             looked.append(f"{folder}/")
             found = list_dit_checkpoints(folder, expert, require_tag)
             if len(found) > 1:
-                raise _two_dit_error(folder, found)
+                raise ambiguous_dit_error(folder, found)
             if found:
                 info = _inspect(found[0])
                 check_layout(info, what)
@@ -158,7 +158,7 @@ def _explicit_dit(ckpt: Path, fmt: Format | None, expert: str | None, scheme: st
         folder = ckpt / f"{expert}_model" if expert and (ckpt / f"{expert}_model").is_dir() else ckpt
         found = list_dit_checkpoints(folder, expert)
         if len(found) > 1:
-            raise _two_dit_error(folder, found)
+            raise ambiguous_dit_error(folder, found)
         if not found:
             raise CheckpointError(f"{what}: nothing usable in dit_quant.ckpt={folder}: no DIT *.safetensors "
                                   "(one file, an index with shards, or non_block + block_{i} files)")

@@ -153,7 +153,8 @@ def _check_shapes(model, source, file_of, expected, qlayers, online, what) -> No
             fshape, fdtype = wmeta
             if not fdtype.is_floating_point or fdtype.itemsize == 1:
                 scale_missing.append(
-                    f"scale key missing: {prefix}.weight is {fdtype} (quantized) but {prefix}.weight_scale is not in "
+                    f"scale key missing: {prefix}.weight is {str(fdtype).replace('torch.', '')} (quantized) but "
+                    f"{prefix}.weight_scale is not in "
                     f"{source.where(file_of[f'{prefix}.weight'])}; the file is incomplete: re-download or re-convert it"
                 )
             elif fshape != (layer.out_features, layer.in_features):

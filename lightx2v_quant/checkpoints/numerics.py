@@ -32,12 +32,13 @@ _MAX_MAGNITUDE_BITS = (_MAX_BIASED << 23) | (0b111 << _MAN_DROP)  # 1.875 * 2^8 
 _SUBNORMAL_SHIFT = 2.0**-6
 
 
-def qtorch_e4m3_round(x: torch.Tensor) -> torch.Tensor:
+def qtorch_e4m3_round(x: torch.Tensor, within_448: bool = False) -> torch.Tensor:
     """fp32 -> fp32 on the e4m3 grid, as qtorch 0.3.0 ``float_quantize(x, exp=4, man=3, "nearest")``.
 
     Normal range (|x| >= 2^-6): add half an ulp to the fp32 bit pattern and truncate to 3 mantissa
     bits (ties go away from zero), saturating exponents above 8. Below 2^-6: add +-2^-6 in fp32 (a
     first rounding), truncate the same way, subtract +-2^-6 again; -0.0 and tiny values end as +0.0.
+    ``within_448=True`` skips the saturation pass (the caller clipped to +-448 already).
     """
     if x.dtype != torch.float32:
         raise TypeError(f"qtorch_e4m3_round takes float32, got {x.dtype}")
@@ -46,7 +47,7 @@ def qtorch_e4m3_round(x: torch.Tensor) -> torch.Tensor:
     rounded = bits + _HALF
     rounded.bitwise_and_(_KEEP)
     magnitude = x.abs()
-    if not bool((magnitude < 464.0).all()):  # rounds past 1.875 * 2^8 (or inf / nan): saturate, sign kept
+    if not within_448 and not bool((magnitude < 464.0).all()):  # rounds past 1.875 * 2^8 (or inf / nan): saturate, sign kept
         too_big = ((rounded >> 23) & 0xFF) > _MAX_BIASED
         sign_bit = bits & torch.iinfo(torch.int32).min
         rounded = torch.where(too_big, sign_bit | _MAX_MAGNITUDE_BITS, rounded)
@@ -71,13 +72,18 @@ def _check_weight(w: torch.Tensor) -> None:
         raise ValueError(f"only 2-D weights are quantized, got shape {list(w.shape)}")
     if not w.is_floating_point() or w.element_size() == 1:
         raise ValueError(f"cannot quantize a {w.dtype} weight: it is already quantized or not a float tensor")
-    if torch.isnan(w).any():
+
+
+def _no_nan(amax: torch.Tensor) -> torch.Tensor:
+    """A NaN anywhere in a row / group makes its amax NaN: checking the amax is checking the weight."""
+    if bool(torch.isnan(amax).any()):
         raise ValueError("the weight contains NaN values")
+    return amax
 
 
 def _channel_scale(w: torch.Tensor, qmax: float) -> torch.Tensor:
     """[N, 1] scale in w's dtype: clamp(amax_row, 1e-5) / qmax, the division done on the CPU."""
-    amax = w.abs().amax(dim=1, keepdim=True).clamp(min=LIGHTX2V_AMAX_FLOOR)
+    amax = _no_nan(w.abs().amax(dim=1, keepdim=True)).clamp(min=LIGHTX2V_AMAX_FLOOR)
     return (amax.cpu() / qmax).to(w.device)
 
 
@@ -87,9 +93,12 @@ def lightx2v_fp8_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = _channel_scale(w, FP8_MAX)
     q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
     step = _row_chunks(*w.shape).step
+    # A zero scale (an all-zero fp16 row: 1e-5 / 448 underflows) gives 0/0 = NaN, which qtorch saturates
+    # to -480 and the cast to -448; otherwise the clip leaves nothing to saturate.
+    clipped = not bool((scale == 0).any())
     for r in _row_chunks(*w.shape):
         scaled = torch.clip(w[r : r + step] / scale[r : r + step], -FP8_MAX, FP8_MAX)  # source dtype
-        q[r : r + step] = qtorch_e4m3_round(scaled.float()).to(torch.float8_e4m3fn)  # exact cast
+        q[r : r + step] = qtorch_e4m3_round(scaled.float(), within_448=clipped).to(torch.float8_e4m3fn)  # exact
     return q, scale
 
 
@@ -112,7 +121,7 @@ def int4_g128(w: torch.Tensor) -> dict[str, torch.Tensor]:
     if problem:
         raise ValueError(problem)
     g = w.float().reshape(n, k // qf.GROUP, qf.GROUP)
-    amax = g.abs().amax(dim=-1).clamp(min=qf.AMAX_EPS)
+    amax = _no_nan(g.abs().amax(dim=-1)).clamp(min=qf.AMAX_EPS)
     scale = (amax.cpu() / qf.INT4_MAX).to(w.device)  # [N, K/128] fp32
     q = torch.round(g / scale.unsqueeze(-1)).clamp(-8, 7).to(torch.int8).reshape(n, k)
     return {"weight": qf.pack_int4(q), "weight_scale": scale}
@@ -126,7 +135,7 @@ def fp8_block128(w: torch.Tensor) -> dict[str, torch.Tensor]:
     if problem:
         raise ValueError(problem)
     blocks = qf.Fp8Block128._blocks(w.float())  # [N/128, 128, K/128, 128], zero padded
-    amax = blocks.abs().amax(dim=(1, 3)).clamp(min=qf.AMAX_EPS)
+    amax = _no_nan(blocks.abs().amax(dim=(1, 3))).clamp(min=qf.AMAX_EPS)
     scale = (amax.cpu() / qf.FP8_MAX).to(w.device)  # [N/128, K/128] fp32
     q = qf.fp8_cast(blocks / scale[:, None, :, None])
     q = q.reshape(scale.shape[0] * qf.GROUP, scale.shape[1] * qf.GROUP)[:n, :k].contiguous()

@@ -18,7 +18,6 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from lightx2v_quant.checkpoints.reader import CheckpointError
 
 # safetensors' dtype tags, in the order of its Dtype enum: save_file sorts tensors by this order
 # (descending), then by name.

@@ -164,3 +164,14 @@ def test_scheme_option_and_module_entry_point(tmp_path):
     got = load_file(tmp_path / "fp8-b128" / "x_fp8-b128.safetensors")
     assert got["blocks.0.ffn.0.weight_scale"].shape == (2, 1) and got["blocks.0.ffn.0.weight_scale"].dtype == torch.float32
     assert raw(got["blocks.0.ffn.0.weight"]).numel() == 256 * 128
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4-g128", "fp8-b128"])
+def test_cuda_conversion_writes_the_cpu_bytes(tmp_path, fmt):
+    sd = random_state_dict(dit_shapes(**DIT), torch.bfloat16, seed=8)
+    save_file(sd, tmp_path / "x.safetensors")
+    assert _run(tmp_path / "x.safetensors", "-t", "dit", "-f", fmt, "-o", tmp_path / "cpu.safetensors") == 0
+    assert _run(tmp_path / "x.safetensors", "-t", "dit", "-f", fmt, "-o", tmp_path / "gpu.safetensors",
+                "--device", "cuda") == 0
+    assert (tmp_path / "cpu.safetensors").read_bytes() == (tmp_path / "gpu.safetensors").read_bytes()

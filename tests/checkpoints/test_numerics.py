@@ -125,8 +125,9 @@ def test_our_formats_equal_the_formats_reference_on_cpu(fmt):
 
 
 def test_bad_weights_are_refused():
-    with pytest.raises(ValueError, match="NaN"):
-        lightx2v_fp8_channel(torch.tensor([[1.0, float("nan")]]))
+    for fmt in qf.FORMATS:
+        with pytest.raises(ValueError, match="NaN"):
+            checkpoint_tensors(fmt, torch.randn(2, 128).index_put_((torch.tensor([1]), torch.tensor([5])), torch.tensor(float("nan"))))
     with pytest.raises(ValueError, match="already quantized"):
         lightx2v_int8_channel(torch.zeros(2, 2, dtype=torch.int8))
     with pytest.raises(ValueError, match="in_features % 128"):

@@ -38,7 +38,7 @@ def test_scale_key_missing(tmp_path, original):
     sd = spec_convert(original, "dit", "int8", None)
     del sd["blocks.0.ffn.2.weight_scale"]
     save_file(sd, tmp_path / "x.safetensors")
-    with pytest.raises(CheckpointError, match=r"scale key missing: blocks\.0\.ffn\.2\.weight is torch\.int8 .*"
+    with pytest.raises(CheckpointError, match=r"scale key missing: blocks\.0\.ffn\.2\.weight is int8 .*"
                        r"blocks\.0\.ffn\.2\.weight_scale is not in .*x\.safetensors.*re-convert"):
         _load("int8-torch", tmp_path / "x.safetensors")
     info = inspect_checkpoint(tmp_path / "x.safetensors")
