@@ -81,7 +81,8 @@ def device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
-def write_random_dit(folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: float) -> tuple[int, float]:
+def write_random_dit(folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: float,
+                     device: str = "cpu") -> tuple[int, float]:
     """Sharded random DIT with an index (official naming); returns (bytes, seconds)."""
     started = time.time()
     plans = [TensorPlan(k, s, dtype) for k, s in shapes.items()]
@@ -97,7 +98,7 @@ def write_random_dit(folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: 
     names = [f"diffusion_pytorch_model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     writers = [SafetensorsWriter(folder / name, shard) for name, shard in zip(names, shards)]
     where = {p.key: i for i, shard in enumerate(shards) for p in shard}
-    for key, t in random_tensors(shapes, dtype, seed=0):
+    for key, t in random_tensors(shapes, dtype, seed=0, device=device):
         writers[where[key]].write(key, t)
     for w in writers:
         w.close()
@@ -140,7 +141,8 @@ def main() -> None:
     try:
         src = scratch / "original"
         src.mkdir()
-        written, gen_s = write_random_dit(src, shapes, dtype, shard_gib=5.0)
+        gen_device = "cuda" if args.device.startswith("cuda") else "cpu"
+        written, gen_s = write_random_dit(src, shapes, dtype, shard_gib=5.0, device=gen_device)
         result.update(source_bytes=written, source_gib=round(written / GIB, 3), generate_s=round(gen_s, 1))
         print(f"source: {written / GIB:.2f} GiB {args.source_dtype} in {gen_s:.0f} s", flush=True)
         for name in args.formats.split(","):

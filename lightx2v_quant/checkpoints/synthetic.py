@@ -112,15 +112,16 @@ def clip_shapes(width: int = 1280, num_layers: int = 32, mlp: int = 5120, patch:
     return s
 
 
-def random_tensors(shapes: Shapes, dtype: torch.dtype = torch.float32, seed: int = 0,
-                   std: float = 0.02) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, random tensor) one at a time, in order; norms get weights near 1 like trained models."""
-    gen = torch.Generator().manual_seed(seed)
+def random_tensors(shapes: Shapes, dtype: torch.dtype = torch.float32, seed: int = 0, std: float = 0.02,
+                   device: str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, random CPU tensor) one at a time, in order; norms get weights near 1 like trained models.
+    ``device="cuda"`` draws the numbers on the GPU (fast, for big benchmarks; other numbers than CPU)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     for key, shape in shapes.items():
-        t = torch.randn(shape, generator=gen, dtype=torch.float32) * std
+        t = torch.randn(shape, generator=gen, dtype=torch.float32, device=device) * std
         if "norm" in key and key.endswith("weight") and len(shape) == 1:
             t = t + 1.0
-        yield key, t.to(dtype)
+        yield key, t.to(dtype).cpu()
 
 
 def random_state_dict(shapes: Shapes, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
