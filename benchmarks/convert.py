@@ -81,8 +81,9 @@ def device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
-def write_random_dit(folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: float,
-                     device: str = "cpu") -> tuple[int, float]:
+def write_random_dit(
+    folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: float, device: str = "cpu"
+) -> tuple[int, float]:
     """Sharded random DIT with an index (official naming); returns (bytes, seconds)."""
     started = time.time()
     plans = [TensorPlan(k, s, dtype) for k, s in shapes.items()]
@@ -102,7 +103,7 @@ def write_random_dit(folder: Path, shapes: dict, dtype: torch.dtype, shard_gib: 
         writers[where[key]].write(key, t)
     for w in writers:
         w.close()
-    write_index(folder / INDEX_NAME, {k: names[i] for k, i in where.items()}, sum(w.size for w in writers))
+    write_index(folder / INDEX_NAME, {k: names[i] for k, i in where.items()}, sum(p.nbytes for p in plans))
     return sum(w.size for w in writers), time.time() - started
 
 
@@ -120,22 +121,34 @@ def main() -> None:
     args = ap.parse_args()
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.source_dtype]
-    shapes = dit_shapes(dim=5120, ffn_dim=13824, num_layers=args.layers, in_dim=36 if args.i2v else 16, i2v=args.i2v)
+    shapes = dit_shapes(
+        dim=5120, ffn_dim=13824, num_layers=args.layers, in_dim=36 if args.i2v else 16, i2v=args.i2v
+    )
     numel = sum(torch.Size(s).numel() for s in shapes.values())
     src_bytes = numel * dtype.itemsize
     need = src_bytes + numel * 1.05  # the source plus one 8-bit output at a time
     if need > args.max_disk_gib * GIB:
-        raise SystemExit(f"needs ~{need / GIB:.1f} GiB of scratch (> --max-disk-gib {args.max_disk_gib}); "
-                         "use --source-dtype bf16 or fewer --layers")
+        raise SystemExit(
+            f"needs ~{need / GIB:.1f} GiB of scratch (> --max-disk-gib {args.max_disk_gib}); "
+            "use --source-dtype bf16 or fewer --layers"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
 
     scratch = Path(tempfile.mkdtemp(prefix="convert-bench-", dir=args.scratch))
     result = {
-        "benchmark": "convert", "device": device_name(args.device), "cpu": device_name("cpu"),
-        "device_arg": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "params": numel, "layers": args.layers, "i2v": args.i2v, "source_dtype": args.source_dtype,
-        "layout": args.layout, "note": "source written just before converting, so it is read from the page cache",
+        "benchmark": "convert",
+        "device": device_name(args.device),
+        "cpu": device_name("cpu"),
+        "device_arg": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": numel,
+        "layers": args.layers,
+        "i2v": args.i2v,
+        "source_dtype": args.source_dtype,
+        "layout": args.layout,
+        "note": "source written just before converting, so it is read from the page cache",
         "runs": [],
     }
     try:
@@ -148,16 +161,25 @@ def main() -> None:
         for name in args.formats.split(","):
             fmt = format_by_name(name.strip())
             out = scratch / fmt.short
-            opts = ConvertOptions(model_type="dit", fmt=fmt, layout=args.layout, device=args.device, progress=False)
+            opts = ConvertOptions(
+                model_type="dit", fmt=fmt, layout=args.layout, device=args.device, progress=False
+            )
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             with PeakMemory() as mem:
-                report = convert(src / INDEX_NAME, out if args.layout == "blocks" else out / f"dit_{fmt.short}.safetensors", opts)
+                report = convert(
+                    src / INDEX_NAME,
+                    out if args.layout == "blocks" else out / f"dit_{fmt.short}.safetensors",
+                    opts,
+                )
             run = {
-                "format": fmt.name, "seconds": round(report.seconds, 2), "output_bytes": report.bytes_written,
+                "format": fmt.name,
+                "seconds": round(report.seconds, 2),
+                "output_bytes": report.bytes_written,
                 "output_gib": round(report.bytes_written / GIB, 3),
                 "size_vs_bf16_source": round(report.bytes_written / (numel * 2), 4),
-                "quantized_layers": report.quantized_layers, "tensors": report.tensors,
+                "quantized_layers": report.quantized_layers,
+                "tensors": report.tensors,
                 "peak_rss_anon_gib": round(mem.peak["rss_anon"] / GIB, 3),
                 "peak_rss_gib": round(mem.peak["rss"] / GIB, 3),
                 "throughput_gib_per_s": round(written / GIB / report.seconds, 3),

@@ -19,16 +19,30 @@ from tqdm import tqdm
 from lightx2v_quant.checkpoints.discovery import ambiguous_dit_error, list_dit_checkpoints
 from lightx2v_quant.checkpoints.inspect import inspect_checkpoint
 from lightx2v_quant.checkpoints.layout import (
-    DIT_DEFAULT_STEM, ComponentRules, dit_file_name, encoder_file_name, rules,
+    DIT_DEFAULT_STEM,
+    ComponentRules,
+    dit_file_name,
+    encoder_file_name,
+    rules,
 )
 from lightx2v_quant.checkpoints.lora import LoraMerger, LoraSpec, load_loras
 from lightx2v_quant.checkpoints.numerics import checkpoint_tensors
 from lightx2v_quant.checkpoints.reader import (
-    BLOCK_FILE, NON_BLOCK_FILE, CheckpointError, TensorSource, open_checkpoint,
+    BLOCK_FILE,
+    NON_BLOCK_FILE,
+    CheckpointError,
+    TensorSource,
+    open_checkpoint,
 )
 from lightx2v_quant.checkpoints.writer import (
-    INDEX_NAME, SafetensorsWriter, TensorPlan, block_file_name, move_into, safetensors_to_pth,
-    temporary_folder, write_index,
+    INDEX_NAME,
+    SafetensorsWriter,
+    TensorPlan,
+    block_file_name,
+    move_into,
+    safetensors_to_pth,
+    temporary_folder,
+    write_index,
 )
 from lightx2v_quant.models.wan.keymap import diffusers_to_official, looks_like_diffusers
 from lightx2v_quant.quant.formats import Format
@@ -90,7 +104,9 @@ def resolve_source(source: Path, model_type: str) -> tuple[TensorSource, str]:
         if len(found) > 1:
             raise ambiguous_dit_error(folder, found)
         if not found:
-            raise CheckpointError(f"no DIT checkpoint (*.safetensors, an index, or per-block files) in {source}")
+            raise CheckpointError(
+                f"no DIT checkpoint (*.safetensors, an index, or per-block files) in {source}"
+            )
         paths = found[0]
         src = open_checkpoint(list(paths) if len(paths) > 1 else paths[0])
         return src, _stem(paths[0])
@@ -98,8 +114,10 @@ def resolve_source(source: Path, model_type: str) -> tuple[TensorSource, str]:
         p = source / encoder_file_name(model_type, None, ext)
         if p.is_file():
             return open_checkpoint(p), _stem(p)
-    raise CheckpointError(f"no original {model_type} file ({encoder_file_name(model_type, None)}) in {source}; "
-                          "give the file itself")
+    raise CheckpointError(
+        f"no original {model_type} file ({encoder_file_name(model_type, None)}) in {source}; "
+        "give the file itself"
+    )
 
 
 def _stem(p: Path) -> str:
@@ -153,23 +171,39 @@ def plan(source: TensorSource, opts: ConvertOptions) -> list[_Item]:
         out_dtype = opts.non_linear_dtype if (opts.non_linear_dtype and dtype.is_floating_point) else dtype
         items.append(_Item(src_key, key, quantize, shape, dtype, out_dtype))
     if unmapped:
-        raise CheckpointError(f"{len(unmapped)} diffusers key(s) have no official Wan name: "
-                              + ", ".join(unmapped[:SHOW]) + "; is this a Wan DIT? (--source-format official to skip mapping)")
+        raise CheckpointError(
+            f"{len(unmapped)} diffusers key(s) have no official Wan name: "
+            + ", ".join(unmapped[:SHOW])
+            + "; is this a Wan DIT? (--source-format official to skip mapping)"
+        )
     info = inspect_checkpoint(source)
     if info.quantized or any(k.endswith(".weight_scale") for k in source.keys()):
-        raise CheckpointError(f"source {source.describe()} is already quantized ({info.format or 'it has weight_scale'}"
-                              "); convert from the original checkpoint")
+        raise CheckpointError(
+            f"source {source.describe()} is already quantized ({info.format or 'it has weight_scale'}"
+            "); convert from the original checkpoint"
+        )
     if opts.fmt is not None:
-        bad = [f"{i.key} {list(i.shape)}: {p}" for i in items if i.quantize
-               for p in [opts.fmt.shape_problem(*i.shape)] if p]
-        floats = [i.key for i in items if i.quantize and (not i.src_dtype.is_floating_point or i.src_dtype.itemsize == 1)]
+        bad = [
+            f"{i.key} {list(i.shape)}: {p}"
+            for i in items
+            if i.quantize
+            for p in [opts.fmt.shape_problem(*i.shape)]
+            if p
+        ]
+        floats = [
+            i.key
+            for i in items
+            if i.quantize and (not i.src_dtype.is_floating_point or i.src_dtype.itemsize == 1)
+        ]
         if bad:
             raise CheckpointError(f"{len(bad)} layer(s) cannot use {opts.fmt.name}: " + "; ".join(bad[:SHOW]))
         if floats:
             raise CheckpointError(f"layers to quantize are not float tensors: {', '.join(floats[:SHOW])}")
         if not any(i.quantize for i in items):
-            raise CheckpointError(f"no tensor of {source.describe()} is a {opts.model_type} layer to quantize "
-                                  f"(key index {r.key_idx} in {sorted(r.targets)}): wrong --model-type?")
+            raise CheckpointError(
+                f"no tensor of {source.describe()} is a {opts.model_type} layer to quantize "
+                f"(key index {r.key_idx} in {sorted(r.targets)}): wrong --model-type?"
+            )
     return items
 
 
@@ -178,10 +212,16 @@ def _outputs_of(item: _Item, fmt: Format | None) -> list[TensorPlan]:
         return [TensorPlan(item.key, item.shape, item.out_dtype)]
     n, k = item.shape
     specs = fmt.tensor_specs(n, k)
-    scale_dtype = item.src_dtype if fmt.name in ("w8a8-fp8-channel", "w8a8-int8-channel") else specs["weight_scale"].dtype
+    scale_dtype = (
+        item.src_dtype
+        if fmt.name in ("w8a8-fp8-channel", "w8a8-int8-channel")
+        else specs["weight_scale"].dtype
+    )
     prefix = item.key[: -len(".weight")] if item.key.endswith(".weight") else item.key
-    return [TensorPlan(item.key, specs["weight"].shape, specs["weight"].dtype),
-            TensorPlan(f"{prefix}.weight_scale", specs["weight_scale"].shape, scale_dtype)]
+    return [
+        TensorPlan(item.key, specs["weight"].shape, specs["weight"].dtype),
+        TensorPlan(f"{prefix}.weight_scale", specs["weight_scale"].shape, scale_dtype),
+    ]
 
 
 def convert(source_path: str | Path, output: str | Path | None, opts: ConvertOptions) -> ConvertReport:
@@ -221,8 +261,12 @@ def convert(source_path: str | Path, output: str | Path | None, opts: ConvertOpt
     with temporary_folder(out_dir) as tmp:
         writers = {name: SafetensorsWriter(tmp / name, p) for name, p in plans.items()}
         try:
-            bar = tqdm(items, desc=f"{opts.model_type} -> {opts.fmt.short if opts.fmt else 'cast'}",
-                       unit="tensor", disable=not opts.progress)
+            bar = tqdm(
+                items,
+                desc=f"{opts.model_type} -> {opts.fmt.short if opts.fmt else 'cast'}",
+                unit="tensor",
+                disable=not opts.progress,
+            )
             for item in bar:
                 t = source.get(item.src_key)
                 if merger is not None:
@@ -245,16 +289,22 @@ def convert(source_path: str | Path, output: str | Path | None, opts: ConvertOpt
         files = [tmp / n for n in plans]
         if layout == "pth":
             # LightX2V's .pth order: the source keys, then the scales appended.
-            order = [i.key for i in items] + [p.key for i in items if i.quantize for p in _outputs_of(i, opts.fmt)[1:]]
+            order = [i.key for i in items] + [
+                p.key for i in items if i.quantize for p in _outputs_of(i, opts.fmt)[1:]
+            ]
             safetensors_to_pth(files[0], tmp / out.name, order)
             files[0].unlink()
             files = [tmp / out.name]
         stale: list[Path] = []
         if layout == "blocks":
-            write_index(tmp / INDEX_NAME, file_of, sum(w.size for w in writers.values()))
+            write_index(tmp / INDEX_NAME, file_of, sum(p.nbytes for ps in plans.values() for p in ps))
             files.append(tmp / INDEX_NAME)
             keep = {f.name for f in files}
-            stale = [p for p in out_dir.glob("block_*.safetensors") if BLOCK_FILE.fullmatch(p.name) and p.name not in keep]
+            stale = [
+                p
+                for p in out_dir.glob("block_*.safetensors")
+                if BLOCK_FILE.fullmatch(p.name) and p.name not in keep
+            ]
         for f in files:
             if not f.name.endswith(".json"):
                 open_checkpoint(f)  # re-read the written header: the file is complete and readable

@@ -25,8 +25,15 @@ from lightx2v_quant.checkpoints.reader import CheckpointError
 from lightx2v_quant.quant.formats import FORMATS
 from lightx2v_quant.quant.schemes import UnknownScheme, get_scheme
 
-DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-          "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16, "torch.float32": torch.float32}
+DTYPES = {
+    "keep": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "torch.bfloat16": torch.bfloat16,
+    "torch.float16": torch.float16,
+    "torch.float32": torch.float32,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,28 +42,61 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lightx2v-quant-convert",
         description="Quantize an original Wan DIT / umT5 / CLIP checkpoint into a LightX2V-compatible file.",
         epilog="Outputs go to <source folder>/<format>/ under LightX2V's names unless -o is given; "
-               "nothing is overwritten without --overwrite.",
+        "nothing is overwritten without --overwrite.",
     )
-    p.add_argument("source", type=Path, help="original checkpoint: a file (.safetensors/.pth), an index .json, "
-                   "or a folder holding one (a diffusers pipeline folder works for the DIT)")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="original checkpoint: a file (.safetensors/.pth), an index .json, "
+        "or a folder holding one (a diffusers pipeline folder works for the DIT)",
+    )
     p.add_argument("-t", "--model-type", choices=COMPONENTS, required=True)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("-f", "--format", help=f"target format: {fmts}, or 'none' (rename/cast only)")
     which.add_argument("--scheme", help="a scheme name (e.g. fp8-sgl, int8-vllm): its format is used")
-    p.add_argument("-o", "--output", type=Path, help="output file, or folder (the per-block layout writes a folder)")
-    p.add_argument("--layout", choices=LAYOUTS, help="single safetensors file (DIT default), per-block files + "
-                   "index (blocks), or a torch.save .pth (T5/CLIP default)")
-    p.add_argument("--non-linear-dtype", choices=sorted(DTYPES), default="keep",
-                   help="dtype of every tensor that is not quantized (default: keep the source's; "
-                   "LightX2V's converter defaults to fp32, its examples use bf16 for DIT/T5 and fp16 for CLIP)")
-    p.add_argument("--source-format", choices=("auto", "official", "diffusers"), default="auto",
-                   help="DIT key names of the source; diffusers names are mapped to the official ones")
-    p.add_argument("--lora", type=Path, action="append", default=[], help="merge this LoRA before quantizing "
-                   "(repeatable)")
-    p.add_argument("--lora-strength", type=float, action="append", default=[],
-                   help="one per --lora, or one for all (default 1.0)")
-    p.add_argument("--lora-alpha", type=float, action="append", default=[],
-                   help="override the LoRA's alpha (one per --lora, or one for all); factor = alpha / rank")
+    p.add_argument(
+        "-o", "--output", type=Path, help="output file, or folder (the per-block layout writes a folder)"
+    )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="single safetensors file (DIT default), per-block files + "
+        "index (blocks), or a torch.save .pth (T5/CLIP default)",
+    )
+    p.add_argument(
+        "--non-linear-dtype",
+        choices=sorted(DTYPES),
+        default="keep",
+        help="dtype of every tensor that is not quantized (default: keep the source's; "
+        "LightX2V's converter defaults to fp32, its examples use bf16 for DIT/T5 and fp16 for CLIP)",
+    )
+    p.add_argument(
+        "--source-format",
+        choices=("auto", "official", "diffusers"),
+        default="auto",
+        help="DIT key names of the source; diffusers names are mapped to the official ones",
+    )
+    p.add_argument(
+        "--lora",
+        type=Path,
+        action="append",
+        default=[],
+        help="merge this LoRA before quantizing (repeatable)",
+    )
+    p.add_argument(
+        "--lora-strength",
+        type=float,
+        action="append",
+        default=[],
+        help="one per --lora, or one for all (default 1.0)",
+    )
+    p.add_argument(
+        "--lora-alpha",
+        type=float,
+        action="append",
+        default=[],
+        help="override the LoRA's alpha (one per --lora, or one for all); factor = alpha / rank",
+    )
     p.add_argument("--device", default="cpu", help="where the quantization math runs, e.g. cuda (same bytes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,8 +127,14 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return ConvertOptions(
-        model_type=args.model_type, fmt=fmt, layout=args.layout, non_linear_dtype=DTYPES[args.non_linear_dtype],
-        source_format=args.source_format, loras=loras, device=args.device, overwrite=args.overwrite,
+        model_type=args.model_type,
+        fmt=fmt,
+        layout=args.layout,
+        non_linear_dtype=DTYPES[args.non_linear_dtype],
+        source_format=args.source_format,
+        loras=loras,
+        device=args.device,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
 
@@ -102,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lightx2v-quant-convert: error: {exc}", file=sys.stderr)
         return 2
     size = report.bytes_written / 2**30
-    print(f"wrote {', '.join(map(str, report.outputs))}: {report.tensors} tensors, "
-          f"{report.quantized_layers} quantized layers, {size:.3f} GiB in {report.seconds:.1f} s")
+    print(
+        f"wrote {', '.join(map(str, report.outputs))}: {report.tensors} tensors, "
+        f"{report.quantized_layers} quantized layers, {size:.3f} GiB in {report.seconds:.1f} s"
+    )
     return 0
 
 

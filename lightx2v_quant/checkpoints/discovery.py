@@ -14,10 +14,21 @@ from pathlib import Path
 
 from lightx2v_quant.checkpoints.inspect import CheckpointInfo, check_format, check_layout, inspect_checkpoint
 from lightx2v_quant.checkpoints.layout import (
-    CLIP_STEM, EXPERTS, SEARCH_FOLDERS, T5_STEM, encoder_file_name, expert_tag, format_by_name,
+    CLIP_STEM,
+    EXPERTS,
+    SEARCH_FOLDERS,
+    T5_STEM,
+    encoder_file_name,
+    expert_tag,
+    format_by_name,
 )
 from lightx2v_quant.checkpoints.reader import (
-    NON_BLOCK_FILE, CheckpointError, TensorSource, block_files, open_checkpoint, safetensors_shards,
+    NON_BLOCK_FILE,
+    CheckpointError,
+    TensorSource,
+    block_files,
+    open_checkpoint,
+    safetensors_shards,
 )
 from lightx2v_quant.quant.formats import Format
 
@@ -50,11 +61,17 @@ class FoundCheckpoint:
 
 def _is_dit_candidate(name: str) -> bool:
     low = name.lower()
-    return (name.endswith(".safetensors") and not name.startswith(".")
-            and not low.startswith((T5_STEM, CLIP_STEM)) and "vae" not in low)
+    return (
+        name.endswith(".safetensors")
+        and not name.startswith(".")
+        and not low.startswith((T5_STEM, CLIP_STEM))
+        and "vae" not in low
+    )
 
 
-def list_dit_checkpoints(folder: Path, expert: str | None = None, require_tag: bool = False) -> list[tuple[Path, ...]]:
+def list_dit_checkpoints(
+    folder: Path, expert: str | None = None, require_tag: bool = False
+) -> list[tuple[Path, ...]]:
     """The DIT checkpoints directly in ``folder``: a per-block set (the folder itself), each index
     ``*.safetensors.index.json`` with its shards, ``name-0000k-of-0000n`` shards without an index, and
     every other ``*.safetensors`` file (T5 / CLIP / VAE file names and hidden files are skipped).
@@ -82,7 +99,7 @@ def list_dit_checkpoints(folder: Path, expert: str | None = None, require_tag: b
         m = _SHARD.fullmatch(name)
         if m and name not in used and _is_dit_candidate(name):
             groups.setdefault(m.group(1), []).append(name)
-    for stem, shard_names in groups.items():
+    for shard_names in groups.values():
         used |= set(shard_names)
         found.append(tuple(folder / n for n in sorted(shard_names)))
     found += [(folder / n,) for n in names if n not in used and _is_dit_candidate(n)]
@@ -100,7 +117,8 @@ def _show(paths: tuple[Path, ...]) -> str:
 def ambiguous_dit_error(folder: Path, found: list[tuple[Path, ...]]) -> CheckpointError:
     listed = "\n  ".join(_show(p) for p in found)
     return CheckpointError(
-        f"{folder} holds {len(found)} DIT checkpoints:\n  {listed}\nLightX2V would merge them into one model; "
+        f"{folder} holds {len(found)} DIT checkpoints:\n  {listed}\n"
+        "LightX2V would merge them into one model; "
         "keep one DIT checkpoint per folder (move the others into fp8/, int8/, original/ ...) or name the "
         "file with dit_quant.ckpt=<file>"
     )
@@ -119,8 +137,13 @@ def _inspect(paths: tuple[Path, ...]) -> CheckpointInfo:
     return inspect_checkpoint(open_checkpoint(list(paths)) if len(paths) > 1 else paths[0])
 
 
-def find_dit(model_path: str | Path | None, fmt: Format | str | None = None, ckpt: str | Path | None = None,
-             expert: str | None = None, scheme: str | None = None) -> FoundCheckpoint:
+def find_dit(
+    model_path: str | Path | None,
+    fmt: Format | str | None = None,
+    ckpt: str | Path | None = None,
+    expert: str | None = None,
+    scheme: str | None = None,
+) -> FoundCheckpoint:
     """The DIT checkpoint for format ``fmt`` (None = unquantized run); ``expert`` for Wan2.2 MoE."""
     fmt = _fmt(fmt)
     what = f"dit ({expert})" if expert else "dit"
@@ -145,11 +168,20 @@ def find_dit(model_path: str | Path | None, fmt: Format | str | None = None, ckp
                 info = _inspect(found[0])
                 check_layout(info, what)
                 candidates.append((found[0], info, folder))
-    return _choose(what, "dit", candidates, fmt, scheme, looked,
-                   "a DIT *.safetensors (one file, an index with shards, or non_block + block_{i} files)")
+    return _choose(
+        what,
+        "dit",
+        candidates,
+        fmt,
+        scheme,
+        looked,
+        "a DIT *.safetensors (one file, an index with shards, or non_block + block_{i} files)",
+    )
 
 
-def _explicit_dit(ckpt: Path, fmt: Format | None, expert: str | None, scheme: str | None, what: str) -> FoundCheckpoint:
+def _explicit_dit(
+    ckpt: Path, fmt: Format | None, expert: str | None, scheme: str | None, what: str
+) -> FoundCheckpoint:
     if ckpt.is_file():
         if expert is not None and expert_tag(ckpt.name) not in (None, expert):
             raise CheckpointError(f"{what}: dit_quant.ckpt={ckpt} is named for the other expert")
@@ -160,8 +192,10 @@ def _explicit_dit(ckpt: Path, fmt: Format | None, expert: str | None, scheme: st
         if len(found) > 1:
             raise ambiguous_dit_error(folder, found)
         if not found:
-            raise CheckpointError(f"{what}: nothing usable in dit_quant.ckpt={folder}: no DIT *.safetensors "
-                                  "(one file, an index with shards, or non_block + block_{i} files)")
+            raise CheckpointError(
+                f"{what}: nothing usable in dit_quant.ckpt={folder}: no DIT *.safetensors "
+                "(one file, an index with shards, or non_block + block_{i} files)"
+            )
         paths = found[0]
     else:
         raise CheckpointError(f"{what}: dit_quant.ckpt={ckpt} does not exist")
@@ -174,29 +208,41 @@ def _choose(what, component, candidates, fmt: Format | None, scheme, looked, loo
     if fmt is not None:
         for paths, info, folder in candidates:
             if info.format == fmt.name:
-                return _record(component, paths, info, f"pre-quantized {fmt.short} checkpoint found in {folder}")
+                return _record(
+                    component, paths, info, f"pre-quantized {fmt.short} checkpoint found in {folder}"
+                )
     for paths, info, folder in candidates:
         if not info.quantized:
             how = f"original found in {folder}"
             if fmt is not None:
-                how += f"; quantized to {fmt.short} while loading (no pre-quantized {fmt.short} file was found)"
+                how += (
+                    f"; quantized to {fmt.short} while loading (no pre-quantized {fmt.short} file was found)"
+                )
             return _record(component, paths, info, how)
     if candidates:
         listed = "\n  ".join(f"{_show(p)}: {i.format}" for p, i, _ in candidates)
-        want = f"scheme {scheme} ({fmt.name})" if scheme and fmt else (fmt.name if fmt else "an unquantized run")
+        want = (
+            f"scheme {scheme} ({fmt.name})" if scheme and fmt else (fmt.name if fmt else "an unquantized run")
+        )
         raise CheckpointError(
             f"{what}: no checkpoint for {want} and no original to quantize; found only:\n  {listed}\n"
             "choose a scheme of one of these formats, or put the original checkpoint in model.path"
         )
     raise CheckpointError(
-        f"{what}: nothing usable: looked for {looked_for} in:\n  " + "\n  ".join(looked)
+        f"{what}: nothing usable: looked for {looked_for} in:\n  "
+        + "\n  ".join(looked)
         + "\nset model.path to the model folder, or give the file with "
         + f"{component}_quant.ckpt=<file or folder>"
     )
 
 
-def find_encoder(component: str, model_path: str | Path | None, fmt: Format | str | None = None,
-                 ckpt: str | Path | None = None, scheme: str | None = None) -> FoundCheckpoint:
+def find_encoder(
+    component: str,
+    model_path: str | Path | None,
+    fmt: Format | str | None = None,
+    ckpt: str | Path | None = None,
+    scheme: str | None = None,
+) -> FoundCheckpoint:
     """The T5 or CLIP checkpoint: LightX2V's file names, searched in LightX2V's folder order."""
     if component not in ("t5", "clip"):
         raise ValueError(f"find_encoder is for t5 / clip, got {component!r}")
@@ -213,7 +259,9 @@ def find_encoder(component: str, model_path: str | Path | None, fmt: Format | st
             raise CheckpointError(f"{component}: {component}_quant.ckpt={ck} does not exist")
         folders = [ck]
     elif model_path is None:
-        raise CheckpointError(f"{component}: no checkpoint: model.path is not set and no {component}_quant.ckpt")
+        raise CheckpointError(
+            f"{component}: no checkpoint: model.path is not set and no {component}_quant.ckpt"
+        )
     else:
         folders = [Path(model_path) / s if s else Path(model_path) for s in SEARCH_FOLDERS]
     for names, kind in ((q_names, "pre-quantized"), (o_names, "original")):
@@ -229,16 +277,21 @@ def find_encoder(component: str, model_path: str | Path | None, fmt: Format | st
                     return _record(component, (path,), info, how)
     looked = [f"{f}/{n}" for n in q_names + o_names for f in folders]
     raise CheckpointError(
-        f"{component}: nothing usable: looked for\n  " + "\n  ".join(looked)
+        f"{component}: nothing usable: looked for\n  "
+        + "\n  ".join(looked)
         + f"\nset model.path to the model folder, or give the file with {component}_quant.ckpt=<file>"
     )
 
 
-def find_checkpoint(component: str, model_path: str | Path | None, fmt: Format | str | None = None,
-                    ckpt: str | Path | None = None, expert: str | None = None,
-                    scheme: str | None = None) -> FoundCheckpoint:
+def find_checkpoint(
+    component: str,
+    model_path: str | Path | None,
+    fmt: Format | str | None = None,
+    ckpt: str | Path | None = None,
+    expert: str | None = None,
+    scheme: str | None = None,
+) -> FoundCheckpoint:
     """Dispatch to find_dit / find_encoder."""
     if component == "dit":
         return find_dit(model_path, fmt, ckpt, expert, scheme)
     return find_encoder(component, model_path, fmt, ckpt, scheme)
-

@@ -95,7 +95,8 @@ def inspect_checkpoint(path: str | Path | TensorSource) -> CheckpointInfo:
             if fmt is None:
                 wshape, wdtype = metas[f"{prefix}.weight"]
                 info.problems.append(
-                    f"{prefix}: weight {_dtype_name(wdtype)} {list(wshape)} with weight_scale {list(shape)} is "
+                    f"{prefix}: weight {_dtype_name(wdtype)} {list(wshape)} with weight_scale {list(shape)} "
+                    "is "
                     "not the layout of any format (fp8/int8 per-channel, int4-g128, fp8-block128)"
                 )
             else:
@@ -113,14 +114,16 @@ def inspect_checkpoint(path: str | Path | TensorSource) -> CheckpointInfo:
 
 
 def check_layout(info: CheckpointInfo, what: str) -> None:
-    """Raise one CheckpointError listing the layout problems (missing scales, unknown layouts, mixed formats)."""
+    """Raise one CheckpointError listing layout problems (missing scales, unknown layouts, mixed formats)."""
     if info.problems:
         shown = "\n  ".join(info.problems[:SHOW])
         more = f"\n  ... ({len(info.problems) - SHOW} more)" if len(info.problems) > SHOW else ""
         raise CheckpointError(f"{what} checkpoint {info.path} is not usable:\n  {shown}{more}")
 
 
-def check_format(info: CheckpointInfo, fmt: Format | str | None, what: str, scheme: str | None = None) -> None:
+def check_format(
+    info: CheckpointInfo, fmt: Format | str | None, what: str, scheme: str | None = None
+) -> None:
     """Raise one CheckpointError when the checkpoint cannot serve ``fmt`` (None = unquantized run).
 
     An original (unquantized) checkpoint serves every format: it is quantized while loading.
@@ -139,6 +142,7 @@ def check_format(info: CheckpointInfo, fmt: Format | str | None, what: str, sche
         want = f"scheme {scheme} ({fmt_name})" if scheme else f"format {fmt_name}"
         raise CheckpointError(
             f"{what} checkpoint {info.path} holds {found} weights, but {want} needs {fmt_name}: the file's "
-            f"dtype does not match the scheme. Choose a {FORMATS[found].short}-* scheme, or convert the original "
+            f"dtype does not match the scheme. Choose a {FORMATS[found].short}-* scheme, or convert the "
+            "original "
             f"with `lightx2v-quant-convert ... --format {FORMATS[fmt_name].short}`"
         )

@@ -15,7 +15,15 @@ COMPONENTS = ("dit", "t5", "clip")
 # LightX2V's find_torch_model_path order (then model_path itself, ""). Our own formats' folders
 # (int4-g128/, fp8-b128/) sit after LightX2V's quantized ones.
 SEARCH_FOLDERS: tuple[str, ...] = (
-    "distill_int8", "distill_fp8", "distill_models", "int8", "fp8", "int4-g128", "fp8-b128", "original", "",
+    "distill_int8",
+    "distill_fp8",
+    "distill_models",
+    "int8",
+    "fp8",
+    "int4-g128",
+    "fp8-b128",
+    "original",
+    "",
 )
 
 T5_STEM = "models_t5_umt5-xxl-enc"
@@ -49,10 +57,17 @@ class ComponentRules:
 
 
 RULES: dict[str, ComponentRules] = {
-    "dit": ComponentRules("dit", 2, frozenset({"self_attn", "cross_attn", "ffn"}), re.compile(r"blocks\.(\d+)\.")),
+    "dit": ComponentRules(
+        "dit", 2, frozenset({"self_attn", "cross_attn", "ffn"}), re.compile(r"blocks\.(\d+)\.")
+    ),
     "t5": ComponentRules("t5", 2, frozenset({"attn", "ffn"}), re.compile(r"blocks\.(\d+)\.")),
-    "clip": ComponentRules("clip", 3, frozenset({"attn", "mlp"}), re.compile(r"visual\.transformer\.(\d+)\."),
-                           drop_prefixes=("textual.",)),
+    "clip": ComponentRules(
+        "clip",
+        3,
+        frozenset({"attn", "mlp"}),
+        re.compile(r"visual\.transformer\.(\d+)\."),
+        drop_prefixes=("textual.",),
+    ),
 }
 
 

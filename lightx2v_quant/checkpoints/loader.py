@@ -153,9 +153,11 @@ def _check_shapes(model, source, file_of, expected, qlayers, online, what) -> No
             fshape, fdtype = wmeta
             if not fdtype.is_floating_point or fdtype.itemsize == 1:
                 scale_missing.append(
-                    f"scale key missing: {prefix}.weight is {str(fdtype).replace('torch.', '')} (quantized) but "
+                    f"scale key missing: {prefix}.weight is {str(fdtype).replace('torch.', '')} (quantized) "
+                    "but "
                     f"{prefix}.weight_scale is not in "
-                    f"{source.where(file_of[f'{prefix}.weight'])}; the file is incomplete: re-download or re-convert it"
+                    f"{source.where(file_of[f'{prefix}.weight'])}; the file is incomplete: "
+                    "re-download or re-convert it"
                 )
             elif fshape != (layer.out_features, layer.in_features):
                 problems.append(f"{prefix}.weight: file has {list(fshape)}, model expects "
@@ -169,7 +171,8 @@ def _check_shapes(model, source, file_of, expected, qlayers, online, what) -> No
         elif wmeta[1] != specs["weight"].dtype:
             wrong_format.append((prefix, str(wmeta[1])))
         elif wmeta[0] != specs["weight"].shape or _numel(smeta[0]) != _numel(specs["weight_scale"].shape):
-            problems.append(f"{prefix}: file has weight {list(wmeta[0])} + weight_scale {list(smeta[0])}, scheme "
+            problems.append(f"{prefix}: file has weight {list(wmeta[0])} + weight_scale {list(smeta[0])}, "
+                            "scheme "
                             f"{layer.scheme.name} expects {list(specs['weight'].shape)} + "
                             f"{list(specs['weight_scale'].shape)}")
     if scale_missing:
@@ -179,7 +182,8 @@ def _check_shapes(model, source, file_of, expected, qlayers, online, what) -> No
         layer = qlayers[prefix]
         raise CheckpointError(
             f"{what} checkpoint {source.describe()} holds {found} weights (e.g. {prefix}), but scheme "
-            f"{layer.scheme.name} needs {layer.format.name} ({layer.format.weight_dtype}): the file's dtype does not "
+            f"{layer.scheme.name} needs {layer.format.name} ({layer.format.weight_dtype}): the file's dtype "
+            "does not "
             f"match the scheme; choose a scheme of the file's format or convert the original to "
             f"{layer.format.short}"
         )

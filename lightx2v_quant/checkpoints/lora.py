@@ -49,7 +49,9 @@ class _Delta:
 class LoraMerger:
     """Deltas per target tensor key; ``apply(key, tensor)`` returns the merged tensor."""
 
-    deltas: dict[str, list[tuple[torch.Tensor | Callable[[], torch.Tensor], float]]] = field(default_factory=dict)
+    deltas: dict[str, list[tuple[torch.Tensor | Callable[[], torch.Tensor], float]]] = field(
+        default_factory=dict
+    )
     merged: set[str] = field(default_factory=set)
 
     def __contains__(self, key: str) -> bool:
@@ -63,7 +65,9 @@ class LoraMerger:
         for delta, factor in parts:
             d = delta() if callable(delta) else delta
             if tuple(d.shape) != tuple(out.shape):
-                raise CheckpointError(f"LoRA delta for {key} has shape {list(d.shape)}, the weight {list(out.shape)}")
+                raise CheckpointError(
+                    f"LoRA delta for {key} has shape {list(d.shape)}, the weight {list(out.shape)}"
+                )
             out = out + factor * d.to(device=out.device, dtype=torch.float32)
         self.merged.add(key)
         return out.to(tensor.dtype)
@@ -89,7 +93,7 @@ def _resolver(target_keys: Iterable[str], key_map: Callable[[str], str | None] |
     kohya = {m.replace(".", "_"): m for m in modules}
 
     def resolve(name: str) -> str | None:
-        candidates = [name] + [name[len(p):] for p in _PREFIXES if name.startswith(p)]
+        candidates = [name] + [name[len(p) :] for p in _PREFIXES if name.startswith(p)]
         for c in candidates:
             if c in modules:
                 return c
@@ -98,14 +102,15 @@ def _resolver(target_keys: Iterable[str], key_map: Callable[[str], str | None] |
                 if mapped is not None and mapped in keys:
                     return mapped.rsplit(".", 1)[0]
         if name.startswith(_KOHYA):
-            return kohya.get(name[len(_KOHYA):])
+            return kohya.get(name[len(_KOHYA) :])
         return None
 
     return resolve
 
 
-def load_loras(specs: Iterable[LoraSpec], target_keys: Iterable[str],
-               key_map: Callable[[str], str | None] | None = None) -> LoraMerger:
+def load_loras(
+    specs: Iterable[LoraSpec], target_keys: Iterable[str], key_map: Callable[[str], str | None] | None = None
+) -> LoraMerger:
     """Read LoRA files and bind their deltas to ``target_keys`` (the converted checkpoint's keys)."""
     target_keys = list(target_keys)
     resolve = _resolver(target_keys, key_map)
@@ -129,7 +134,9 @@ def load_loras(specs: Iterable[LoraSpec], target_keys: Iterable[str],
                 setattr(d, role, t)
         if unknown:
             shown = ", ".join(unknown[:8]) + (f" ... ({len(unknown) - 8} more)" if len(unknown) > 8 else "")
-            raise CheckpointError(f"LoRA {spec.path}: {len(unknown)} key(s) match no tensor of the model: {shown}")
+            raise CheckpointError(
+                f"LoRA {spec.path}: {len(unknown)} key(s) match no tensor of the model: {shown}"
+            )
         for module, d in groups.items():
             _bind(merger, spec, module, d)
     return merger
@@ -140,12 +147,15 @@ def _bind(merger: LoraMerger, spec: LoraSpec, module: str, d: _Delta) -> None:
         raise CheckpointError(f"LoRA {spec.path}: {module} has only one of the up/down (B/A) matrices")
     if d.up is not None:
         if d.up.dim() != 2 or d.down.dim() != 2:
-            raise CheckpointError(f"LoRA {spec.path}: {module}: only linear (2-D) low-rank deltas are supported")
+            raise CheckpointError(
+                f"LoRA {spec.path}: {module}: only linear (2-D) low-rank deltas are supported"
+            )
         rank = d.down.shape[0]
         alpha = spec.alpha if spec.alpha is not None else (d.alpha if d.alpha is not None else rank)
         up, down = d.up, d.down
         merger.deltas.setdefault(f"{module}.weight", []).append(
-            (lambda up=up, down=down: up.float() @ down.float(), spec.strength * alpha / rank))
+            (lambda up=up, down=down: up.float() @ down.float(), spec.strength * alpha / rank)
+        )
     if d.diff is not None:
         merger.deltas.setdefault(f"{module}.weight", []).append((d.diff, spec.strength))
     if d.diff_b is not None:

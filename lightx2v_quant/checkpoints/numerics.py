@@ -47,7 +47,9 @@ def qtorch_e4m3_round(x: torch.Tensor, within_448: bool = False) -> torch.Tensor
     rounded = bits + _HALF
     rounded.bitwise_and_(_KEEP)
     magnitude = x.abs()
-    if not within_448 and not bool((magnitude < 464.0).all()):  # rounds past 1.875 * 2^8 (or inf / nan): saturate, sign kept
+    if not within_448 and not bool(
+        (magnitude < 464.0).all()
+    ):  # rounds past 1.875 * 2^8 (or inf / nan): saturate, sign kept
         too_big = ((rounded >> 23) & 0xFF) > _MAX_BIASED
         sign_bit = bits & torch.iinfo(torch.int32).min
         rounded = torch.where(too_big, sign_bit | _MAX_MAGNITUDE_BITS, rounded)
@@ -98,7 +100,9 @@ def lightx2v_fp8_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     clipped = not bool((scale == 0).any())
     for r in _row_chunks(*w.shape):
         scaled = torch.clip(w[r : r + step] / scale[r : r + step], -FP8_MAX, FP8_MAX)  # source dtype
-        q[r : r + step] = qtorch_e4m3_round(scaled.float(), within_448=clipped).to(torch.float8_e4m3fn)  # exact
+        q[r : r + step] = qtorch_e4m3_round(scaled.float(), within_448=clipped).to(
+            torch.float8_e4m3fn
+        )  # exact
     return q, scale
 
 
@@ -109,7 +113,9 @@ def lightx2v_int8_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     step = _row_chunks(*w.shape).step
     for r in _row_chunks(*w.shape):
-        q[r : r + step] = torch.clamp(torch.round(w[r : r + step] / scale[r : r + step]), -128, 127).to(torch.int8)
+        q[r : r + step] = torch.clamp(torch.round(w[r : r + step] / scale[r : r + step]), -128, 127).to(
+            torch.int8
+        )
     return q, scale
 
 

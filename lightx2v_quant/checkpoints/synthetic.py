@@ -12,8 +12,9 @@ import torch
 Shapes = dict[str, tuple[int, ...]]
 
 
-def dit_shapes(dim: int = 1536, ffn_dim: int = 8960, num_layers: int = 30, in_dim: int = 16, out_dim: int = 16,
-               text_dim: int = 4096, freq_dim: int = 256, i2v: bool = False, image_dim: int = 1280) -> Shapes:
+def dit_shapes(dim: int = 1536, ffn_dim: int = 8960, num_layers: int = 30, in_dim: int = 16,
+               out_dim: int = 16, text_dim: int = 4096, freq_dim: int = 256, i2v: bool = False,
+               image_dim: int = 1280) -> Shapes:
     """The official WanModel state dict (``i2v`` adds img_emb and cross_attn.k_img/v_img/norm_k_img)."""
     s: Shapes = {
         "patch_embedding.weight": (dim, in_dim, 1, 2, 2), "patch_embedding.bias": (dim,),
@@ -124,5 +125,6 @@ def random_tensors(shapes: Shapes, dtype: torch.dtype = torch.float32, seed: int
         yield key, t.to(dtype).cpu()
 
 
-def random_state_dict(shapes: Shapes, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_state_dict(shapes: Shapes, dtype: torch.dtype = torch.float32,
+                      seed: int = 0) -> dict[str, torch.Tensor]:
     return dict(random_tensors(shapes, dtype, seed))

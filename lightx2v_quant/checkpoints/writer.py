@@ -22,10 +22,21 @@ import torch
 # safetensors' dtype tags, in the order of its Dtype enum: save_file sorts tensors by this order
 # (descending), then by name.
 _ST_ORDER: tuple[tuple[torch.dtype, str], ...] = (
-    (torch.bool, "BOOL"), (torch.uint8, "U8"), (torch.int8, "I8"), (torch.float8_e5m2, "F8_E5M2"),
-    (torch.float8_e4m3fn, "F8_E4M3"), (torch.int16, "I16"), (torch.uint16, "U16"), (torch.float16, "F16"),
-    (torch.bfloat16, "BF16"), (torch.int32, "I32"), (torch.uint32, "U32"), (torch.float32, "F32"),
-    (torch.float64, "F64"), (torch.int64, "I64"), (torch.uint64, "U64"),
+    (torch.bool, "BOOL"),
+    (torch.uint8, "U8"),
+    (torch.int8, "I8"),
+    (torch.float8_e5m2, "F8_E5M2"),
+    (torch.float8_e4m3fn, "F8_E4M3"),
+    (torch.int16, "I16"),
+    (torch.uint16, "U16"),
+    (torch.float16, "F16"),
+    (torch.bfloat16, "BF16"),
+    (torch.int32, "I32"),
+    (torch.uint32, "U32"),
+    (torch.float32, "F32"),
+    (torch.float64, "F64"),
+    (torch.int64, "I64"),
+    (torch.uint64, "U64"),
 )
 ST_DTYPE_TAG = {dt: tag for dt, tag in _ST_ORDER}
 _ST_RANK = {dt: i for i, (dt, _) in enumerate(_ST_ORDER)}
@@ -73,8 +84,11 @@ class SafetensorsWriter:
         self._slots: dict[str, tuple[TensorPlan, int]] = {}
         offset = 0
         for p in ordered:
-            header[p.key] = {"dtype": ST_DTYPE_TAG[p.dtype], "shape": list(p.shape),
-                             "data_offsets": [offset, offset + p.nbytes]}
+            header[p.key] = {
+                "dtype": ST_DTYPE_TAG[p.dtype],
+                "shape": list(p.shape),
+                "data_offsets": [offset, offset + p.nbytes],
+            }
             self._slots[p.key] = (p, offset)
             offset += p.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -91,7 +105,9 @@ class SafetensorsWriter:
     def write(self, key: str, tensor: torch.Tensor) -> None:
         plan, offset = self._slots[key]
         if tuple(tensor.shape) != plan.shape or tensor.dtype != plan.dtype:
-            raise ValueError(f"{key}: planned {plan.dtype} {list(plan.shape)}, got {tensor.dtype} {list(tensor.shape)}")
+            raise ValueError(
+                f"{key}: planned {plan.dtype} {list(plan.shape)}, got {tensor.dtype} {list(tensor.shape)}"
+            )
         if key in self._written:
             raise ValueError(f"{key} written twice")
         self._fh.seek(self._data_start + offset)
@@ -164,7 +180,8 @@ def block_file_name(block: int | None) -> str:
 
 
 def write_index(path: Path, weight_map: Mapping[str, str], total_size: int) -> None:
-    """A ``*.safetensors.index.json`` as diffusers / LightX2V's converter write it."""
+    """A ``*.safetensors.index.json`` as diffusers / LightX2V's converter write it (total_size = the
+    tensors' bytes)."""
     data = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -198,4 +215,3 @@ def temporary_folder(beside: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-

@@ -87,8 +87,9 @@ SPEC_RULES = {  # model type -> (key index, targets, deleted substrings)
 }
 
 
-def spec_convert(sd: dict[str, torch.Tensor], model_type: str, linear: str,
-                 non_linear_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def spec_convert(
+    sd: dict[str, torch.Tensor], model_type: str, linear: str, non_linear_dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     """What LightX2V's converter writes for an original state dict (without its "ca" deletion, which
     removes nothing from original Wan files): source order, scales appended at the end."""
     idx, targets, deleted = SPEC_RULES[model_type]
@@ -176,12 +177,19 @@ class _Head(nn.Module):
 class TinyDit(nn.Module):
     """Official-name stand-in for the Wan DIT (state dict == synthetic.dit_shapes(..., i2v=False))."""
 
-    QUANT_PATTERNS = ("blocks.*.self_attn.[qkvo]", "blocks.*.cross_attn.[qkvo]", "blocks.*.ffn.0", "blocks.*.ffn.2")
+    QUANT_PATTERNS = (
+        "blocks.*.self_attn.[qkvo]",
+        "blocks.*.cross_attn.[qkvo]",
+        "blocks.*.ffn.0",
+        "blocks.*.ffn.2",
+    )
 
     def __init__(self, dim=128, ffn_dim=256, num_layers=2, in_dim=16, out_dim=16, text_dim=64, freq_dim=32):
         super().__init__()
         self.patch_embedding = nn.Conv3d(in_dim, dim, (1, 2, 2), stride=(1, 2, 2))
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(_Block(dim, ffn_dim) for _ in range(num_layers))

@@ -19,7 +19,11 @@ T5_NAME = "models_t5_umt5-xxl-enc"
 @pytest.fixture(scope="module")
 def dit_files():
     sd = random_state_dict(SHAPES, seed=1)
-    return {"original": sd, "fp8": spec_convert(sd, "dit", "fp8", None), "int8": spec_convert(sd, "dit", "int8", None)}
+    return {
+        "original": sd,
+        "fp8": spec_convert(sd, "dit", "fp8", None),
+        "int8": spec_convert(sd, "dit", "int8", None),
+    }
 
 
 def _put(path, sd):
@@ -35,7 +39,11 @@ def test_folder_order_and_format_preference(tmp_path, dit_files):
     _put(tmp_path / "distill_fp8" / "b.safetensors", dit_files["fp8"])
     _put(tmp_path / "int8" / "c.safetensors", dit_files["int8"])
     f = find_dit(tmp_path, "w8a8-fp8-channel")
-    assert (f.path, f.kind, f.format) == (tmp_path / "distill_fp8" / "b.safetensors", "prequantized", "w8a8-fp8-channel")
+    assert (f.path, f.kind, f.format) == (
+        tmp_path / "distill_fp8" / "b.safetensors",
+        "prequantized",
+        "w8a8-fp8-channel",
+    )
     assert "distill_fp8" in f.describe()
     assert find_dit(tmp_path, "int8").path == tmp_path / "int8" / "c.safetensors"
     f = find_dit(tmp_path, "int4-g128")  # no int4 file: the original (original/ before the root), online
@@ -91,7 +99,9 @@ def test_explicit_ckpt_file_and_folder(tmp_path, dit_files):
     p = _put(tmp_path / "x" / "any_name.safetensors", dit_files["int8"])
     assert find_dit(None, "int8", ckpt=p).path == p
     assert find_dit(tmp_path / "elsewhere", "int8", ckpt=tmp_path / "x").path == p
-    with pytest.raises(CheckpointError, match=r"holds w8a8-int8-channel weights, but scheme fp8-sgl \(w8a8-fp8-channel\)"):
+    with pytest.raises(
+        CheckpointError, match=r"holds w8a8-int8-channel weights, but scheme fp8-sgl \(w8a8-fp8-channel\)"
+    ):
         find_dit(None, "fp8", ckpt=p, scheme="fp8-sgl")
     o = _put(tmp_path / "y" / "orig.safetensors", dit_files["original"])
     assert find_dit(None, "fp8", ckpt=o).kind == "original"  # an original under a scheme: online
@@ -114,7 +124,9 @@ def test_checkpoint_shapes_in_one_folder(tmp_path, dit_files):
     _put(tmp_path / "b" / "non_block.safetensors", {k: sd[k] for k in keys if not k.startswith("blocks.")})
     _put(tmp_path / "b" / "block_0.safetensors", {k: sd[k] for k in keys if k.startswith("blocks.0.")})
     (tmp_path / "b" / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        '{"weight_map": {"head.head.weight": "non_block.safetensors", "blocks.0.ffn.0.weight": "block_0.safetensors"}}')
+        '{"weight_map": {"head.head.weight": "non_block.safetensors", '
+        '"blocks.0.ffn.0.weight": "block_0.safetensors"}}'
+    )
     assert list_dit_checkpoints(tmp_path / "b") == [(tmp_path / "b",)]
     assert find_dit(None, "fp8", ckpt=tmp_path / "b").path == tmp_path / "b"
 
@@ -124,7 +136,10 @@ def test_wan22_experts(tmp_path, dit_files):
     _put(tmp_path / "low_noise_model" / "fp8" / "low.safetensors", dit_files["fp8"])
     _put(tmp_path / "low_noise_model" / "diffusion_pytorch_model.safetensors", dit_files["original"])
     assert find_dit(tmp_path, "fp8", expert="high_noise").kind == "original"
-    assert find_dit(tmp_path, "fp8", expert="low_noise").path == tmp_path / "low_noise_model" / "fp8" / "low.safetensors"
+    assert (
+        find_dit(tmp_path, "fp8", expert="low_noise").path
+        == tmp_path / "low_noise_model" / "fp8" / "low.safetensors"
+    )
     # LightX2V's published names: both experts in one folder, told apart by name
     ck = tmp_path / "distill"
     _put(ck / "wan2.2_i2v_A14b_high_noise_scaled_fp8_e4m3_lightx2v_4step.safetensors", dit_files["fp8"])
@@ -135,7 +150,9 @@ def test_wan22_experts(tmp_path, dit_files):
 
 
 def test_encoders_by_lightx2v_names(tmp_path):
-    sd = random_state_dict(t5_shapes(dim=128, ffn_dim=256, num_layers=1, vocab=50, num_heads=4), torch.bfloat16)
+    sd = random_state_dict(
+        t5_shapes(dim=128, ffn_dim=256, num_layers=1, vocab=50, num_heads=4), torch.bfloat16
+    )
     torch.save(sd, tmp_path / f"{T5_NAME}-bf16.pth")
     (tmp_path / "fp8").mkdir()
     torch.save(spec_convert(sd, "t5", "fp8", None), tmp_path / "fp8" / f"{T5_NAME}-fp8.pth")
@@ -152,4 +169,6 @@ def test_encoders_by_lightx2v_names(tmp_path):
         find_encoder("t5", tmp_path, "int8")
     with pytest.raises(CheckpointError) as e:
         find_encoder("clip", tmp_path, "fp8")
-    assert "nothing usable" in str(e.value) and "models_clip_open-clip-xlm-roberta-large-vit-huge-14-fp8.pth" in str(e.value)
+    assert "nothing usable" in str(
+        e.value
+    ) and "models_clip_open-clip-xlm-roberta-large-vit-huge-14-fp8.pth" in str(e.value)

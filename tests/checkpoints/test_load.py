@@ -67,8 +67,12 @@ def test_hand_built_lightx2v_file_equals_online_quantization(tmp_path, linear, s
     assert float((y - y_ref).norm() / y_ref.norm()) < 0.05
 
 
-FORMAT_SCHEMES = [("fp8", "fp8-torch"), ("int8", "int8-torch"), ("int4-g128", "int4-g128-torch"),
-                  ("fp8-b128", "fp8-b128-torch")]
+FORMAT_SCHEMES = [
+    ("fp8", "fp8-torch"),
+    ("int8", "int8-torch"),
+    ("int4-g128", "int4-g128-torch"),
+    ("fp8-b128", "fp8-b128-torch"),
+]
 
 
 @pytest.mark.parametrize("layout", ["single", "blocks", "pth"])
@@ -94,4 +98,8 @@ def test_scale_dtype_rounds_scales_like_lightx2v(tmp_path):
     model, _ = _load("fp8-torch", tmp_path / "o.safetensors", scale_dtype=torch.bfloat16)
     exact, _ = _load("fp8-torch", tmp_path / "o.safetensors")
     s, s_exact = model.blocks[0].ffn[0].weight_scale, exact.blocks[0].ffn[0].weight_scale
-    assert s.dtype == torch.float32 and torch.equal(s, s_exact.bfloat16().float()) and not torch.equal(s, s_exact)
+    assert (
+        s.dtype == torch.float32
+        and torch.equal(s, s_exact.bfloat16().float())
+        and not torch.equal(s, s_exact)
+    )

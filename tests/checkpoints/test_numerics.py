@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from lightx2v_quant.checkpoints.numerics import (
-    checkpoint_quantizer, checkpoint_tensors, lightx2v_fp8_channel, lightx2v_int8_channel, qtorch_e4m3_round,
+    checkpoint_quantizer,
+    checkpoint_tensors,
+    lightx2v_fp8_channel,
+    lightx2v_int8_channel,
+    qtorch_e4m3_round,
 )
 from lightx2v_quant.quant import formats as qf
 from lightx2v_quant.quant.linear import QuantLinear
@@ -42,14 +46,18 @@ PINNED = [
 
 
 def _byte(v: float) -> int:
-    return int(qtorch_e4m3_round(torch.tensor([v], dtype=torch.float32)).to(torch.float8_e4m3fn).view(torch.uint8))
+    return int(
+        qtorch_e4m3_round(torch.tensor([v], dtype=torch.float32)).to(torch.float8_e4m3fn).view(torch.uint8)
+    )
 
 
 @pytest.mark.parametrize("value,qtorch_byte,torch_byte", PINNED)
 def test_pinned_e4m3_bytes(value, qtorch_byte, torch_byte):
     assert _byte(value) == qtorch_byte
     assert int(torch.tensor([value]).to(torch.float8_e4m3fn).view(torch.uint8)) == torch_byte
-    assert math.copysign(1, qtorch_scalar(value)) == math.copysign(1, float(qtorch_e4m3_round(torch.tensor([value]))))
+    assert math.copysign(1, qtorch_scalar(value)) == math.copysign(
+        1, float(qtorch_e4m3_round(torch.tensor([value])))
+    )
 
 
 def test_saturation_of_unclipped_values():
@@ -64,8 +72,14 @@ def test_saturation_of_unclipped_values():
 def test_rounding_matches_scalar_and_numpy_ports():
     torch.manual_seed(1)
     bits = torch.randint(-(2**31), 2**31 - 1, (200_000,), dtype=torch.int32).view(torch.float32)
-    x = torch.cat([bits[torch.isfinite(bits)], torch.randn(100_000) * 200, torch.randn(100_000) * 1e-3,
-                   (torch.rand(50_000) * 2 - 1) * 2**-5])
+    x = torch.cat(
+        [
+            bits[torch.isfinite(bits)],
+            torch.randn(100_000) * 200,
+            torch.randn(100_000) * 1e-3,
+            (torch.rand(50_000) * 2 - 1) * 2**-5,
+        ]
+    )
     ours = qtorch_e4m3_round(x).numpy().view("uint32")
     assert (ours == qtorch_numpy(x.numpy()).view("uint32")).all()
     sample = x[::997].tolist()
@@ -121,13 +135,20 @@ def test_our_formats_equal_the_formats_reference_on_cpu(fmt):
     w = torch.randn(200, 384)
     ours = checkpoint_tensors(fmt, w)
     ref = qf.FORMATS[fmt].quantize_weight(w)
-    assert torch.equal(raw(ours["weight"]), raw(ref["weight"])) and torch.equal(ours["weight_scale"], ref["weight_scale"])
+    assert torch.equal(raw(ours["weight"]), raw(ref["weight"])) and torch.equal(
+        ours["weight_scale"], ref["weight_scale"]
+    )
 
 
 def test_bad_weights_are_refused():
     for fmt in qf.FORMATS:
         with pytest.raises(ValueError, match="NaN"):
-            checkpoint_tensors(fmt, torch.randn(2, 128).index_put_((torch.tensor([1]), torch.tensor([5])), torch.tensor(float("nan"))))
+            checkpoint_tensors(
+                fmt,
+                torch.randn(2, 128).index_put_(
+                    (torch.tensor([1]), torch.tensor([5])), torch.tensor(float("nan"))
+                ),
+            )
     with pytest.raises(ValueError, match="already quantized"):
         lightx2v_int8_channel(torch.zeros(2, 2, dtype=torch.int8))
     with pytest.raises(ValueError, match="in_features % 128"):
@@ -146,9 +167,13 @@ def test_online_quantizer_gives_fp32_scales_equal_to_the_file_scale():
 def test_matches_real_qtorch_when_installed():
     """Opt-in: with qtorch installed (pip install qtorch; it compiles C++ on import) compare directly."""
     quant = pytest.importorskip("qtorch.quant")
-    x = torch.cat([torch.randn(100_000) * 100, torch.randn(100_000) * 1e-3, torch.tensor([v for v, _, _ in PINNED])])
-    assert torch.equal(quant.float_quantize(x, 4, 3, rounding="nearest").view(torch.int32),
-                       qtorch_e4m3_round(x).view(torch.int32))
+    x = torch.cat(
+        [torch.randn(100_000) * 100, torch.randn(100_000) * 1e-3, torch.tensor([v for v, _, _ in PINNED])]
+    )
+    assert torch.equal(
+        quant.float_quantize(x, 4, 3, rounding="nearest").view(torch.int32),
+        qtorch_e4m3_round(x).view(torch.int32),
+    )
 
 
 @pytest.mark.gpu

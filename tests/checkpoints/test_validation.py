@@ -38,8 +38,11 @@ def test_scale_key_missing(tmp_path, original):
     sd = spec_convert(original, "dit", "int8", None)
     del sd["blocks.0.ffn.2.weight_scale"]
     save_file(sd, tmp_path / "x.safetensors")
-    with pytest.raises(CheckpointError, match=r"scale key missing: blocks\.0\.ffn\.2\.weight is int8 .*"
-                       r"blocks\.0\.ffn\.2\.weight_scale is not in .*x\.safetensors.*re-convert"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"scale key missing: blocks\.0\.ffn\.2\.weight is int8 .*"
+        r"blocks\.0\.ffn\.2\.weight_scale is not in .*x\.safetensors.*re-convert",
+    ):
         _load("int8-torch", tmp_path / "x.safetensors")
     info = inspect_checkpoint(tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match=r"scale key missing: blocks\.0\.ffn\.2\.weight is int8"):
@@ -62,22 +65,30 @@ def test_dtype_does_not_match_the_scheme(tmp_path, original):
 
 def test_block_scales_under_a_per_channel_scheme(tmp_path, original):
     sd = dict(original)
-    for key in [k for k in original if k.startswith("blocks.") and k.endswith(".weight") and original[k].dim() == 2]:
+    for key in [
+        k for k in original if k.startswith("blocks.") and k.endswith(".weight") and original[k].dim() == 2
+    ]:
         t = checkpoint_tensors("w8a8-fp8-block128", original[key])
         sd[key], sd[key + "_scale"] = t["weight"], t["weight_scale"]
     save_file(sd, tmp_path / "b128.safetensors")
     assert inspect_checkpoint(tmp_path / "b128.safetensors").format == "w8a8-fp8-block128"
-    with pytest.raises(CheckpointError, match="holds w8a8-fp8-block128 weights .* scheme fp8-torch needs w8a8-fp8-channel"):
+    with pytest.raises(
+        CheckpointError, match="holds w8a8-fp8-block128 weights .* scheme fp8-torch needs w8a8-fp8-channel"
+    ):
         _load("fp8-torch", tmp_path / "b128.safetensors")
     assert len(_load("fp8-b128-torch", tmp_path / "b128.safetensors").prequantized) == 10
 
 
 def test_shape_mismatch(tmp_path, original):
     save_file(spec_convert(original, "dit", "fp8", None), tmp_path / "x.safetensors")
-    with pytest.raises(CheckpointError, match=r"wrong shape:\n  .*ffn\.0\.bias: file has \[256\], model expects \[384\]"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape:\n  .*ffn\.0\.bias: file has \[256\], model expects \[384\]"
+    ):
         _load("fp8-torch", tmp_path / "x.safetensors", ffn_dim=384)
     save_file(original, tmp_path / "o.safetensors")
-    with pytest.raises(CheckpointError, match=r"blocks\.0\.ffn\.0\.weight: file has \[256, 128\], model expects \[384, 128\]"):
+    with pytest.raises(
+        CheckpointError, match=r"blocks\.0\.ffn\.0\.weight: file has \[256, 128\], model expects \[384, 128\]"
+    ):
         _load("fp8-torch", tmp_path / "o.safetensors", ffn_dim=384)  # online path
     with pytest.raises(CheckpointError, match=r"missing 27 tensor.*\n.*right model size"):
         _load("fp8-torch", tmp_path / "o.safetensors", num_layers=2)  # missing/unexpected keys
@@ -87,7 +98,10 @@ def test_truncated_and_corrupt_files(tmp_path, original):
     save_file(spec_convert(original, "dit", "fp8", None), tmp_path / "x.safetensors")
     data = (tmp_path / "x.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"cut\.safetensors is truncated: the header describes \d+ bytes but the file has \d+"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cut\.safetensors is truncated: the header describes \d+ bytes but the file has \d+",
+    ):
         open_checkpoint(tmp_path / "cut.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
     with pytest.raises(CheckpointError, match="corrupt safetensors header"):
@@ -98,7 +112,9 @@ def test_truncated_and_corrupt_files(tmp_path, original):
     torch.save(original, tmp_path / "x.pth")
     pth = (tmp_path / "x.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(pth[: len(pth) // 2])
-    with pytest.raises(CheckpointError, match=r"cut\.pth is not a readable torch checkpoint .*truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError, match=r"cut\.pth is not a readable torch checkpoint .*truncated or corrupt"
+    ):
         open_checkpoint(tmp_path / "cut.pth")
 
 
@@ -113,7 +129,14 @@ def test_inspect_reports_format_layers_and_dtypes(tmp_path, original):
     assert not plain.quantized and plain.format is None and "not quantized" in plain.summary()
 
 
-@pytest.mark.parametrize("fmt", ["w8a8-fp8-channel", "w8a8-int8-channel", "w4a16-int4-g128", "w8a8-fp8-block128"])
+@pytest.mark.parametrize(
+    "fmt", ["w8a8-fp8-channel", "w8a8-int8-channel", "w4a16-int4-g128", "w8a8-fp8-block128"]
+)
 def test_layer_format_recognises_every_layout(fmt):
     t = checkpoint_tensors(fmt, torch.randn(256, 384))
-    assert layer_format((tuple(t["weight"].shape), t["weight"].dtype), (tuple(t["weight_scale"].shape), torch.float32)) == fmt
+    assert (
+        layer_format(
+            (tuple(t["weight"].shape), t["weight"].dtype), (tuple(t["weight_scale"].shape), torch.float32)
+        )
+        == fmt
+    )

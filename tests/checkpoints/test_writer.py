@@ -8,7 +8,11 @@ from safetensors.torch import load_file, save
 
 from lightx2v_quant.checkpoints.reader import BlockFilesSource, CheckpointError, open_checkpoint
 from lightx2v_quant.checkpoints.writer import (
-    SafetensorsWriter, TensorPlan, atomic_file, safetensors_to_pth, write_safetensors,
+    SafetensorsWriter,
+    TensorPlan,
+    atomic_file,
+    safetensors_to_pth,
+    write_safetensors,
 )
 from tests.checkpoints.spec import raw
 
@@ -42,7 +46,9 @@ def test_streamed_file_is_byte_identical_to_safetensors_save(tmp_path):
 
 
 def test_writer_checks_the_plan(tmp_path):
-    w = SafetensorsWriter(tmp_path / "x.safetensors", [TensorPlan("a", (2,), torch.float32), TensorPlan("b", (1,), torch.int8)])
+    w = SafetensorsWriter(
+        tmp_path / "x.safetensors", [TensorPlan("a", (2,), torch.float32), TensorPlan("b", (1,), torch.int8)]
+    )
     with pytest.raises(ValueError, match="planned"):
         w.write("a", torch.zeros(3))
     w.write("a", torch.zeros(2))
@@ -81,8 +87,13 @@ def test_atomic_file_leaves_nothing_on_failure_and_refuses_to_overwrite(tmp_path
 def test_block_files_source(tmp_path):
     write_safetensors(tmp_path / "non_block.safetensors", {"head.head.weight": torch.ones(2, 2)})
     for i in range(3):
-        write_safetensors(tmp_path / f"block_{i}.safetensors", {f"blocks.{i}.ffn.0.weight": torch.full((2, 2), float(i)),
-                                                               f"blocks.{i}.modulation": torch.ones(1, 6, 2)})
+        write_safetensors(
+            tmp_path / f"block_{i}.safetensors",
+            {
+                f"blocks.{i}.ffn.0.weight": torch.full((2, 2), float(i)),
+                f"blocks.{i}.modulation": torch.ones(1, 6, 2),
+            },
+        )
     src = open_checkpoint(tmp_path)
     assert isinstance(src, BlockFilesSource) and src.num_blocks == 3
     assert sorted(src.block_keys(2)) == ["blocks.2.ffn.0.weight", "blocks.2.modulation"]

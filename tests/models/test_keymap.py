@@ -5,21 +5,40 @@ from __future__ import annotations
 import pytest
 
 from lightx2v_quant.checkpoints.synthetic import dit_shapes
-from lightx2v_quant.models.wan.keymap import diffusers_to_official, looks_like_diffusers, official_to_diffusers
+from lightx2v_quant.models.wan.keymap import (
+    diffusers_to_official,
+    looks_like_diffusers,
+    official_to_diffusers,
+)
 
 
 def _diffusers_state(**extra):
     diffusers = pytest.importorskip("diffusers")
     model = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
-        text_dim=64, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        eps=1e-6, image_dim=48, added_kv_proj_dim=32, **extra)
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=36,
+        out_channels=16,
+        text_dim=64,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        image_dim=48,
+        added_kv_proj_dim=32,
+        **extra,
+    )
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def test_every_diffusers_key_maps_to_the_official_layout():
     diff = _diffusers_state()
-    official = dit_shapes(dim=32, ffn_dim=64, num_layers=2, in_dim=36, text_dim=64, freq_dim=32, i2v=True, image_dim=48)
+    official = dit_shapes(
+        dim=32, ffn_dim=64, num_layers=2, in_dim=36, text_dim=64, freq_dim=32, i2v=True, image_dim=48
+    )
     mapped = {diffusers_to_official(k): s for k, s in diff.items()}
     assert None not in mapped
     assert mapped == official  # same key set and same shapes

@@ -35,7 +35,10 @@ _TOP = (
     ("img_emb.proj.3.", "condition_embedder.image_embedder.ff.net.2."),
     ("img_emb.proj.4.", "condition_embedder.image_embedder.norm2."),
 )
-_TOP_WHOLE = (("head.modulation", "scale_shift_table"), ("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed"))
+_TOP_WHOLE = (
+    ("head.modulation", "scale_shift_table"),
+    ("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed"),
+)
 _BLOCK_KEY = re.compile(r"(blocks\.\d+\.)(.*)")
 
 
