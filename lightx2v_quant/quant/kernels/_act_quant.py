@@ -36,8 +36,11 @@ class Quantizer:
 
 # -- sources (each returns a Quantizer, or None when absent) ----------------------------------------
 def _vllm(fmt: str) -> Quantizer | None:
-    op = {FP8: "dynamic_per_token_scaled_fp8_quant", INT8: "dynamic_scaled_int8_quant",
-          B128: "per_token_group_fp8_quant"}[fmt]
+    op = {
+        FP8: "dynamic_per_token_scaled_fp8_quant",
+        INT8: "dynamic_scaled_int8_quant",
+        B128: "per_token_group_fp8_quant",
+    }[fmt]
     if _vllm_ops.problem(op):
         return None
 
@@ -70,10 +73,13 @@ def _vllm_group(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     m, k = x.shape
     q = torch.empty((m, k), dtype=qf.FP8_DTYPE, device=x.device)
-    s = torch.empty_strided((m, k // qf.GROUP), (1, tma_aligned_rows(m)), dtype=torch.float32, device=x.device)
+    s = torch.empty_strided(
+        (m, k // qf.GROUP), (1, tma_aligned_rows(m)), dtype=torch.float32, device=x.device
+    )
     # (input, out_q, out_s, group, eps, fp8_min, fp8_max, ue8m0 scales, column-major s, TMA-aligned s)
-    torch.ops._C.per_token_group_fp8_quant(x, q, s, qf.GROUP, qf.AMAX_EPS, -qf.FP8_MAX, qf.FP8_MAX,
-                                           False, True, True)
+    torch.ops._C.per_token_group_fp8_quant(
+        x, q, s, qf.GROUP, qf.AMAX_EPS, -qf.FP8_MAX, qf.FP8_MAX, False, True, True
+    )
     return q, s
 
 
@@ -130,7 +136,9 @@ def _triton(fmt: str) -> Quantizer | None:
 
 def _torch(fmt: str) -> Quantizer:
     ref = qf.FORMATS[fmt]
-    return Quantizer(f"PyTorch ops (the {fmt} reference quantizer; several passes over x)", ref.quantize_activation)
+    return Quantizer(
+        f"PyTorch ops (the {fmt} reference quantizer; several passes over x)", ref.quantize_activation
+    )
 
 
 SOURCES: dict[str, Callable[[str], Quantizer | None]] = {

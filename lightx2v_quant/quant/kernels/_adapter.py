@@ -45,8 +45,9 @@ class Adapter(Kernel):
         return f"activation quantization: {self.act_quantizer(fmt).name}"
 
 
-def cached(layer: QuantLinear, name: str, make, *, like: torch.Tensor | None = None,
-           dtype: torch.dtype | None = None) -> torch.Tensor:
+def cached(
+    layer: QuantLinear, name: str, make, *, like: torch.Tensor | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """A derived non-persistent buffer of ``layer``, made by ``make()`` once per dtype/device.
 
     Used for casts whose target dtype is only known at the first call (the run dtype), e.g. the bias
@@ -54,7 +55,11 @@ def cached(layer: QuantLinear, name: str, make, *, like: torch.Tensor | None = N
     """
     have = getattr(layer, name, None)
     device = like.device if like is not None else None
-    if have is not None and (dtype is None or have.dtype == dtype) and (device is None or have.device == device):
+    if (
+        have is not None
+        and (dtype is None or have.dtype == dtype)
+        and (device is None or have.device == device)
+    ):
         return have
     value = make()
     layer.register_buffer(name, value, persistent=False)
@@ -99,10 +104,13 @@ def column_major_weight(layer: QuantLinear) -> torch.Tensor:
     return layer.weight.t()
 
 
-def divisibility_problem(kernel: str, what: str, out_features: int, in_features: int,
-                         n_mult: int, k_mult: int) -> str | None:
+def divisibility_problem(
+    kernel: str, what: str, out_features: int, in_features: int, n_mult: int, k_mult: int
+) -> str | None:
     """'<kernel> needs K % k_mult == 0 and N % n_mult == 0 ...' when the shape misses either, else None."""
     if in_features % k_mult or out_features % n_mult:
-        return (f"kernel '{kernel}' ({what}) needs in_features % {k_mult} == 0 and out_features % {n_mult} == 0, "
-                f"got out_features={out_features} in_features={in_features}")
+        return (
+            f"kernel '{kernel}' ({what}) needs in_features % {k_mult} == 0 and out_features % {n_mult} == 0, "
+            f"got out_features={out_features} in_features={in_features}"
+        )
     return None

@@ -23,15 +23,22 @@ GROUPED_PERM = [i + 8 * j for i in range(8) for j in range(8)]  # 64 entries: tr
 SINGLE_PERM = [2 * i + j for i in range(4) for j in (0, 1, 8, 9, 16, 17, 24, 25)]  # 32 entries
 
 
-def scalar_type_id(exponent: int, mantissa: int, signed: bool, bias: int,
-                   finite_values_only: bool = False, nan_repr: int = 1) -> int:
+def scalar_type_id(
+    exponent: int, mantissa: int, signed: bool, bias: int, finite_values_only: bool = False, nan_repr: int = 1
+) -> int:
     """vLLM's integer id of a ScalarType (what its C++ ops take as ``b_type_id``).
 
     ``nan_repr`` defaults to 1 (IEEE 754), the dataclass default that vLLM's integer types keep too.
     """
     value, offset = 0, 0
-    for field, width in ((exponent, 8), (mantissa, 8), (int(signed), 1), (bias, 32),
-                         (int(finite_values_only), 1), (nan_repr, 8)):
+    for field, width in (
+        (exponent, 8),
+        (mantissa, 8),
+        (int(signed), 1),
+        (bias, 32),
+        (int(finite_values_only), 1),
+        (nan_repr, 8),
+    ):
         value |= (int(field) & ((1 << width) - 1)) << offset
         offset += width
     return value

@@ -73,8 +73,10 @@ def problem(*op_names: str) -> str | None:
         return why
     missing = has_ops(*op_names)
     if missing:
-        return (f"vLLM's ops from {source} lack {', '.join(missing)} (these adapters follow {PIN}'s op schemas); "
-                f"{HOW_TO}")
+        return (
+            f"vLLM's ops from {source} lack {', '.join(missing)} (these adapters follow {PIN}'s op schemas); "
+            f"{HOW_TO}"
+        )
     return None
 
 

@@ -47,9 +47,11 @@ class DeepGemmKernel(Adapter):
     devices = ("cuda",)
     only_sm = (90,)
     library = "deep_gemm"
-    install_hint = ("build DeepGEMM (git clone --recursive https://github.com/deepseek-ai/DeepGEMM && ./install.sh), "
-                    "or put the copy bundled in the vllm==0.33.0 wheel (vllm/third_party/deep_gemm) on PYTHONPATH "
-                    "as deep_gemm; its JIT needs nvcc (CUDA_HOME), CUDA >= 12.3")
+    install_hint = (
+        "build DeepGEMM (git clone --recursive https://github.com/deepseek-ai/DeepGEMM && ./install.sh), "
+        "or put the copy bundled in the vllm==0.33.0 wheel (vllm/third_party/deep_gemm) on PYTHONPATH "
+        "as deep_gemm; its JIT needs nvcc (CUDA_HOME), CUDA >= 12.3"
+    )
     act_quant_order = {_B128: ("vllm", "triton", "torch")}
 
     def library_problem(self) -> str | None:
@@ -62,7 +64,8 @@ class DeepGemmKernel(Adapter):
 
     def shape_problem(self, fmt, out_features: int, in_features: int) -> str | None:
         return fmt.shape_problem(out_features, in_features) or divisibility_problem(
-            self.name, "DeepGEMM fp8 NT", out_features, in_features, 64, 128)
+            self.name, "DeepGEMM fp8 NT", out_features, in_features, 64, 128
+        )
 
     def notes(self, fmt: str) -> str:
         return f"deep_gemm.{_entry_point()}; " + super().notes(fmt)
@@ -76,20 +79,30 @@ class DeepGemmKernel(Adapter):
         transform = getattr(dg, "transform_sf_into_required_layout", None)
         if _entry_point() == _NEW and transform is not None:
             # As vLLM does for Hopper: one group, recipe (1, 128, 128), weight side (not SFA).
-            sfb = transform(sfb.unsqueeze(0), mn=layer.out_features, k=layer.in_features, recipe=(1, qf.GROUP, qf.GROUP),
-                            num_groups=1, is_sfa=False, disable_ue8m0_cast=True).squeeze(0)
+            sfb = transform(
+                sfb.unsqueeze(0),
+                mn=layer.out_features,
+                k=layer.in_features,
+                recipe=(1, qf.GROUP, qf.GROUP),
+                num_groups=1,
+                is_sfa=False,
+                disable_ue8m0_cast=True,
+            ).squeeze(0)
         layer.register_buffer("k_dg_sfb", sfb, persistent=False)
 
     def quantize_input(self, layer: QuantLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, s = self.act_quantizer(_B128)(x)
         if s.stride(0) != 1:  # row-major scales from the Triton / PyTorch quantizers
             relayout = getattr(_dg(), "get_mn_major_tma_aligned_tensor", None) or getattr(
-                _dg(), "get_col_major_tma_aligned_tensor", None)
+                _dg(), "get_col_major_tma_aligned_tensor", None
+            )
             if relayout is not None:
                 s = relayout(s)
         return q, s
 
-    def gemm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype) -> torch.Tensor:
+    def gemm(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         dg = _dg()
         out = torch.empty((xq.shape[0], layer.out_features), dtype=torch.bfloat16, device=xq.device)
         if _entry_point() == _NEW:

@@ -33,8 +33,16 @@ _DERIVED = ("k_marlin_q", "k_marlin_s", "k_marlin_bias", "k_marlin_s16")
 
 # Values for every argument name the Marlin GEMM op has had (names normalized: no "_or_none").
 _GEMM_DEFAULTS: dict[str, Any] = {
-    "c": None, "a_scales": None, "global_scale": None, "b_zeros": None, "g_idx": None, "perm": None,
-    "is_k_full": True, "use_atomic_add": False, "use_fp32_reduce": True, "is_zp_float": False,
+    "c": None,
+    "a_scales": None,
+    "global_scale": None,
+    "b_zeros": None,
+    "g_idx": None,
+    "perm": None,
+    "is_k_full": True,
+    "use_atomic_add": False,
+    "use_fp32_reduce": True,
+    "is_zp_float": False,
 }
 _WORKSPACES: dict[tuple[str, int | None], torch.Tensor] = {}
 
@@ -65,8 +73,18 @@ def _vllm_problem() -> str | None:
     return f"vLLM's Marlin GEMM takes arguments we do not know: {', '.join(unknown)}" if unknown else None
 
 
-_KNOWN_GEMM_ARGS = {"a", "b_q_weight", "b_bias", "b_scales", "workspace", "b_type_id", "b_q_type_id",
-                    "size_m", "size_n", "size_k"}
+_KNOWN_GEMM_ARGS = {
+    "a",
+    "b_q_weight",
+    "b_bias",
+    "b_scales",
+    "workspace",
+    "b_type_id",
+    "b_q_type_id",
+    "size_m",
+    "size_n",
+    "size_k",
+}
 
 
 def _standalone_problem() -> str | None:
@@ -107,8 +125,10 @@ class MarlinKernel(Adapter):
     def library_problem(self) -> str | None:
         if backend() is not None:
             return None
-        return (f"kernel 'marlin' needs vLLM's Marlin ops ({_vllm_problem()}) or IST-DASLab's marlin package, "
-                f"built from github.com/IST-DASLab/marlin ({_standalone_problem()})")
+        return (
+            f"kernel 'marlin' needs vLLM's Marlin ops ({_vllm_problem()}) or IST-DASLab's marlin package, "
+            f"built from github.com/IST-DASLab/marlin ({_standalone_problem()})"
+        )
 
     def shape_problem(self, fmt, out_features: int, in_features: int) -> str | None:
         problem = fmt.shape_problem(out_features, in_features)
@@ -144,13 +164,21 @@ class MarlinKernel(Adapter):
             self._prepare_standalone(layer)
 
     def _scales(self, layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
-        make = lambda: ml.permute_scales(layer.weight_scale.t().to(dtype))  # [K/128, N]
+        def make() -> torch.Tensor:
+            return ml.permute_scales(layer.weight_scale.t().to(dtype))  # [K/128, N]
+
         return cached(layer, "k_marlin_s", make, like=layer.weight, dtype=dtype)
 
     def _bias(self, layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor | None:
         if layer.bias is None:
             return None
-        return cached(layer, "k_marlin_bias", lambda: ml.permute_bias(layer.bias.to(dtype)), like=layer.bias, dtype=dtype)
+        return cached(
+            layer,
+            "k_marlin_bias",
+            lambda: ml.permute_bias(layer.bias.to(dtype)),
+            like=layer.bias,
+            dtype=dtype,
+        )
 
     def _prepare_standalone(self, layer: QuantLinear) -> None:
         import marlin
@@ -159,8 +187,10 @@ class MarlinKernel(Adapter):
         scales16 = layer.weight_scale.to(torch.float16)  # [N, K/128]
         # Layer.pack takes a fake-quantized fp16 linear and re-derives the integers by rounding w / s,
         # which is exact here: |q| <= 8 and w = q * s is formed from the same fp16 scales.
-        w16 = (qf.unpack_int4(layer.weight).reshape(n, k // qf.GROUP, qf.GROUP).to(torch.float16)
-               * scales16.unsqueeze(-1)).reshape(n, k)
+        w16 = (
+            qf.unpack_int4(layer.weight).reshape(n, k // qf.GROUP, qf.GROUP).to(torch.float16)
+            * scales16.unsqueeze(-1)
+        ).reshape(n, k)
         shell = torch.nn.Linear(k, n, bias=False, dtype=torch.float16, device=layer.weight.device)
         shell.weight.data = w16
         packed = marlin.Layer(k, n, groupsize=qf.GROUP)
@@ -180,9 +210,19 @@ class MarlinKernel(Adapter):
         m, n, k = a.shape[0], layer.out_features, layer.in_features
         sms = torch.cuda.get_device_properties(a.device).multi_processor_count
         op, names = _gemm_op()
-        values = dict(_GEMM_DEFAULTS, a=a, b_q_weight=layer.k_marlin_q, b_bias=self._bias(layer, dtype),
-                      b_scales=self._scales(layer, dtype), workspace=_workspace(a.device, sms * 4),
-                      b_type_id=ml.UINT4B8_ID, b_q_type_id=ml.UINT4B8_ID, size_m=m, size_n=n, size_k=k)
+        values = dict(
+            _GEMM_DEFAULTS,
+            a=a,
+            b_q_weight=layer.k_marlin_q,
+            b_bias=self._bias(layer, dtype),
+            b_scales=self._scales(layer, dtype),
+            workspace=_workspace(a.device, sms * 4),
+            b_type_id=ml.UINT4B8_ID,
+            b_q_type_id=ml.UINT4B8_ID,
+            size_m=m,
+            size_n=n,
+            size_k=k,
+        )
         y = op(*[values[name] for name in names])
         if "b_bias" not in names and layer.bias is not None:
             y = y + layer.bias.to(dtype)
@@ -194,12 +234,22 @@ class MarlinKernel(Adapter):
         if x.dtype != torch.float16:
             raise KernelUnavailable(
                 f"the standalone marlin package computes in fp16 only, got {x.dtype} activations; run with "
-                f"dtype float16, or provide vLLM's Marlin ops (bf16 and fp16)")
+                f"dtype float16, or provide vLLM's Marlin ops (bf16 and fp16)"
+            )
         a = x.contiguous()
         y = torch.empty((a.shape[0], layer.out_features), dtype=torch.float16, device=a.device)
         max_par = 16
-        marlin.mul(a, layer.k_marlin_q, y, layer.k_marlin_s16, _workspace(a.device, layer.out_features // 128 * max_par),
-                   -1, -1, -1, max_par)
+        marlin.mul(
+            a,
+            layer.k_marlin_q,
+            y,
+            layer.k_marlin_s16,
+            _workspace(a.device, layer.out_features // 128 * max_par),
+            -1,
+            -1,
+            -1,
+            max_par,
+        )
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y

@@ -32,8 +32,10 @@ class Q8fKernel(Adapter):
     devices = ("cuda",)
     only_sm = (89,)
     library = "q8_kernels.functional.linear"
-    install_hint = ("build Q8-Kernels from source: git clone --recursive https://github.com/KONAKONA666/q8_kernels "
-                    "&& cd q8_kernels && python setup.py install (CUDA >= 12.4, an sm_89 GPU)")
+    install_hint = (
+        "build Q8-Kernels from source: git clone --recursive https://github.com/KONAKONA666/q8_kernels "
+        "&& cd q8_kernels && python setup.py install (CUDA >= 12.4, an sm_89 GPU)"
+    )
     act_quant_order = {_FP8: ("vllm", "triton", "torch"), _INT8: ("vllm", "triton", "torch")}
 
     def library_problem(self) -> str | None:
@@ -44,30 +46,42 @@ class Q8fKernel(Adapter):
 
         missing = [f for f in ("fp8_linear", "q8_linear") if not callable(getattr(linear, f, None))]
         if missing:
-            return f"kernel 'q8f': q8_kernels.functional.linear lacks {', '.join(missing)} (needs a build from 2024-12 or later)"
+            return (
+                f"kernel 'q8f': q8_kernels.functional.linear lacks {', '.join(missing)} "
+                f"(needs a build from 2024-12 or later)"
+            )
         return None
 
     def shape_problem(self, fmt, out_features: int, in_features: int) -> str | None:
         return fmt.shape_problem(out_features, in_features) or divisibility_problem(
-            self.name, "Q8-Kernels 128x128x64 tiles", out_features, in_features, 128, 64)
+            self.name, "Q8-Kernels 128x128x64 tiles", out_features, in_features, 128, 64
+        )
 
     def prepare(self, layer: QuantLinear) -> None:
         drop_cached(layer, "k_bias")
         if not layer.weight.is_contiguous():
             layer.weight = layer.weight.contiguous()
-        layer.register_buffer("k_scale_w", layer.weight_scale.float().reshape(-1).contiguous(), persistent=False)
+        layer.register_buffer(
+            "k_scale_w", layer.weight_scale.float().reshape(-1).contiguous(), persistent=False
+        )
         if layer.bias is not None:
             layer.register_buffer("k_bias32", layer.bias.float().contiguous(), persistent=False)
 
-    def gemm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype) -> torch.Tensor:
+    def gemm(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         from q8_kernels.functional.linear import fp8_linear, q8_linear
 
         bias = layer.k_bias32 if layer.bias is not None else None
         scale_a = xs.float().reshape(-1).contiguous()
         if layer.format.name == _FP8:
-            y = fp8_linear(xq, layer.weight, bias, scale_a, layer.k_scale_w, use_hadamard=False, out_dtype=torch.bfloat16)
+            y = fp8_linear(
+                xq, layer.weight, bias, scale_a, layer.k_scale_w, use_hadamard=False, out_dtype=torch.bfloat16
+            )
         else:
-            y = q8_linear(xq, layer.weight, bias, scale_a, layer.k_scale_w, fuse_gelu=False, out_dtype=torch.bfloat16)
+            y = q8_linear(
+                xq, layer.weight, bias, scale_a, layer.k_scale_w, fuse_gelu=False, out_dtype=torch.bfloat16
+            )
         y = y.reshape(xq.shape[0], layer.out_features)  # the ops return [1, M, N]
         return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
 

@@ -52,8 +52,10 @@ class SglKernel(Adapter):
         missing = [f for f in FUNCTIONS if not callable(getattr(sgl_kernel, f, None))]
         if missing:
             version = getattr(sgl_kernel, "__version__", "?")
-            return (f"kernel 'sgl': sgl_kernel {version} lacks {', '.join(missing)} (written for sgl-kernel 0.3.21; "
-                    f"newer SGLang moved these GEMMs to JIT kernels)")
+            return (
+                f"kernel 'sgl': sgl_kernel {version} lacks {', '.join(missing)} "
+                f"(written for sgl-kernel 0.3.21; newer SGLang moved these GEMMs to JIT kernels)"
+            )
         return None
 
     def shape_problem(self, fmt, out_features: int, in_features: int) -> str | None:
@@ -69,7 +71,9 @@ class SglKernel(Adapter):
         column_major_weight(layer)
         per_channel_scale(layer)
 
-    def gemm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype) -> torch.Tensor:
+    def gemm(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         import sgl_kernel
 
         dtype = mm_dtype(out_dtype)

@@ -33,7 +33,7 @@ from lightx2v_quant.quant.kernels._adapter import (
     drop_cached,
     mm_dtype,
 )
-from lightx2v_quant.quant.kernels.base import pad_rows
+from lightx2v_quant.quant.kernels.base import KernelUnavailable, pad_rows
 
 if TYPE_CHECKING:
     from lightx2v_quant.hardware import HardwareSpec
@@ -43,9 +43,14 @@ _FP8, _INT8 = "w8a8-fp8-channel", "w8a8-int8-channel"
 
 # role -> (module, accepted names in order); torchao 0.18 names first
 _FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "act_int8": ("torchao.quantization.utils",
-                 ("_quantize_activation_per_token_absmax", "quantize_activation_per_token_absmax")),
-    "mm_int8": ("torchao.quantization.utils", ("_quant_int8_per_token_matmul", "quant_int8_per_token_matmul")),
+    "act_int8": (
+        "torchao.quantization.utils",
+        ("_quantize_activation_per_token_absmax", "quantize_activation_per_token_absmax"),
+    ),
+    "mm_int8": (
+        "torchao.quantization.utils",
+        ("_quant_int8_per_token_matmul", "quant_int8_per_token_matmul"),
+    ),
     "scale_fp8": ("torchao.quantization.quant_primitives", ("_choose_scale_float8",)),
     "quant_fp8": ("torchao.quantization.quant_primitives", ("_quantize_affine_float8",)),
     "mm_fp8": ("torchao.float8.inference", ("addmm_float8_unwrapped_inference",)),
@@ -78,11 +83,14 @@ class TorchaoKernel(Adapter):
     devices = ("cpu", "cuda")
     min_sm_by_format = {_FP8: 89, _INT8: 75}
     library = "torchao"
-    install_hint = "pip install torchao==0.18.0 (no dependencies; its CUDA extensions load only with torch >= 2.11)"
+    install_hint = (
+        "pip install torchao==0.18.0 (no dependencies; its CUDA extensions load only with torch >= 2.11)"
+    )
 
     def hardware_problem(self, fmt: str, hw: HardwareSpec) -> str | None:
         if fmt == _FP8 and not hw.is_cuda:
-            return f"kernel 'torchao' runs fp8 on CUDA sm_89+ only (torch._scaled_mm row-wise), not on {hw.label()}"
+            where = hw.label()
+            return f"kernel 'torchao' runs fp8 on CUDA sm_89+ only (row-wise torch._scaled_mm), not {where}"
         return super().hardware_problem(fmt, hw)
 
     def library_problem(self) -> str | None:
@@ -92,7 +100,9 @@ class TorchaoKernel(Adapter):
         missing = _resolve()
         if missing:
             version = getattr(importlib.import_module("torchao"), "__version__", "?")
-            return f"kernel 'torchao': torchao {version} lacks {', '.join(missing)} (written for torchao 0.18)"
+            return (
+                f"kernel 'torchao': torchao {version} lacks {', '.join(missing)} (written for torchao 0.18)"
+            )
         return None
 
     def shape_problem(self, fmt, out_features: int, in_features: int) -> str | None:
@@ -105,17 +115,25 @@ class TorchaoKernel(Adapter):
 
     def notes(self, fmt: str) -> str:
         if fmt == _INT8:
-            return ("torchao _quantize_activation_per_token_absmax + _quant_int8_per_token_matmul "
-                    "(torch._int_mm, scales applied after; eager)")
-        return ("torchao _choose_scale_float8/_quantize_affine_float8 + addmm_float8_unwrapped_inference "
-                "(torch._scaled_mm row-wise, fast accumulation; eager)")
+            return (
+                "torchao _quantize_activation_per_token_absmax + _quant_int8_per_token_matmul "
+                "(torch._int_mm, scales applied after; eager)"
+            )
+        return (
+            "torchao _choose_scale_float8/_quantize_affine_float8 + addmm_float8_unwrapped_inference "
+            "(torch._scaled_mm row-wise, fast accumulation; eager)"
+        )
 
     # -- prepare ------------------------------------------------------------------------------
     def prepare(self, layer: QuantLinear) -> None:
         drop_cached(layer, "k_bias")
-        _resolve()
+        problem = self.library_problem()
+        if problem:
+            raise KernelUnavailable(problem)
         n = layer.out_features
-        layer.register_buffer("k_scale_w", layer.weight_scale.float().reshape(1, n).contiguous(), persistent=False)
+        layer.register_buffer(
+            "k_scale_w", layer.weight_scale.float().reshape(1, n).contiguous(), persistent=False
+        )
         if layer.format.name == _INT8:
             if not layer.weight.t().is_contiguous():
                 layer.weight = layer.weight.t().contiguous().t()  # [N, K] values, K-major storage
@@ -131,20 +149,31 @@ class TorchaoKernel(Adapter):
         s = _RESOLVED["scale_fp8"](x, [1, x.shape[1]], qf.FP8_DTYPE, hp_value_lb=qf.AMAX_EPS)  # [M, 1] fp32
         return _RESOLVED["quant_fp8"](x, s, qf.FP8_DTYPE), s
 
-    def gemm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype) -> torch.Tensor:
+    def gemm(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         if layer.format.name == _INT8:
             return self._int8(layer, xq, xs, out_dtype)
         dtype = mm_dtype(out_dtype)
-        y = _RESOLVED["mm_fp8"](xq, xs, layer.weight.t(), layer.k_scale_w, output_dtype=dtype,
-                                bias=bias_as(layer, dtype), use_fast_accum=True)
+        y = _RESOLVED["mm_fp8"](
+            xq,
+            xs,
+            layer.weight.t(),
+            layer.k_scale_w,
+            output_dtype=dtype,
+            bias=bias_as(layer, dtype),
+            use_fast_accum=True,
+        )
         return y if dtype == out_dtype else y.to(out_dtype)
 
-    def _int8(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    def _int8(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         m = xq.shape[0]
         if xq.is_cuda and m <= 16:
             xq, _ = pad_rows(xq, 17)
             xs = torch.cat([xs, xs.new_ones(17 - m, 1)])
-        y = _RESOLVED["mm_int8"](xq, xs, layer.weight.t(), layer.k_scale_w, output_dtype=out_dtype)[:m]
+        y = _RESOLVED["mm_int8"](xq, xs, layer.weight.t(), layer.k_scale_w, out_dtype)[:m]  # output_dtype
         if layer.bias is not None:
             y = y + layer.bias.to(out_dtype)
         return y

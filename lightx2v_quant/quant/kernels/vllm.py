@@ -56,7 +56,8 @@ class VllmKernel(Adapter):
         # cutlass_scaled_mm needs both dims of b % 16 (vLLM's Python wrapper would switch to a Triton
         # kernel otherwise; we call the op directly, so we refuse instead).
         return fmt.shape_problem(out_features, in_features) or divisibility_problem(
-            self.name, "cutlass_scaled_mm", out_features, in_features, 16, 16)
+            self.name, "cutlass_scaled_mm", out_features, in_features, 16, 16
+        )
 
     def notes(self, fmt: str) -> str:
         return f"ops from {_vllm_ops.source()}; " + super().notes(fmt)
@@ -66,7 +67,9 @@ class VllmKernel(Adapter):
         column_major_weight(layer)
         per_channel_scale(layer)
 
-    def gemm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype) -> torch.Tensor:
+    def gemm(
+        self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, *, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         dtype = mm_dtype(out_dtype)
         out = torch.empty((xq.shape[0], layer.out_features), dtype=dtype, device=xq.device)
         torch.ops._C.cutlass_scaled_mm(out, xq, layer.weight.t(), xs, layer.k_scale_w, bias_as(layer, dtype))
