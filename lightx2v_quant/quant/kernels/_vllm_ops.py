@@ -55,7 +55,7 @@ def load() -> tuple[str | None, str | None]:
     return _LOADED[key]
 
 
-def has_ops(*names: str) -> list[str]:
+def missing_ops(*names: str) -> list[str]:
     """The names among ``names`` that ``torch.ops._C`` lacks (call after a successful ``load``)."""
     missing = []
     for name in names:
@@ -71,7 +71,7 @@ def problem(*op_names: str) -> str | None:
     source, why = load()
     if why:
         return why
-    missing = has_ops(*op_names)
+    missing = missing_ops(*op_names)
     if missing:
         return (
             f"vLLM's ops from {source} lack {', '.join(missing)} (these adapters follow {PIN}'s op schemas); "

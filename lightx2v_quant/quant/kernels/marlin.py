@@ -55,7 +55,7 @@ def _arg_names(op) -> list[str]:
 def _gemm_op():
     """(op, argument names): the 0.33 ``marlin_gemm`` or an older ``gptq_marlin_gemm``."""
     for name in ("marlin_gemm", "gptq_marlin_gemm"):
-        if not _vllm_ops.has_ops(name):
+        if not _vllm_ops.missing_ops(name):
             op = getattr(torch.ops._C, name)
             return op, _arg_names(op)
     raise KernelUnavailable("vLLM's ops have neither marlin_gemm nor gptq_marlin_gemm")
@@ -104,6 +104,13 @@ def backend() -> str | None:
     if _standalone_problem() is None:
         return "standalone"
     return None
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (Marlin's workspace holds 4 locks per SM)."""
+    if device.type != "cuda":
+        return 1  # CPU stand-ins in tests
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _workspace(device: torch.device, size: int) -> torch.Tensor:
@@ -208,7 +215,6 @@ class MarlinKernel(Adapter):
         dtype = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         a = x.to(dtype).contiguous()
         m, n, k = a.shape[0], layer.out_features, layer.in_features
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
         op, names = _gemm_op()
         values = dict(
             _GEMM_DEFAULTS,
@@ -216,7 +222,7 @@ class MarlinKernel(Adapter):
             b_q_weight=layer.k_marlin_q,
             b_bias=self._bias(layer, dtype),
             b_scales=self._scales(layer, dtype),
-            workspace=_workspace(a.device, sms * 4),
+            workspace=_workspace(a.device, _sm_count(a.device) * 4),
             b_type_id=ml.UINT4B8_ID,
             b_q_type_id=ml.UINT4B8_ID,
             size_m=m,
@@ -256,7 +262,7 @@ class MarlinKernel(Adapter):
 
 
 def _gemm_op_name() -> str:
-    return "marlin_gemm" if not _vllm_ops.has_ops("marlin_gemm") else "gptq_marlin_gemm"
+    return "marlin_gemm" if not _vllm_ops.missing_ops("marlin_gemm") else "gptq_marlin_gemm"
 
 
 KERNEL = MarlinKernel()

@@ -46,7 +46,7 @@ class VllmKernel(Adapter):
 
     def availability(self, fmt: str, hw: HardwareSpec) -> tuple[bool, str]:
         ok, why = super().availability(fmt, hw)
-        if ok and fmt == _FP8 and hw.is_cuda and not _vllm_ops.has_ops("cutlass_scaled_mm_supports_fp8"):
+        if ok and fmt == _FP8 and hw.is_cuda and not _vllm_ops.missing_ops("cutlass_scaled_mm_supports_fp8"):
             # The library knows whether it was built with fp8 kernels for this GPU (CUDA >= 12.4 on sm_89).
             if not torch.ops._C.cutlass_scaled_mm_supports_fp8(hw.sm):
                 return False, f"kernel 'vllm': this vLLM build has no fp8 CUTLASS kernels for sm_{hw.sm}"
