@@ -1,0 +1,170 @@
+"""One Wan DIT forward on a GPU: time (CUDA events, median after warm-up) and peak memory, as JSON + markdown.
+
+Weights are seeded random (``random_dit``), built directly on the GPU in the run dtype; with ``--quant``
+the block linears are quantized online from the same random weights. Example (H100, ~1 minute):
+
+    PYTHONPATH=. python benchmarks/dit.py --model wan2.1-t2v-14b --res 480p --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lightx2v_quant.models.wan import WanDiTConfig, random_dit
+from lightx2v_quant.models.wan.dit_config import PRESETS
+from lightx2v_quant.quant.apply import kernels_used, prepare_model
+
+# video size -> latent H, W (VAE stride 8); 81 frames -> 21 latent frames
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+GB = 1024**3
+
+
+def latent_shape(res: str, frames: int) -> tuple[int, int, int]:
+    h, w = RESOLUTIONS[res]
+    return (frames - 1) // 4 + 1, h // 8, w // 8
+
+
+def forward_flops(cfg: WanDiTConfig, tokens: int, ctx_tokens: int) -> float:
+    """Multiply-adds x 2 of the block matmuls and attention (embeddings and head are negligible)."""
+    d, f = cfg.dim, cfg.ffn_dim
+    per_block = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * f)  # self q/k/v/o, cross q/o, FFN
+    per_block += 2 * ctx_tokens * 2 * d * d  # cross k/v on the context
+    per_block += 2 * 2 * tokens * tokens * d + 2 * 2 * tokens * ctx_tokens * d  # QK^T and PV
+    return float(per_block * cfg.num_layers)
+
+
+def make_inputs(cfg: WanDiTConfig, latent: tuple[int, int, int], dtype: torch.dtype, seed: int) -> dict:
+    g = torch.Generator("cuda").manual_seed(seed)
+    dev = "cuda"
+    inp = {
+        "x": torch.randn(1, 16, *latent, generator=g, device=dev),
+        "t": torch.tensor([999.0], device=dev),
+        "context": torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=dev).to(dtype),
+    }
+    if cfg.in_dim > 16:
+        inp["y"] = torch.randn(1, cfg.in_dim - 16, *latent, generator=g, device=dev)
+    if cfg.image_dim is not None:
+        inp["clip_fea"] = torch.randn(1, 257, cfg.image_dim, generator=g, device=dev).to(dtype)
+    return inp
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = WanDiTConfig.preset(args.model)
+    dtype = DTYPES[args.dtype]
+    latent = latent_shape(args.res, args.frames)
+    tokens = math.prod(s // p for s, p in zip(latent, cfg.patch_size))
+
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = random_dit(cfg, dtype, "cuda", seed=args.seed, quant=args.quant,
+                       sensitive_fp32=args.sensitive_fp32, attention_backend=args.attention)
+    prepare_model(model)
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    weights_gb = torch.cuda.memory_allocated() / GB
+    inp = make_inputs(cfg, latent, dtype, args.seed)
+
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            out = model(**inp)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times_ms = []
+        for _ in range(args.iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = model(**inp)
+            end.record()
+            torch.cuda.synchronize()
+            times_ms.append(start.elapsed_time(end))
+    peak_gb = torch.cuda.max_memory_allocated() / GB
+    median_ms = statistics.median(times_ms)
+    flops = forward_flops(cfg, tokens, cfg.text_len + (257 if cfg.image_dim else 0))
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "benchmark": "dit_forward",
+        "model": args.model,
+        "weights": f"random (seed {args.seed}); speed and memory do not depend on the values",
+        "res": args.res,
+        "latent": [16, *latent],
+        "tokens": tokens,
+        "dtype": args.dtype,
+        "sensitive_fp32": args.sensitive_fp32,
+        "quant": args.quant,
+        "kernels": kernels_used(model),
+        "attention": args.attention,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "times_ms": [round(t, 2) for t in times_ms],
+        "median_ms": round(median_ms, 2),
+        "min_ms": round(min(times_ms), 2),
+        "tflops_est": round(flops / (median_ms / 1e3) / 1e12, 1),
+        "weights_gb": round(weights_gb, 2),
+        "peak_gb": round(peak_gb, 2),
+        "build_s": round(build_s, 1),
+        "output_finite": bool(torch.isfinite(out).all()),
+        "output_std": round(float(out.float().std()), 4),
+        "device": torch.cuda.get_device_name(0),
+        "capability": f"{props.major}.{props.minor}",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+
+
+def markdown(r: dict) -> str:
+    quant = r["quant"] or f"none ({r['dtype']})"
+    return "\n".join([
+        f"# Wan DIT forward: {r['model']} {r['res']} ({r['tokens']} tokens), {r['device']}",
+        "",
+        ("| model | res | tokens | quant | attention | median ms | min ms | est. TFLOPS | weights GB "
+         "| peak GB |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
+        (f"| {r['model']} | {r['res']} | {r['tokens']} | {quant} | {r['attention']} | {r['median_ms']} | "
+         f"{r['min_ms']} | {r['tflops_est']} | {r['weights_gb']} | {r['peak_gb']} |"),
+        "",
+        (f"{r['weights']}. torch {r['torch']}, CUDA {r['cuda']}, sm {r['capability']}; "
+         f"median of {r['iters']} after {r['warmup']} warm-up; latent {r['latent']}."),
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="wan2.1-t2v-14b", choices=sorted(PRESETS))
+    p.add_argument("--res", default="480p", choices=sorted(RESOLUTIONS))
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--sensitive-fp32", action="store_true",
+                   help="keep norms / embeddings / modulation / head in fp32")
+    p.add_argument("--quant", default=None,
+                   help="scheme name, e.g. fp8-torch (online-quantized random weights)")
+    p.add_argument("--attention", default="sdpa")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the JSON and markdown results")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/dit.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"dit_{args.model}_{args.res}_{args.quant or args.dtype}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
