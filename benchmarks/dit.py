@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import statistics
 import sys
 import time
@@ -42,59 +43,83 @@ def forward_flops(cfg: WanDiTConfig, tokens: int, ctx_tokens: int) -> float:
     return float(per_block * cfg.num_layers)
 
 
-def make_inputs(cfg: WanDiTConfig, latent: tuple[int, int, int], dtype: torch.dtype, seed: int) -> dict:
-    g = torch.Generator("cuda").manual_seed(seed)
-    dev = "cuda"
+def make_inputs(cfg: WanDiTConfig, latent: tuple[int, int, int], dtype: torch.dtype, seed: int,
+                device: torch.device) -> dict:
+    g = torch.Generator(device).manual_seed(seed)
     inp = {
-        "x": torch.randn(1, 16, *latent, generator=g, device=dev),
-        "t": torch.tensor([999.0], device=dev),
-        "context": torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=dev).to(dtype),
+        "x": torch.randn(1, 16, *latent, generator=g, device=device),
+        "t": torch.tensor([999.0], device=device),
+        "context": torch.randn(1, cfg.text_len, cfg.text_dim, generator=g, device=device).to(dtype),
     }
     if cfg.in_dim > 16:
-        inp["y"] = torch.randn(1, cfg.in_dim - 16, *latent, generator=g, device=dev)
+        inp["y"] = torch.randn(1, cfg.in_dim - 16, *latent, generator=g, device=device)
     if cfg.image_dim is not None:
-        inp["clip_fea"] = torch.randn(1, 257, cfg.image_dim, generator=g, device=dev).to(dtype)
+        inp["clip_fea"] = torch.randn(1, 257, cfg.image_dim, generator=g, device=device).to(dtype)
     return inp
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_ms(fn, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Run ``fn`` once; milliseconds from CUDA events on a GPU (wall clock on a CPU) and its result."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end), out
+    t0 = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def _device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"device": props.name, "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+    return {"device": platform.processor() or platform.machine() or "cpu", "capability": None, "cuda": None}
 
 
 def run(args: argparse.Namespace) -> dict:
     cfg = WanDiTConfig.preset(args.model)
     dtype = DTYPES[args.dtype]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     latent = latent_shape(args.res, args.frames)
     tokens = math.prod(s // p for s, p in zip(latent, cfg.patch_size))
 
-    torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = random_dit(cfg, dtype, "cuda", seed=args.seed, quant=args.quant,
+    model = random_dit(cfg, dtype, device, seed=args.seed, quant=args.quant,
                        sensitive_fp32=args.sensitive_fp32, attention_backend=args.attention)
     prepare_model(model)
-    torch.cuda.synchronize()
+    _sync(device)
     build_s = time.perf_counter() - t0
-    weights_gb = torch.cuda.memory_allocated() / GB
-    inp = make_inputs(cfg, latent, dtype, args.seed)
+    weights_gb = torch.cuda.memory_allocated(device) / GB if cuda else None
+    inp = make_inputs(cfg, latent, dtype, args.seed, device)
 
     with torch.inference_mode():
         for _ in range(args.warmup):
-            out = model(**inp)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+            model(**inp)
+        _sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         times_ms = []
         for _ in range(args.iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = model(**inp)
-            end.record()
-            torch.cuda.synchronize()
-            times_ms.append(start.elapsed_time(end))
-    peak_gb = torch.cuda.max_memory_allocated() / GB
+            ms, out = _timed_ms(lambda: model(**inp), device)
+            times_ms.append(ms)
+    peak_gb = torch.cuda.max_memory_allocated(device) / GB if cuda else None
     median_ms = statistics.median(times_ms)
     flops = forward_flops(cfg, tokens, cfg.text_len + (257 if cfg.image_dim else 0))
-    props = torch.cuda.get_device_properties(0)
     return {
         "benchmark": "dit_forward",
         "model": args.model,
         "weights": f"random (seed {args.seed}); speed and memory do not depend on the values",
         "res": args.res,
+        "frames": args.frames,
         "latent": [16, *latent],
         "tokens": tokens,
         "dtype": args.dtype,
@@ -107,16 +132,14 @@ def run(args: argparse.Namespace) -> dict:
         "times_ms": [round(t, 2) for t in times_ms],
         "median_ms": round(median_ms, 2),
         "min_ms": round(min(times_ms), 2),
-        "tflops_est": round(flops / (median_ms / 1e3) / 1e12, 1),
-        "weights_gb": round(weights_gb, 2),
-        "peak_gb": round(peak_gb, 2),
+        "tflops_est": round(flops / (median_ms / 1e3) / 1e12, 3),
+        "weights_gb": None if weights_gb is None else round(weights_gb, 2),
+        "peak_gb": None if peak_gb is None else round(peak_gb, 2),
         "build_s": round(build_s, 1),
         "output_finite": bool(torch.isfinite(out).all()),
         "output_std": round(float(out.float().std()), 4),
-        "device": torch.cuda.get_device_name(0),
-        "capability": f"{props.major}.{props.minor}",
+        **_device_info(device),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
     }
 
 
@@ -131,7 +154,7 @@ def markdown(r: dict) -> str:
         (f"| {r['model']} | {r['res']} | {r['tokens']} | {quant} | {r['attention']} | {r['median_ms']} | "
          f"{r['min_ms']} | {r['tflops_est']} | {r['weights_gb']} | {r['peak_gb']} |"),
         "",
-        (f"{r['weights']}. torch {r['torch']}, CUDA {r['cuda']}, sm {r['capability']}; "
+        (f"{r['weights']}. torch {r['torch']}, CUDA {r['cuda']}, compute capability {r['capability']}; "
          f"median of {r['iters']} after {r['warmup']} warm-up; latent {r['latent']}."),
         "",
     ])
@@ -151,15 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (to try the script)")
     p.add_argument("--out", required=True, help="folder for the JSON and markdown results")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("benchmarks/dit.py needs a CUDA GPU", file=sys.stderr)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("benchmarks/dit.py: no CUDA GPU here (use --device cpu with a tiny model to try it)", file=sys.stderr)
         return 2
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"dit_{args.model}_{args.res}_{args.quant or args.dtype}"
+    if args.frames != 81:
+        stem += f"_{args.frames}f"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(result))
     print(json.dumps(result, indent=2))
