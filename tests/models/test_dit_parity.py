@@ -76,7 +76,10 @@ def test_per_token_timesteps_equal_to_batch_timesteps():
         a = model(**inp)
         inp["t"] = inp["t"][:, None].expand(2, 18)
         b = model(**inp)
+        c = model(inp["x"], 999.0, inp["context"])  # a plain number: the same timestep for every sample
+        d = model(inp["x"], torch.tensor([999.0, 999.0]), inp["context"])
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c, d, rtol=0, atol=0)
 
 
 def test_context_list_is_zero_padded_to_text_len():

@@ -88,6 +88,8 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 class WanSelfAttention(nn.Module):
+    """Self-attention over the video tokens with q/k RMSNorm (across all heads) and 3D RoPE."""
+
     def __init__(self, cfg: WanDiTConfig, dtype: torch.dtype) -> None:
         super().__init__()
         d = cfg.dim
@@ -150,8 +152,9 @@ class WanAttentionBlock(nn.Module):
         self.run_dtype = dtype
         self.norm1 = WanLayerNorm(d, cfg.eps)  # no parameters
         self.self_attn = WanSelfAttention(cfg, dtype)
-        affine = cfg.cross_attn_norm
-        self.norm3 = WanLayerNorm(d, cfg.eps, affine=True, dtype=dtype) if affine else nn.Identity()
+        # affine LayerNorm before cross-attention (diffusers calls it norm2)
+        self.norm3 = (WanLayerNorm(d, cfg.eps, affine=True, dtype=dtype) if cfg.cross_attn_norm
+                      else nn.Identity())
         self.cross_attn = WanCrossAttention(cfg, dtype)
         self.norm2 = WanLayerNorm(d, cfg.eps)  # no parameters
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim, dtype=dtype), nn.GELU(approximate="tanh"),
@@ -270,8 +273,9 @@ class WanDiT(nn.Module):
                 m.attention_backend = name
 
     # -- forward pieces -------------------------------------------------------------------------
-    def time_embed(self, t: torch.Tensor, batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def time_embed(self, t: torch.Tensor | float, batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """t [B] or [B, L] -> e [B, Lt, D] and e0 [B, Lt, 6, D], both fp32 (Lt = 1 or L)."""
+        t = torch.as_tensor(t, device=self.time_embedding[0].weight.device)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.ndim == 1:
@@ -334,7 +338,7 @@ class WanDiT(nn.Module):
                 )
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor],
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | Sequence[torch.Tensor],
                 clip_fea: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, F, H, W] latents, t [B] (or [B, L] per token), context [B, L<=text_len, text_dim] or
         a list of [L_i, text_dim]; I2V: y [B, Cy, F, H, W] (channel-concatenated to x) and/or clip_fea
