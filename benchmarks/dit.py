@@ -26,7 +26,7 @@ from lightx2v_quant.quant.apply import kernels_used, prepare_model
 # video size -> latent H, W (VAE stride 8); 81 frames -> 21 latent frames
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-GB = 1024**3
+GIB = 1024**3
 
 
 def latent_shape(res: str, frames: int) -> tuple[int, int, int]:
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     prepare_model(model)
     _sync(device)
     build_s = time.perf_counter() - t0
-    weights_gb = torch.cuda.memory_allocated(device) / GB if cuda else None
+    weights_gib = torch.cuda.memory_allocated(device) / GIB if cuda else None
     inp = make_inputs(cfg, latent, dtype, args.seed, device)
 
     with torch.inference_mode():
@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(args.iters):
             ms, out = _timed_ms(lambda: model(**inp), device)
             times_ms.append(ms)
-    peak_gb = torch.cuda.max_memory_allocated(device) / GB if cuda else None
+    # peak of torch.cuda.max_memory_allocated over the timed forwards, weights included
+    peak_gib = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     median_ms = statistics.median(times_ms)
     flops = forward_flops(cfg, tokens, cfg.text_len + (257 if cfg.image_dim else 0))
     return {
@@ -133,8 +134,8 @@ def run(args: argparse.Namespace) -> dict:
         "median_ms": round(median_ms, 2),
         "min_ms": round(min(times_ms), 2),
         "tflops_est": round(flops / (median_ms / 1e3) / 1e12, 3),
-        "weights_gb": None if weights_gb is None else round(weights_gb, 2),
-        "peak_gb": None if peak_gb is None else round(peak_gb, 2),
+        "weights_gib": None if weights_gib is None else round(weights_gib, 2),
+        "peak_gib": None if peak_gib is None else round(peak_gib, 2),
         "build_s": round(build_s, 1),
         "output_finite": bool(torch.isfinite(out).all()),
         "output_std": round(float(out.float().std()), 4),
@@ -148,11 +149,11 @@ def markdown(r: dict) -> str:
     return "\n".join([
         f"# Wan DIT forward: {r['model']} {r['res']} ({r['tokens']} tokens), {r['device']}",
         "",
-        ("| model | res | tokens | quant | attention | median ms | min ms | est. TFLOPS | weights GB "
-         "| peak GB |"),
+        ("| model | res | tokens | quant | attention | median ms | min ms | est. TFLOPS | weights GiB "
+         "| peak GiB |"),
         "|---|---|---|---|---|---|---|---|---|---|",
         (f"| {r['model']} | {r['res']} | {r['tokens']} | {quant} | {r['attention']} | {r['median_ms']} | "
-         f"{r['min_ms']} | {r['tflops_est']} | {r['weights_gb']} | {r['peak_gb']} |"),
+         f"{r['min_ms']} | {r['tflops_est']} | {r['weights_gib']} | {r['peak_gib']} |"),
         "",
         (f"{r['weights']}. torch {r['torch']}, CUDA {r['cuda']}, compute capability {r['capability']}; "
          f"median of {r['iters']} after {r['warmup']} warm-up; latent {r['latent']}."),

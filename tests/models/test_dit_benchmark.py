@@ -22,5 +22,5 @@ def test_benchmark_script_on_cpu(tmp_path, capsys):
     result = json.loads((tmp_path / "dit_tiny-i2v_480p_int8-torch_1f.json").read_text())
     assert result["tokens"] == 30 * 52 and result["latent"] == [16, 1, 60, 104]
     assert result["kernels"] == {"int8-torch via torch": 24} and result["output_finite"]
-    assert len(result["times_ms"]) == 1 and result["peak_gb"] is None
+    assert len(result["times_ms"]) == 1 and result["peak_gib"] is None
     assert "| tiny-i2v | 480p | 1560 | int8-torch |" in (tmp_path / "dit_tiny-i2v_480p_int8-torch_1f.md").read_text()
