@@ -143,11 +143,22 @@ def output_name(stem: str, opts: ConvertOptions) -> str:
     return encoder_file_name(opts.model_type, opts.fmt, ".pth" if layout == "pth" else ".safetensors")
 
 
+_UNKNOWN = "<unknown>"
+
+
+def _from_diffusers(key: str) -> str | None:
+    """Official name of a diffusers DIT key; None for keys diffusers itself ignores; _UNKNOWN otherwise."""
+    try:
+        return diffusers_to_official(key)
+    except KeyError:
+        return _UNKNOWN
+
+
 def _key_map(source: TensorSource, opts: ConvertOptions) -> Callable[[str], str | None] | None:
     if opts.model_type != "dit" or opts.source_format == "official":
         return None
     if opts.source_format == "diffusers" or looks_like_diffusers(source.keys()):
-        return diffusers_to_official
+        return _from_diffusers
     return None
 
 
@@ -158,8 +169,10 @@ def plan(source: TensorSource, opts: ConvertOptions) -> list[_Item]:
     items, unmapped, seen = [], [], {}
     for src_key in source.keys():
         key = kmap(src_key) if kmap else src_key
-        if key is None:
+        if key == _UNKNOWN:
             unmapped.append(src_key)
+            continue
+        if key is None:  # a diffusers key without an official counterpart that diffusers ignores too
             continue
         if r.dropped(key):
             continue
@@ -234,7 +247,7 @@ def convert(source_path: str | Path, output: str | Path | None, opts: ConvertOpt
     r = rules(opts.model_type)
     merger: LoraMerger | None = None
     if opts.loras:  # DIT LoRAs may use diffusers names whatever the source's naming
-        lora_map = diffusers_to_official if opts.model_type == "dit" else None
+        lora_map = _from_diffusers if opts.model_type == "dit" else None
         merger = load_loras(opts.loras, [i.key for i in items], lora_map)
 
     out = Path(output) if output is not None else default_output(source_path, stem, opts)

@@ -98,7 +98,10 @@ def _resolver(target_keys: Iterable[str], key_map: Callable[[str], str | None] |
             if c in modules:
                 return c
             if key_map is not None:
-                mapped = key_map(c + ".weight")
+                try:
+                    mapped = key_map(c + ".weight")
+                except KeyError:  # a key map may raise for names it does not know
+                    mapped = None
                 if mapped is not None and mapped in keys:
                     return mapped.rsplit(".", 1)[0]
         if name.startswith(_KOHYA):

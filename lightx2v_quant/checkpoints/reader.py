@@ -130,7 +130,13 @@ class TorchSource(TensorSource):
         super().__init__([path])
         if not path.is_file():
             raise CheckpointError(f"checkpoint file {path} does not exist")
-        obj = _torch_load(path)
+        try:
+            obj = _torch_load(path)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint ({exc}); the file may be truncated or corrupt: "
+                "re-download or re-convert it"
+            ) from exc
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -155,20 +161,12 @@ class TorchSource(TensorSource):
 
 
 def _torch_load(path: Path):
-    """torch.load memory-mapped; files in the legacy (pre-zip) format cannot be mapped and are read."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        legacy = "zipfile" in str(exc) or "mmap can only be used" in str(exc)
-        if legacy:
-            try:
-                return torch.load(str(path), map_location="cpu", weights_only=True)
-            except Exception as exc2:
-                exc = exc2
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({exc}); the file may be truncated or corrupt: "
-            "re-download or re-convert it"
-        ) from exc
+    """Memory-mapped load (zip format, torch >= 1.6); files in the legacy pickle format cannot be mapped
+    and are read whole instead."""
+    import zipfile
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 BLOCK_FILE = re.compile(r"block_(\d+)\.safetensors$")

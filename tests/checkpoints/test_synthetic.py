@@ -1,8 +1,10 @@
-"""diffusers <-> official Wan DIT key names, checked against diffusers' own WanTransformer3DModel."""
+"""The synthetic official layouts (tests, benchmark) against the real models: our WanDiT, diffusers'
+WanTransformer3DModel through the key map."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lightx2v_quant.checkpoints.synthetic import dit_shapes
 from lightx2v_quant.models.wan.keymap import (
@@ -52,8 +54,23 @@ def test_flf2v_image_position_embedding():
     assert "condition_embedder.image_embedder.pos_embed" in diff
 
 
-def test_unknown_keys_map_to_none():
-    assert diffusers_to_official("blocks.0.attn1.to_out.1.weight") is None
-    assert diffusers_to_official("rope.freqs") is None
+def test_unknown_keys():
+    with pytest.raises(KeyError):
+        diffusers_to_official("blocks.0.attn1.to_out.1.weight")
+    assert diffusers_to_official("blocks.0.attn2.norm_added_q.weight") is None  # diffusers ignores it too
     assert official_to_diffusers("blocks.3.norm3.weight") == "blocks.3.norm2.weight"
     assert official_to_diffusers("head.modulation") == "scale_shift_table"
+
+
+@pytest.mark.parametrize("i2v", [False, True], ids=["t2v", "i2v"])
+def test_dit_shapes_equal_our_wan_dit(i2v):
+    from lightx2v_quant.models.wan import build_dit
+    from tests.models.dit_util import tiny
+
+    cfg = tiny(i2v)
+    model = build_dit(cfg, torch.float32, "meta")
+    real = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = dit_shapes(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, in_dim=cfg.in_dim,
+                        out_dim=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, i2v=i2v,
+                        image_dim=cfg.image_dim or 1280)
+    assert shapes == real
