@@ -38,7 +38,9 @@ def test_t5_file_equals_online_quantization(tmp_path, fmt, scheme):
 
 @pytest.mark.parametrize("fmt,scheme", [("fp8", "fp8-torch"), ("int8", "int8-torch")])
 def test_clip_file_equals_online_quantization(tmp_path, fmt, scheme):
-    sd = {k: v.to(torch.float16) for k, v in random_clip(CLIP_TINY, torch.float32, seed=2).state_dict().items()}
+    sd = {
+        k: v.to(torch.float16) for k, v in random_clip(CLIP_TINY, torch.float32, seed=2).state_dict().items()
+    }
     sd = {"log_scale": torch.tensor(4.6), **sd, "textual.blocks.0.attn.q.weight": torch.randn(16, 16)}
     torch.save(sd, tmp_path / CLIP_FILE)
     assert convert_main([str(tmp_path), "-t", "clip", "-f", fmt, "--no-progress"]) == 0

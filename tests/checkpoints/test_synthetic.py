@@ -70,7 +70,15 @@ def test_dit_shapes_equal_our_wan_dit(i2v):
     cfg = tiny(i2v)
     model = build_dit(cfg, torch.float32, "meta")
     real = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    shapes = dit_shapes(dim=cfg.dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, in_dim=cfg.in_dim,
-                        out_dim=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, i2v=i2v,
-                        image_dim=cfg.image_dim or 1280)
+    shapes = dit_shapes(
+        dim=cfg.dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        in_dim=cfg.in_dim,
+        out_dim=cfg.out_dim,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        i2v=i2v,
+        image_dim=cfg.image_dim or 1280,
+    )
     assert shapes == real

@@ -51,8 +51,12 @@ def test_hand_built_lightx2v_file_runs_like_online_quantization(tmp_path, linear
 
 @pytest.mark.parametrize(
     "fmt,scheme,layout",
-    [("fp8", "fp8-torch", "single"), ("int8", "int8-torch", "blocks"), ("int4-g128", "int4-g128-torch", "single"),
-     ("fp8-b128", "fp8-b128-torch", "blocks")],
+    [
+        ("fp8", "fp8-torch", "single"),
+        ("int8", "int8-torch", "blocks"),
+        ("int4-g128", "int4-g128-torch", "single"),
+        ("fp8-b128", "fp8-b128-torch", "blocks"),
+    ],
 )
 def test_converted_files_run_like_online_quantization(tmp_path, fmt, scheme, layout):
     cfg = tiny(True)
@@ -60,4 +64,6 @@ def test_converted_files_run_like_online_quantization(tmp_path, fmt, scheme, lay
     assert convert_main([str(tmp_path), "-t", "dit", "-f", fmt, "--layout", layout, "--no-progress"]) == 0
     found = find_dit(tmp_path, fmt)
     assert found.kind == "prequantized"
-    _assert_same(_run(found.path, cfg, scheme), _run(tmp_path / "diffusion_pytorch_model.safetensors", cfg, scheme))
+    _assert_same(
+        _run(found.path, cfg, scheme), _run(tmp_path / "diffusion_pytorch_model.safetensors", cfg, scheme)
+    )
