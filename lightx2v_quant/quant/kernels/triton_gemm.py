@@ -7,6 +7,10 @@ already the K-major B operand that Hopper's wgmma wants, so nothing is copied or
 - ``w8a8_tma_kernel``: persistent (one program per SM), TMA tensor-descriptor loads and stores (sm_90+).
 - ``w4a16_kernel``: bf16/fp16 activations, int4 weights unpacked and scaled in registers.
 
+With USE_PDL the W8A8 kernels are launched as programmatic dependents of the quantizer (sm_90): they
+start while its last programs finish and wait (griddepcontrol.wait) before reading anything, which hides
+the launch gap between the two kernels, a visible share of small GEMMs such as CLIP's.
+
 Per-channel epilogue: out = acc * a_scale[m] * w_scale[n] (+ bias). Block-128 mode (BLOCK_SCALED) scales
 each K-block's partial product by a_scale[m, kb] * w_scale[n // 128, kb] inside the K loop (the
 promotion DeepGEMM does), so BLOCK_K must divide 128. Launchers live in ``triton_ops``.
@@ -61,7 +65,10 @@ def w8a8_kernel(
     M, N, K, stride_am, stride_bn, stride_cm, stride_sak, stride_sbn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr, IS_INT8: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # launched early (programmatic dependent launch): wait for the quantizer's results
+        tl.extra.cuda.gdc_wait()
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _tile_coords(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
@@ -104,12 +111,14 @@ def w8a8_tma_kernel(
     M, N, K, stride_sak, stride_sbn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_SMS: tl.constexpr, SUBTILE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr, IS_INT8: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr, IS_INT8: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Persistent: program p takes tiles p, p + NUM_SMS, ... In per-channel mode the loop nest is
     flattened so the compiler prefetches the next tile's first K-blocks during this tile's epilogue
     (block mode keeps the nest: its second accumulator leaves no registers for that). Descriptors
     zero-fill reads past the edges and clip writes, so the main loop has no masks."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
     start = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -155,7 +164,7 @@ def w4a16_kernel(
     a_ptr, w_ptr, s_ptr, bias_ptr, c_ptr,
     M, N, K, stride_am, stride_wn, stride_sn, stride_cm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
     """A [M, K] bf16/fp16/fp32; W uint8 [N, K/2] (k = 2j in the low nibble of byte j, stored +8);
     scales fp32 [N, K/128]. Each W tile is unpacked, scaled in fp32 and rounded to A's dtype, so the
@@ -172,7 +181,10 @@ def w4a16_kernel(
     a_ptrs = a_ptr + offs_am.to(tl.int64)[:, None] * stride_am + offs_k[None, :]  # [BM, BK]
     w_ptrs = w_ptr + offs_bn.to(tl.int64)[:, None] * stride_wn + offs_kh[None, :]  # [BN, BK/2]
     s_ptrs = s_ptr + offs_bn.to(tl.int64) * stride_sn  # [BN]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(0, K // BLOCK_K):
         a = tl.load(a_ptrs)
         packed = tl.load(w_ptrs)
@@ -180,13 +192,20 @@ def w4a16_kernel(
         lo = (packed & 0xF).to(tl.float32) - 8.0
         hi = (packed >> 4).to(tl.float32) - 8.0
         w = tl.interleave(lo, hi) * scale[:, None]  # [BN, BK] fp32, k order restored
+        w = w.to(a.dtype)
         if INTERPRET:  # the interpreter's 16-bit dot is unreliable: same values, fp32 operands
-            acc = tl.dot(a.to(tl.float32), tl.trans(w.to(a.dtype).to(tl.float32)), acc, input_precision="ieee")
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        if SWAP_AB:  # acc^T = W A^T: the dequantized tile is wgmma's register operand, no shared-memory trip
+            acc = tl.dot(w, tl.trans(a), acc, input_precision=PRECISION)
         else:
-            acc = tl.dot(a, tl.trans(w.to(a.dtype)), acc, input_precision=PRECISION)
+            acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K // 2
-    out = acc
+    if SWAP_AB:
+        out = tl.trans(acc)
+    else:
+        out = acc
     if HAS_BIAS:
         out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]

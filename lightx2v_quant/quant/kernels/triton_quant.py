@@ -11,6 +11,7 @@ rounded onto the e4m3 grid in fp32 arithmetic, after which the cast is exact).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -73,10 +74,13 @@ def _quantize_values(x, scale, IS_INT8: tl.constexpr):
 def _per_token_kernel(
     x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     QMAX: tl.constexpr, IS_INT8: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-    ONE_PASS: tl.constexpr,
+    ONE_PASS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """ROWS rows per program. ONE_PASS: the row is read once and kept in registers (K <= BLOCK_K);
-    otherwise a first sweep finds amax and a second (served mostly by L2) quantizes."""
+    otherwise a first sweep finds amax and a second (served mostly by L2) quantizes.
+    USE_PDL: let the GEMM that follows launch early (it waits for this kernel before reading)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
     rows64 = rows.to(tl.int64)
@@ -107,9 +111,11 @@ def _per_token_kernel(
 @triton.jit(do_not_specialize=["M"])
 def _per_group_kernel(
     x_ptr, q_ptr, st_ptr, M, stride_xm, stride_qm, stride_st,
-    GROUP: tl.constexpr, ROWS: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """One program = ROWS rows x one group of GROUP columns. Scales go to st [K/GROUP, M] (M-major)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     g = tl.program_id(1)
     row_ok = rows < M
@@ -122,6 +128,19 @@ def _per_group_kernel(
     q = _quantize_values(x, scale[:, None], False)
     tl.store(q_ptr + rows64[:, None] * stride_qm + cols[None, :], q, mask=mask)
     tl.store(st_ptr + g.to(tl.int64) * stride_st + rows, scale, mask=row_ok)
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch between quantizer and GEMM: Hopper+, compiled mode, not disabled
+    with LIGHTX2V_QUANT_TRITON_PDL=0."""
+    if INTERPRETING or device.type != "cuda" or os.environ.get("LIGHTX2V_QUANT_TRITON_PDL", "1") == "0":
+        return False
+    return _major(device) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _major(device: torch.device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
 
 
 def _row_layout(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +181,8 @@ def quantize_per_token(x: torch.Tensor, fmt_name: str) -> tuple[torch.Tensor, to
     rows, block_k, num_warps, one_pass = _per_token_launch_params(k)
     _per_token_kernel[(triton.cdiv(m, rows),)](
         x, q, scale, m, k, x.stride(0), q.stride(0),
-        QMAX=qmax, IS_INT8=is_int8, ROWS=rows, BLOCK_K=block_k, ONE_PASS=one_pass, num_warps=num_warps,
+        QMAX=qmax, IS_INT8=is_int8, ROWS=rows, BLOCK_K=block_k, ONE_PASS=one_pass,
+        USE_PDL=pdl_enabled(x.device), num_warps=num_warps,
     )
     return q, scale
 
@@ -183,6 +203,6 @@ def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[to
         rows = 32
         _per_group_kernel[(triton.cdiv(m, rows), k // group)](
             x, q, scale_t, m, x.stride(0), q.stride(0), scale_t.stride(0),
-            GROUP=group, ROWS=rows, num_warps=4,
+            GROUP=group, ROWS=rows, USE_PDL=pdl_enabled(x.device), num_warps=4,
         )
     return q, scale_t.t()

@@ -39,23 +39,26 @@ class TileConfig:
     group_m: int = 8
     tma: bool = False  # persistent kernel with TMA descriptors (sm_90+) instead of pointer loads
     subtile: bool = False  # TMA epilogue stored as two half tiles (less shared memory)
+    swap_ab: bool = False  # W4A16: compute (W A^T)^T so the unpacked W tile is the register operand
 
     def label(self) -> str:
         kind = "tma" if self.tma else "ptr"
         sub = "/sub" if self.subtile else ""
-        return f"{kind} {self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}{sub}"
+        swap = "/swap" if self.swap_ab else ""
+        return f"{kind} {self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}{sub}{swap}"
 
     def smem_bytes(self, a_bytes: float, b_bytes: float, out_bytes: int) -> int:
         """Estimate of the shared memory the pipeline needs, plus the TMA store staging, plus (packed
         int4 weights, b_bytes < 1) the dequantized W tile that the tensor cores read from shared memory."""
         stage = self.block_m * self.block_k * a_bytes + self.block_n * self.block_k * b_bytes
         store = self.block_m * self.block_n * out_bytes // (2 if self.subtile else 1) if self.tma else 0
-        unpacked = self.block_n * self.block_k * a_bytes if b_bytes < 1 else 0
+        unpacked = self.block_n * self.block_k * a_bytes if b_bytes < 1 and not self.swap_ab else 0
         return int(self.num_stages * stage + store + unpacked)
 
 
-def _c(bm: int, bn: int, bk: int, w: int, s: int, *, tma: bool = False, sub: bool = False) -> TileConfig:
-    return TileConfig(bm, bn, bk, w, s, tma=tma, subtile=sub)
+def _c(bm: int, bn: int, bk: int, w: int, s: int, *, tma: bool = False, sub: bool = False,
+       swap: bool = False) -> TileConfig:
+    return TileConfig(bm, bn, bk, w, s, tma=tma, subtile=sub, swap_ab=swap)
 
 
 # Hopper, 1-byte operands. wgmma tiles: 8 warps = 2 warpgroups splitting BLOCK_M; fp32/int32 accumulators
@@ -90,18 +93,22 @@ _SM90_BLOCK = {
     ],
     "small": [_c(16, 64, 128, 4, 4), _c(16, 128, 128, 4, 4), _c(32, 64, 128, 4, 4), _c(64, 64, 128, 4, 4)],
 }
-# W4A16: the W tile is unpacked and scaled in registers each K-step; tall tiles amortize that over
-# more rows of A. BLOCK_K divides 128 (one group scale per tile row).
+# W4A16: the W tile is unpacked and scaled in registers each K-step. swap_ab computes (W A^T)^T: the
+# unpacked tile is then wgmma's register operand (no shared-memory round trip, the MMA stays in flight),
+# W rows are wgmma's M (64 per warpgroup) and tokens its N (16..256), which also suits small M.
+# BLOCK_K divides 128 (one group scale per tile row).
 _SM90_W4A16 = {
     "large": [
-        _c(128, 128, 64, 8, 4), _c(256, 128, 64, 8, 3), _c(128, 256, 64, 8, 3), _c(128, 128, 128, 8, 3),
-        _c(256, 128, 64, 8, 4), _c(128, 128, 64, 4, 4),
+        _c(128, 128, 64, 8, 4, swap=True), _c(256, 128, 64, 8, 3, swap=True), _c(256, 128, 64, 8, 4, swap=True),
+        _c(128, 256, 64, 8, 3, swap=True), _c(128, 128, 128, 8, 3, swap=True), _c(128, 128, 64, 8, 4),
+        _c(256, 128, 64, 8, 3),
     ],
     "medium": [
-        _c(64, 128, 64, 4, 4), _c(128, 128, 64, 8, 4), _c(64, 256, 64, 8, 4), _c(64, 128, 128, 4, 4),
-        _c(32, 128, 128, 4, 4), _c(128, 64, 64, 4, 4),
+        _c(64, 128, 64, 4, 4, swap=True), _c(128, 128, 64, 8, 4, swap=True), _c(64, 256, 64, 8, 4, swap=True),
+        _c(64, 128, 128, 4, 4, swap=True), _c(32, 128, 128, 4, 4, swap=True), _c(64, 128, 64, 4, 4),
     ],
-    "small": [_c(16, 64, 128, 4, 4), _c(16, 128, 128, 4, 3), _c(32, 64, 128, 4, 4), _c(16, 32, 128, 4, 4)],
+    "small": [_c(16, 64, 128, 4, 4, swap=True), _c(16, 128, 128, 4, 4, swap=True), _c(32, 64, 128, 4, 4, swap=True),
+              _c(16, 64, 64, 4, 4, swap=True), _c(16, 32, 128, 4, 4)],
 }
 # Ampere / Ada: pointer kernel only, shallower pipelines (99-163 KB of shared memory).
 _OTHER = {
@@ -110,7 +117,14 @@ _OTHER = {
     "medium": [_c(64, 128, 64, 4, 4), _c(128, 128, 64, 4, 3), _c(64, 64, 128, 4, 3), _c(32, 128, 64, 4, 4)],
     "small": [_c(16, 64, 128, 4, 3), _c(16, 128, 64, 4, 4), _c(32, 64, 64, 4, 4)],
 }
+# Block scaling and int4 unpacking hold more registers per thread: smaller tiles per warp (no spills).
+_OTHER_HEAVY = {
+    "large": [_c(128, 128, 64, 8, 3), _c(64, 128, 64, 4, 4), _c(128, 64, 64, 4, 4), _c(64, 256, 64, 8, 3)],
+    "medium": [_c(64, 128, 64, 4, 4), _c(32, 128, 64, 4, 4), _c(64, 64, 128, 4, 3)],
+    "small": _OTHER["small"],
+}
 _TABLES = {W8A8: _SM90_W8A8, FP8_BLOCK: _SM90_BLOCK, W4A16: _SM90_W4A16}
+_OTHER_TABLES = {W8A8: _OTHER, FP8_BLOCK: _OTHER_HEAVY, W4A16: _OTHER_HEAVY}
 
 INTERPRETER_CONFIG = _c(32, 32, 64, 4, 2)  # small tiles keep the CPU interpreter quick
 
@@ -130,9 +144,9 @@ def candidates(kind: str, m: int, sm: int, max_smem: int, a_bytes: float, out_by
     if sm >= 90:
         table = _TABLES[kind][cls]
     else:
-        table = _OTHER[cls]
-        if kind == W4A16:
-            table = [replace(c, block_k=min(c.block_k, 128)) for c in table]
+        table = _OTHER_TABLES[kind][cls]
+        if kind == W4A16:  # BLOCK_K must divide 128; no wgmma register operand to gain from swapping
+            table = [replace(c, block_k=min(c.block_k, 128), swap_ab=False) for c in table]
     b_bytes = 0.5 if kind == W4A16 else 1.0
     row_cap = m_bucket(m)
     out = [c for c in table if c.block_m <= row_cap and c.smem_bytes(a_bytes, b_bytes, out_bytes) <= max_smem]
