@@ -69,10 +69,14 @@ class TritonKernel(Kernel):
                 f"kernel 'triton' needs the weight row-major as stored ([N, K] with unit stride along K); got "
                 f"strides {tuple(layer.weight.stride())}. Load the checkpoint tensor as is (no transposed view)."
             )
+        if layer.bias is not None and not layer.bias.is_contiguous():
+            layer.bias = layer.bias.contiguous()  # read as a plain [N] vector
         if fmt in (_FP8, _INT8):
-            # [N, 1] fp32 -> [N] view (no copy when contiguous); kept as a buffer so apply does no work
-            scale = layer.weight_scale.float().reshape(layer.out_features)
+            # [N, 1] fp32 -> contiguous [N] (a view, no copy, for the usual contiguous scale)
+            scale = layer.weight_scale.float().reshape(layer.out_features).contiguous()
             layer.register_buffer("k_w_scale", scale, persistent=False)
+        elif not layer.weight_scale.is_contiguous():
+            layer.weight_scale = layer.weight_scale.contiguous()
 
     # -- apply ----------------------------------------------------------------------------------
     def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.quant import formats as qf
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     INTERPRETING,
+    cdiv,
     pdl_enabled,
     quantize_per_token,
     quantize_per_token_group,
@@ -49,6 +50,8 @@ def _device_info(device: torch.device) -> tuple[int, int, int]:
     props = torch.cuda.get_device_properties(device)
     smem = getattr(props, "shared_memory_per_block_optin", 0)
     if not smem:
+        import triton
+
         smem = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
     return props.major * 10 + props.minor, props.multi_processor_count, int(smem)
 
@@ -66,14 +69,10 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _pick(kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch) -> TileConfig:
-    """The tile config for this GEMM: remembered per key; on first sight, the tuner times the candidates."""
+def _tuned(kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch) -> TileConfig:
+    """The tile config for a GEMM key seen for the first time: the tuner times the candidates."""
     if INTERPRETING:
         return INTERPRETER_CONFIG
-    key = key + (("tma",) if tma else ())
-    cfg = TUNER.best.get(key)
-    if cfg is not None:
-        return cfg
     sm, _, max_smem = _device_info(a.device)
     cands = candidates(kind, a.shape[0], sm, max_smem, a_bytes, out.element_size())
     if not tma:
@@ -83,56 +82,72 @@ def _pick(kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: fl
 
 
 # -- W8A8 (per-channel and block-128) --------------------------------------------------------------
-def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config):
+_META: dict[tuple, dict] = {}  # launch keyword arguments per (config, flags): built once, not per call
+
+
+def _w8a8_meta(cfg: TileConfig, has_bias: bool, block_scaled: bool, is_int8: bool, even_k: bool,
+               num_sms: int, pdl: bool) -> dict:
+    key = (cfg, has_bias, block_scaled, is_int8, even_k, num_sms, pdl)
+    meta = _META.get(key)
+    if meta is None:
+        meta = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                    HAS_BIAS=has_bias, BLOCK_SCALED=block_scaled, IS_INT8=is_int8, USE_PDL=pdl,
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if pdl:
+            meta["launch_pdl"] = True
+        if cfg.tma:
+            meta.update(NUM_SMS=num_sms, SUBTILE=cfg.subtile)
+        else:
+            meta["EVEN_K"] = even_k
+        _META[key] = meta
+    return meta
+
+
+def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh):
+    """Launch without input checks (callers validate). sa/sb/bias are read as contiguous vectors (or
+    [K/128, M] / [N/128, K/128] with the given row strides in block mode). ``fresh``: A and out were
+    just allocated by us, so only their shapes decide TMA alignment."""
     m, k = a.shape
     n = w.shape[0]
-    is_int8 = a.dtype == torch.int8
-    _, num_sms, _ = _device_info(a.device)
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else sb
+    if m == 0:
+        return out
+    sm, num_sms, _ = _device_info(a.device)
     pdl = pdl_enabled(a.device)
+    bias_arg = sb if bias is None else bias
 
     def launch(cfg: TileConfig, warmup: bool = False):
-        common = dict(
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            HAS_BIAS=has_bias, BLOCK_SCALED=block_scaled, IS_INT8=is_int8, USE_PDL=pdl,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        if pdl:
-            common["launch_pdl"] = True
-        tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+        meta = _w8a8_meta(cfg, bias is not None, block_scaled, a.dtype == torch.int8, k % cfg.block_k == 0,
+                          num_sms, pdl)
+        tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
         if cfg.tma:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
-            b_desc = TensorDescriptor.from_tensor(w, [cfg.block_n, cfg.block_k])
-            c_desc = TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // (2 if cfg.subtile else 1)])
+            a_desc = TensorDescriptor(a, a.shape, a.stride(), [cfg.block_m, cfg.block_k])
+            b_desc = TensorDescriptor(w, w.shape, w.stride(), [cfg.block_n, cfg.block_k])
+            c_desc = TensorDescriptor(out, out.shape, out.stride(),
+                                      [cfg.block_m, cfg.block_n // (2 if cfg.subtile else 1)])
             args = (a_desc, b_desc, c_desc, sa, sb, bias_arg, m, n, k, stride_sak, stride_sbn)
-            grid = (min(num_sms, tiles),)
-            meta = dict(common, NUM_SMS=num_sms, SUBTILE=cfg.subtile)
-            kernel = w8a8_tma_kernel
+            kernel, grid = w8a8_tma_kernel, (min(num_sms, tiles),)
         else:
             args = (a, w, out, sa, sb, bias_arg, m, n, k, a.stride(0), w.stride(0), out.stride(0),
                     stride_sak, stride_sbn)
-            grid = (tiles,)
-            meta = dict(common, EVEN_K=k % cfg.block_k == 0)
-            kernel = w8a8_kernel
+            kernel, grid = w8a8_kernel, (tiles,)
         if warmup:
             return kernel.warmup(*args, grid=grid, **meta)
         return kernel[grid](*args, **meta)
 
-    if m == 0:
-        return out
     if config is None:
         kind = FP8_BLOCK if block_scaled else W8A8
         key = (kind, str(a.dtype), str(out.dtype), m_bucket(m), n, k)
-        sm = _device_info(a.device)[0]
-        config = _pick(kind, key, a, out, 1, sm >= 90 and _tma_ok(a, w, out), launch)
-    if block_scaled:
-        _check(128 % config.block_k == 0, f"block-128 GEMM needs BLOCK_K dividing 128, got {config.block_k}")
-    if config.tma:
-        _check(_tma_ok(a, w, out), "a TMA config needs 16-byte aligned rows of A, W and the output "
-               f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}")
+        tma = (sm >= 90 and k % 16 == 0 and (n * out.element_size()) % 16 == 0 and _tma_ok(w)
+               and (fresh or _tma_ok(a, out)))
+        if tma:
+            key += ("tma",)
+        config = TUNER.best.get(key) or _tuned(kind, key, a, out, 1, tma, launch)
+    else:
+        if block_scaled:
+            _check(128 % config.block_k == 0, f"block-128 GEMM needs BLOCK_K dividing 128, got {config.block_k}")
+        if config.tma:
+            _check(_tma_ok(a, w, out), "a TMA config needs 16-byte aligned rows of A, W and the output "
+                   f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}")
     launch(config)
     return out
 
@@ -161,7 +176,7 @@ def w8a8_matmul(
     sa = a_scale.reshape(m).contiguous()
     sb = w_scale.reshape(n).contiguous()
     bias = None if bias is None else bias.reshape(n).contiguous()
-    return _w8a8(a, w, sa, sb, bias, out, 0, 0, False, config)
+    return _w8a8(a, w, sa, sb, bias, out, 0, 0, False, config, False)
 
 
 def fp8_block_matmul(
@@ -177,7 +192,7 @@ def fp8_block_matmul(
     _check(k % g == 0, f"fp8-block128 needs K % {g} == 0, got K={k}")
     _check(tuple(a_scale.shape) == (m, k // g) and a_scale.dtype == torch.float32,
            f"a_scale must be fp32 [{m}, {k // g}], got {a_scale.dtype} {tuple(a_scale.shape)}")
-    nb = triton.cdiv(n, g)
+    nb = cdiv(n, g)
     _check(tuple(w_scale.shape) == (nb, k // g) and w_scale.dtype == torch.float32,
            f"w_scale must be fp32 [{nb}, {k // g}], got {w_scale.dtype} {tuple(w_scale.shape)}")
     _check(bias is None or bias.numel() == n, f"bias must have {n} values")
@@ -187,7 +202,7 @@ def fp8_block_matmul(
     sb = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     bias = None if bias is None else bias.reshape(n).contiguous()
-    return _w8a8(a, w, sa_t, sb, bias, out, sa_t.stride(0), sb.stride(0), True, config)
+    return _w8a8(a, w, sa_t, sb, bias, out, sa_t.stride(0), sb.stride(0), True, config, False)
 
 
 # -- W4A16 -----------------------------------------------------------------------------------------
@@ -197,7 +212,7 @@ def w4a16_matmul(
 ) -> torch.Tensor:
     """x [M, K] bf16/fp16/fp32 @ dequant(w_packed uint8 [N, K/2], w_scale fp32 [N, K/128])^T + bias."""
     _check(x.dim() == 2 and w_packed.dim() == 2, "expected x [M, K] and packed W [N, K/2]")
-    (m, k), n = x.shape, w_packed.shape[0]
+    k, n = x.shape[1], w_packed.shape[0]
     out_dtype = out_dtype or x.dtype
     _check(x.dtype in _OUT_DTYPES, f"int4-g128 activations must be bf16, fp16 or fp32, got {x.dtype}")
     _check(k % qf.GROUP == 0, f"int4-g128 needs K % {qf.GROUP} == 0, got K={k}")
@@ -207,49 +222,71 @@ def w4a16_matmul(
            f"w_scale must be fp32 [{n}, {k // qf.GROUP}], got {w_scale.dtype} {tuple(w_scale.shape)}")
     _check(bias is None or bias.numel() == n, f"bias must have {n} values")
     _check(out_dtype in _OUT_DTYPES, f"output dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if config is not None:
+        _check(128 % config.block_k == 0 and not config.tma, f"W4A16 needs a pointer config with BLOCK_K | 128: {config}")
     x = x if x.stride(1) == 1 else x.contiguous()
     w_packed = w_packed if w_packed.stride(1) == 1 else w_packed.contiguous()
     w_scale = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
+    bias = None if bias is None else bias.reshape(n).contiguous()
+    return _w4a16(x, w_packed, w_scale, bias, out_dtype, config)
+
+
+def _w4a16(x, w_packed, w_scale, bias, out_dtype, config):
+    """Launch without input checks (callers validate); rows of x, W and the scales have unit stride."""
+    (m, k), n = x.shape, w_packed.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=x.device)
     if m == 0:
         return out
-    has_bias = bias is not None
-    bias_arg = bias.reshape(n).contiguous() if has_bias else w_scale
+    bias_arg = w_scale if bias is None else bias
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
 
     def launch(cfg: TileConfig, warmup: bool = False):
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+        grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
         args = (x, w_packed, w_scale, bias_arg, out, m, n, k, x.stride(0), w_packed.stride(0),
                 w_scale.stride(0), out.stride(0))
-        meta = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-                    HAS_BIAS=has_bias, PRECISION=precision, SWAP_AB=cfg.swap_ab,
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        meta_key = (cfg, bias is not None, precision)
+        meta = _META.get(meta_key)
+        if meta is None:
+            meta = _META[meta_key] = dict(
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                HAS_BIAS=bias is not None, PRECISION=precision, SWAP_AB=cfg.swap_ab,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if warmup:
             return w4a16_kernel.warmup(*args, grid=grid, **meta)
         return w4a16_kernel[grid](*args, **meta)
 
     if config is None:
         key = (W4A16, str(x.dtype), str(out_dtype), m_bucket(m), n, k)
-        config = _pick(W4A16, key, x, out, x.element_size(), False, launch)
-    _check(128 % config.block_k == 0 and not config.tma, f"W4A16 needs a pointer config with BLOCK_K | 128: {config}")
+        config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), False, launch)
     launch(config)
     return out
 
 
 # -- fused linears (what the kernel's apply calls) ---------------------------------------------------
+# The layer's tensors were checked when loaded and in TritonKernel.prepare (dtypes, shapes, unit
+# strides, contiguous [N] scale and bias), so these skip the per-call validation of the public GEMMs:
+# small GEMMs (CLIP, T5) are short enough for Python overhead to show.
 def linear_w8a8(x: torch.Tensor, fmt_name: str, w: torch.Tensor, w_scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token quantization of x [M, K] (one pass), then the W8A8 GEMM; output in x.dtype."""
-    q, s = quantize_per_token(x, fmt_name)
-    return w8a8_matmul(q, s, w, w_scale, bias, x.dtype)
+    """Per-token quantization of x [M, K] (one pass), then the W8A8 GEMM; output in x.dtype.
+    w [N, K] int8/fp8 row-major, w_scale contiguous [N] fp32, bias contiguous [N] or None."""
+    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
+    q, s = quantize_per_token(x, fmt_name)  # s [M, 1] contiguous: read as [M]
+    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
+    return _w8a8(q, w, s, w_scale, bias, out, 0, 0, False, None, True)
 
 
 def linear_fp8_block(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token-group quantization of x, then the block-scaled fp8 GEMM; w_scale [N/128, K/128] contiguous."""
+    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
     q, s = quantize_per_token_group(x)
-    return fp8_block_matmul(q, s, w, w_scale, bias, x.dtype)
+    s_t = s.t()  # the quantizer's M-major buffer [K/128, M]
+    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
+    return _w8a8(q, w, s_t, w_scale, bias, out, s_t.stride(0), w_scale.stride(0), True, None, True)
 
 
 def linear_w4a16(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    return w4a16_matmul(x, w_packed, w_scale, bias, x.dtype)
+    _check(x.dtype in _OUT_DTYPES, f"int4-g128 activations must be bf16, fp16 or fp32, got {x.dtype}")
+    return _w4a16(x if x.stride(1) == 1 else x.contiguous(), w_packed, w_scale, bias, x.dtype, None)

@@ -130,17 +130,21 @@ def _per_group_kernel(
     tl.store(st_ptr + g.to(tl.int64) * stride_st + rows, scale, mask=row_ok)
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """Programmatic dependent launch between quantizer and GEMM: Hopper+, compiled mode, not disabled
-    with LIGHTX2V_QUANT_TRITON_PDL=0."""
-    if INTERPRETING or device.type != "cuda" or os.environ.get("LIGHTX2V_QUANT_TRITON_PDL", "1") == "0":
-        return False
-    return _major(device) >= 9
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # plain ints: triton.cdiv goes through Triton's constexpr machinery on every call
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 @functools.lru_cache(maxsize=None)
-def _major(device: torch.device) -> int:
-    return torch.cuda.get_device_capability(device)[0]
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch between quantizer and GEMM: Hopper+, compiled mode, not disabled
+    with LIGHTX2V_QUANT_TRITON_PDL=0 (read once per device)."""
+    if INTERPRETING or device.type != "cuda" or os.environ.get("LIGHTX2V_QUANT_TRITON_PDL", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _row_layout(x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +154,10 @@ def _row_layout(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(1) == 1 else x.contiguous()
 
 
+@functools.lru_cache(maxsize=None)
 def _per_token_launch_params(k: int) -> tuple[int, int, int, bool]:
     """(ROWS, BLOCK_K, num_warps, one_pass): ~4-16K elements per program, 16-byte accesses per thread."""
-    block_k = triton.next_power_of_2(k)
+    block_k = next_pow2(k)
     one_pass = block_k <= MAX_ONE_PASS_K
     if not one_pass:
         block_k = 4096
@@ -179,7 +184,7 @@ def quantize_per_token(x: torch.Tensor, fmt_name: str) -> tuple[torch.Tensor, to
     if m == 0:
         return q, scale
     rows, block_k, num_warps, one_pass = _per_token_launch_params(k)
-    _per_token_kernel[(triton.cdiv(m, rows),)](
+    _per_token_kernel[(cdiv(m, rows),)](
         x, q, scale, m, k, x.stride(0), q.stride(0),
         QMAX=qmax, IS_INT8=is_int8, ROWS=rows, BLOCK_K=block_k, ONE_PASS=one_pass,
         USE_PDL=pdl_enabled(x.device), num_warps=num_warps,
@@ -201,7 +206,7 @@ def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[to
     scale_t = torch.empty((k // group, m), dtype=torch.float32, device=x.device)
     if m and k:
         rows = 32
-        _per_group_kernel[(triton.cdiv(m, rows), k // group)](
+        _per_group_kernel[(cdiv(m, rows), k // group)](
             x, q, scale_t, m, x.stride(0), q.stride(0), scale_t.stride(0),
             GROUP=group, ROWS=rows, USE_PDL=pdl_enabled(x.device), num_warps=4,
         )

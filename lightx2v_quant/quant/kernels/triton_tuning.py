@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import triton
 
-from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING
+from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING, next_pow2
 
 W8A8, FP8_BLOCK, W4A16 = "w8a8", "fp8-block128", "w4a16"
 KINDS = (W8A8, FP8_BLOCK, W4A16)
@@ -135,7 +135,7 @@ def m_class(m: int) -> str:
 
 def m_bucket(m: int) -> int:
     """Shapes whose M rounds to the same power of two share one tuning result."""
-    return max(16, triton.next_power_of_2(m))
+    return max(16, next_pow2(m))
 
 
 def candidates(kind: str, m: int, sm: int, max_smem: int, a_bytes: float, out_bytes: int) -> list[TileConfig]:
