@@ -30,7 +30,11 @@ def test_interpreter_suite():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CASES)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
@@ -61,13 +65,23 @@ gpu = pytest.mark.gpu
 @pytest.fixture
 def poison():
     """torch.empty returns NaN-filled (int: max) memory, so an output element no program wrote shows up."""
-    old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-           torch.utils.deterministic.fill_uninitialized_memory)
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn only: the fp64 reference uses cuBLAS
     torch.utils.deterministic.fill_uninitialized_memory = True
     yield
     torch.use_deterministic_algorithms(old[0], warn_only=old[1])
     torch.utils.deterministic.fill_uninitialized_memory = old[2]
+
+
+@pytest.fixture
+def first_candidate(monkeypatch):
+    """Correctness tests take each candidate list's first config (no timing: faster; the tuning test
+    and test_gpu_every_tuning_candidate cover the rest)."""
+    monkeypatch.setenv("LIGHTX2V_QUANT_TRITON_AUTOTUNE", "0")
 
 
 def _ops():
@@ -129,14 +143,20 @@ def test_gpu_quantize_per_token_group_bit_exact(m, k, poison):
 
 
 # (M, N, K): DIT 14B qkvo / ffn-down at 4096 tokens, time embedding (M=1), time projection, T5, CLIP
-GPU_SHAPES = [(4096, 5120, 5120), (4096, 5120, 13824), (1, 5120, 5120), (2, 30720, 5120), (512, 10240, 4096),
-              (257, 5120, 1280)]
+GPU_SHAPES = [
+    (4096, 5120, 5120),
+    (4096, 5120, 13824),
+    (1, 5120, 5120),
+    (2, 30720, 5120),
+    (512, 10240, 4096),
+    (257, 5120, 1280),
+]
 
 
 @gpu
 @pytest.mark.parametrize("fmt_name", [FP8, INT8])
 @pytest.mark.parametrize("m,n,k", GPU_SHAPES)
-def test_gpu_w8a8_linear(fmt_name, m, n, k, poison):
+def test_gpu_w8a8_linear(fmt_name, m, n, k, poison, first_candidate):
     _need_sm(89 if fmt_name == FP8 else 80)
     T = _ops()
     fmt, t, x, bias = _problem(fmt_name, m, n, k)
@@ -155,7 +175,7 @@ def test_gpu_w8a8_linear(fmt_name, m, n, k, poison):
 
 @gpu
 @pytest.mark.parametrize("m,n,k", GPU_SHAPES)
-def test_gpu_fp8_block_linear(m, n, k, poison):
+def test_gpu_fp8_block_linear(m, n, k, poison, first_candidate):
     _need_sm(89)
     T = _ops()
     fmt, t, x, bias = _problem(B128, m, n, k)
@@ -170,7 +190,7 @@ def test_gpu_fp8_block_linear(m, n, k, poison):
 @gpu
 @pytest.mark.parametrize("m,n,k", GPU_SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 6e-3), (torch.float16, 2e-3)])
-def test_gpu_w4a16_linear(m, n, k, dtype, tol, poison):
+def test_gpu_w4a16_linear(m, n, k, dtype, tol, poison, first_candidate):
     _need_sm(80)
     T = _ops()
     fmt, t, x, bias = _problem(INT4, m, n, k, dtype)
@@ -188,8 +208,9 @@ def test_gpu_every_tuning_candidate(kind, poison):
     """Each tile config the tuner may pick computes the right thing (uneven N, and K tails for W8A8)."""
     _need_sm(80 if kind in ("int8", "w4a16") else 89)
     T = _ops()
-    from lightx2v_quant.quant.kernels import triton_tuning as tt
     from triton.errors import TritonError
+
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
 
     sm, _, smem = T._device_info(torch.device("cuda"))
     fmt_name = {"fp8": FP8, "int8": INT8, "fp8-block128": B128, "w4a16": INT4}[kind]
@@ -206,7 +227,9 @@ def test_gpu_every_tuning_candidate(kind, poison):
                     y = T.w4a16_matmul(x, t["weight"], t["weight_scale"], bias, torch.float32, config=cfg)
                 elif kind == "fp8-block128":
                     q, s = T.quantize_per_token_group(x)
-                    y = T.fp8_block_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.float32, config=cfg)
+                    y = T.fp8_block_matmul(
+                        q, s, t["weight"], t["weight_scale"], bias, torch.float32, config=cfg
+                    )
                 else:
                     q, s = T.quantize_per_token(x, fmt_name)
                     y = T.w8a8_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.float32, config=cfg)
@@ -224,7 +247,7 @@ def test_gpu_every_tuning_candidate(kind, poison):
 @gpu
 @pytest.mark.parametrize("scheme", ["fp8-triton", "int8-triton", "int4-g128-triton", "fp8-b128-triton"])
 @pytest.mark.parametrize("lead", [(1,), (2,), (2, 77)])
-def test_gpu_quantlinear_small_m(scheme, lead, poison):
+def test_gpu_quantlinear_small_m(scheme, lead, poison, first_candidate):
     """Time-embedding sized inputs (M = batch) through QuantLinear, 3-D inputs included."""
     from lightx2v_quant.quant.linear import QuantLinear
 

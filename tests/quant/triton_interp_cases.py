@@ -34,8 +34,11 @@ CPU = HardwareSpec(name="cpu", device="cpu", compute_capability=None, memory_gb=
 @pytest.fixture(autouse=True)
 def _poison_empty():
     """torch.empty returns NaN / int-max filled memory: an output element the kernel skips shows up."""
-    old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-           torch.utils.deterministic.fill_uninitialized_memory)
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     yield
@@ -149,7 +152,9 @@ def test_fp8_block_matmul_matches_reference(m, n, k, cfg):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 128, 128), (5, 72, 256), (17, 256, 384)])
-@pytest.mark.parametrize("x_dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3), (torch.float16, 1e-3)])
+@pytest.mark.parametrize(
+    "x_dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3), (torch.float16, 1e-3)]
+)
 @pytest.mark.parametrize("cfg", [None, TileConfig(16, 32, 128, 4, 2)])
 def test_w4a16_matmul_matches_reference(m, n, k, x_dtype, tol, cfg):
     fmt, t, x, bias = _quantized_problem(INT4, m, n, k, x_dtype)

@@ -66,8 +66,9 @@ class TritonKernel(Kernel):
             raise KernelUnavailable(f"kernel 'triton' has no path for {fmt}")
         if layer.weight.stride(-1) != 1:
             raise KernelUnavailable(
-                f"kernel 'triton' needs the weight row-major as stored ([N, K] with unit stride along K); got "
-                f"strides {tuple(layer.weight.stride())}. Load the checkpoint tensor as is (no transposed view)."
+                "kernel 'triton' needs the weight row-major as stored ([N, K] with unit stride along K); "
+                f"got strides {tuple(layer.weight.stride())}. Load the checkpoint tensor as is "
+                "(no transposed view)."
             )
         if layer.bias is not None and not layer.bias.is_contiguous():
             layer.bias = layer.bias.contiguous()  # read as a plain [N] vector

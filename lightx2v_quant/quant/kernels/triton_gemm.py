@@ -37,8 +37,9 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr,
-              HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr):
+def _epilogue(
+    acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr
+):
     """fp32 [BM, BN] result: per-channel scales (unless already applied per K-block) and bias."""
     out = acc.to(tl.float32)
     if not BLOCK_SCALED:
@@ -61,10 +62,28 @@ def _block_scale(sa_ptr, sb_ptr, kt, offs_am, offs_bn, stride_sak, stride_sbn, B
 
 @triton.jit(do_not_specialize=["M"])
 def w8a8_kernel(
-    a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
-    M, N, K, stride_am, stride_bn, stride_cm, stride_sak, stride_sbn,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr, IS_INT8: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    sa_ptr,
+    sb_ptr,
+    bias_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_bn,
+    stride_cm,
+    stride_sak,
+    stride_sbn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_SCALED: tl.constexpr,
+    IS_INT8: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     if USE_PDL:  # launched early (programmatic dependent launch): wait for the quantizer's results
@@ -107,11 +126,27 @@ def w8a8_kernel(
 
 @triton.jit(do_not_specialize=["M"])
 def w8a8_tma_kernel(
-    a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr,
-    M, N, K, stride_sak, stride_sbn,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_SMS: tl.constexpr, SUBTILE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr, IS_INT8: tl.constexpr, USE_PDL: tl.constexpr,
+    a_desc,
+    b_desc,
+    c_desc,
+    sa_ptr,
+    sb_ptr,
+    bias_ptr,
+    M,
+    N,
+    K,
+    stride_sak,
+    stride_sbn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    NUM_SMS: tl.constexpr,
+    SUBTILE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_SCALED: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Persistent: program p takes tiles p, p + NUM_SMS, ... In per-channel mode the loop nest is
     flattened so the compiler prefetches the next tile's first K-blocks during this tile's epilogue
@@ -161,10 +196,25 @@ def w8a8_tma_kernel(
 
 @triton.jit(do_not_specialize=["M"])
 def w4a16_kernel(
-    a_ptr, w_ptr, s_ptr, bias_ptr, c_ptr,
-    M, N, K, stride_am, stride_wn, stride_sn, stride_cm,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SWAP_AB: tl.constexpr,
+    a_ptr,
+    w_ptr,
+    s_ptr,
+    bias_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_wn,
+    stride_sn,
+    stride_cm,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    SWAP_AB: tl.constexpr,
 ):
     """A [M, K] bf16/fp16/fp32; W uint8 [N, K/2] (k = 2j in the low nibble of byte j, stored +8);
     scales fp32 [N, K/128]. Each W tile is unpacked, scaled in fp32 and rounded to A's dtype, so the

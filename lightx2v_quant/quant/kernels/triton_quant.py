@@ -45,7 +45,8 @@ def _round_half_even(y):
 
 @triton.jit
 def _snap_to_e4m3(y):
-    """Round fp32 values in [-448, 448] onto the float8_e4m3fn grid (RNE), staying in fp32 (interpreter only)."""
+    """Round fp32 values in [-448, 448] onto the float8_e4m3fn grid (RNE), staying in fp32.
+    Interpreter only: the cast of the result is then exact."""
     a = tl.abs(y)
     e = ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127  # floor(log2 a); -127 for 0
     e = tl.maximum(e, -6)  # below 2^-6 e4m3 is subnormal with a fixed spacing of 2^-9
@@ -72,9 +73,19 @@ def _quantize_values(x, scale, IS_INT8: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M"])
 def _per_token_kernel(
-    x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
-    QMAX: tl.constexpr, IS_INT8: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-    ONE_PASS: tl.constexpr, USE_PDL: tl.constexpr,
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    M,
+    K,
+    stride_xm,
+    stride_qm,
+    QMAX: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ONE_PASS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """ROWS rows per program. ONE_PASS: the row is read once and kept in registers (K <= BLOCK_K);
     otherwise a first sweep finds amax and a second (served mostly by L2) quantizes.
@@ -110,8 +121,16 @@ def _per_token_kernel(
 
 @triton.jit(do_not_specialize=["M"])
 def _per_group_kernel(
-    x_ptr, q_ptr, st_ptr, M, stride_xm, stride_qm, stride_st,
-    GROUP: tl.constexpr, ROWS: tl.constexpr, USE_PDL: tl.constexpr,
+    x_ptr,
+    q_ptr,
+    st_ptr,
+    M,
+    stride_xm,
+    stride_qm,
+    stride_st,
+    GROUP: tl.constexpr,
+    ROWS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One program = ROWS rows x one group of GROUP columns. Scales go to st [K/GROUP, M] (M-major)."""
     if USE_PDL:
@@ -185,9 +204,20 @@ def quantize_per_token(x: torch.Tensor, fmt_name: str) -> tuple[torch.Tensor, to
         return q, scale
     rows, block_k, num_warps, one_pass = _per_token_launch_params(k)
     _per_token_kernel[(cdiv(m, rows),)](
-        x, q, scale, m, k, x.stride(0), q.stride(0),
-        QMAX=qmax, IS_INT8=is_int8, ROWS=rows, BLOCK_K=block_k, ONE_PASS=one_pass,
-        USE_PDL=pdl_enabled(x.device), num_warps=num_warps,
+        x,
+        q,
+        scale,
+        m,
+        k,
+        x.stride(0),
+        q.stride(0),
+        QMAX=qmax,
+        IS_INT8=is_int8,
+        ROWS=rows,
+        BLOCK_K=block_k,
+        ONE_PASS=one_pass,
+        USE_PDL=pdl_enabled(x.device),
+        num_warps=num_warps,
     )
     return q, scale
 
@@ -207,7 +237,16 @@ def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[to
     if m and k:
         rows = 32
         _per_group_kernel[(cdiv(m, rows), k // group)](
-            x, q, scale_t, m, x.stride(0), q.stride(0), scale_t.stride(0),
-            GROUP=group, ROWS=rows, USE_PDL=pdl_enabled(x.device), num_warps=4,
+            x,
+            q,
+            scale_t,
+            m,
+            x.stride(0),
+            q.stride(0),
+            scale_t.stride(0),
+            GROUP=group,
+            ROWS=rows,
+            USE_PDL=pdl_enabled(x.device),
+            num_warps=4,
         )
     return q, scale_t.t()

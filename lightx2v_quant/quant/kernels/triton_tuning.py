@@ -45,7 +45,8 @@ class TileConfig:
         kind = "tma" if self.tma else "ptr"
         sub = "/sub" if self.subtile else ""
         swap = "/swap" if self.swap_ab else ""
-        return f"{kind} {self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} s{self.num_stages}{sub}{swap}"
+        tile = f"{self.block_m}x{self.block_n}x{self.block_k}"
+        return f"{kind} {tile} w{self.num_warps} s{self.num_stages}{sub}{swap}"
 
     def smem_bytes(self, a_bytes: float, b_bytes: float, out_bytes: int) -> int:
         """Estimate of the shared memory the pipeline needs, plus the TMA store staging, plus (packed
@@ -56,8 +57,9 @@ class TileConfig:
         return int(self.num_stages * stage + store + unpacked)
 
 
-def _c(bm: int, bn: int, bk: int, w: int, s: int, *, tma: bool = False, sub: bool = False,
-       swap: bool = False) -> TileConfig:
+def _c(
+    bm: int, bn: int, bk: int, w: int, s: int, *, tma: bool = False, sub: bool = False, swap: bool = False
+) -> TileConfig:
     return TileConfig(bm, bn, bk, w, s, tma=tma, subtile=sub, swap_ab=swap)
 
 
@@ -65,31 +67,53 @@ def _c(bm: int, bn: int, bk: int, w: int, s: int, *, tma: bool = False, sub: boo
 # of 128x256 over 256 threads = 128 registers each. fp8 likes BLOCK_K = 128 (one 128-byte swizzled row).
 _SM90_W8A8 = {
     "large": [
-        _c(128, 256, 128, 8, 4, tma=True, sub=True), _c(128, 256, 128, 8, 3, tma=True),
-        _c(256, 128, 128, 8, 3, tma=True), _c(128, 256, 128, 8, 3), _c(128, 256, 128, 8, 4),
-        _c(256, 128, 128, 8, 3), _c(128, 128, 128, 4, 5, tma=True), _c(128, 256, 64, 8, 5, tma=True, sub=True),
+        _c(128, 256, 128, 8, 4, tma=True, sub=True),
+        _c(128, 256, 128, 8, 3, tma=True),
+        _c(256, 128, 128, 8, 3, tma=True),
+        _c(128, 256, 128, 8, 3),
+        _c(128, 256, 128, 8, 4),
+        _c(256, 128, 128, 8, 3),
+        _c(128, 128, 128, 4, 5, tma=True),
+        _c(128, 256, 64, 8, 5, tma=True, sub=True),
         _c(128, 128, 128, 8, 4),
     ],
     "medium": [
-        _c(128, 128, 128, 4, 4, tma=True), _c(64, 128, 128, 4, 4), _c(64, 128, 128, 4, 5, tma=True),
-        _c(128, 128, 128, 4, 4), _c(64, 256, 128, 4, 4), _c(128, 256, 128, 8, 3, tma=True),
-        _c(32, 128, 128, 4, 4), _c(64, 64, 128, 4, 5),
+        _c(128, 128, 128, 4, 4, tma=True),
+        _c(64, 128, 128, 4, 4),
+        _c(64, 128, 128, 4, 5, tma=True),
+        _c(128, 128, 128, 4, 4),
+        _c(64, 256, 128, 4, 4),
+        _c(128, 256, 128, 8, 3, tma=True),
+        _c(32, 128, 128, 4, 4),
+        _c(64, 64, 128, 4, 5),
     ],
     "small": [
-        _c(16, 64, 128, 4, 4), _c(16, 128, 128, 4, 4), _c(16, 32, 256, 4, 3), _c(32, 64, 128, 4, 4),
-        _c(64, 64, 128, 4, 4), _c(64, 128, 128, 4, 4),
+        _c(16, 64, 128, 4, 4),
+        _c(16, 128, 128, 4, 4),
+        _c(16, 32, 256, 4, 3),
+        _c(32, 64, 128, 4, 4),
+        _c(64, 64, 128, 4, 4),
+        _c(64, 128, 128, 4, 4),
     ],
 }
 # Block-128 scaling keeps two accumulators (the running sum and the K-block partial): tiles of 128x128
 # per 8 warps, or 64 rows per 4 warps, keep both in registers.
 _SM90_BLOCK = {
     "large": [
-        _c(128, 128, 128, 8, 4, tma=True), _c(128, 128, 128, 8, 5, tma=True), _c(128, 128, 128, 8, 4),
-        _c(128, 128, 128, 8, 3), _c(64, 128, 128, 4, 5, tma=True), _c(64, 128, 128, 4, 4),
+        _c(128, 128, 128, 8, 4, tma=True),
+        _c(128, 128, 128, 8, 5, tma=True),
+        _c(128, 128, 128, 8, 4),
+        _c(128, 128, 128, 8, 3),
+        _c(64, 128, 128, 4, 5, tma=True),
+        _c(64, 128, 128, 4, 4),
     ],
     "medium": [
-        _c(64, 128, 128, 4, 4), _c(64, 128, 128, 4, 5, tma=True), _c(128, 128, 128, 8, 4, tma=True),
-        _c(128, 128, 128, 8, 4), _c(64, 64, 128, 4, 4), _c(32, 128, 128, 4, 4),
+        _c(64, 128, 128, 4, 4),
+        _c(64, 128, 128, 4, 5, tma=True),
+        _c(128, 128, 128, 8, 4, tma=True),
+        _c(128, 128, 128, 8, 4),
+        _c(64, 64, 128, 4, 4),
+        _c(32, 128, 128, 4, 4),
     ],
     "small": [_c(16, 64, 128, 4, 4), _c(16, 128, 128, 4, 4), _c(32, 64, 128, 4, 4), _c(64, 64, 128, 4, 4)],
 }
@@ -99,21 +123,39 @@ _SM90_BLOCK = {
 # BLOCK_K divides 128 (one group scale per tile row).
 _SM90_W4A16 = {
     "large": [
-        _c(128, 128, 64, 8, 4, swap=True), _c(256, 128, 64, 8, 3, swap=True), _c(256, 128, 64, 8, 4, swap=True),
-        _c(128, 256, 64, 8, 3, swap=True), _c(128, 128, 128, 8, 3, swap=True), _c(128, 128, 64, 8, 4),
+        _c(128, 128, 64, 8, 4, swap=True),
+        _c(256, 128, 64, 8, 3, swap=True),
+        _c(256, 128, 64, 8, 4, swap=True),
+        _c(128, 256, 64, 8, 3, swap=True),
+        _c(128, 128, 128, 8, 3, swap=True),
+        _c(128, 128, 64, 8, 4),
         _c(256, 128, 64, 8, 3),
     ],
     "medium": [
-        _c(64, 128, 64, 4, 4, swap=True), _c(128, 128, 64, 8, 4, swap=True), _c(64, 256, 64, 8, 4, swap=True),
-        _c(64, 128, 128, 4, 4, swap=True), _c(32, 128, 128, 4, 4, swap=True), _c(64, 128, 64, 4, 4),
+        _c(64, 128, 64, 4, 4, swap=True),
+        _c(128, 128, 64, 8, 4, swap=True),
+        _c(64, 256, 64, 8, 4, swap=True),
+        _c(64, 128, 128, 4, 4, swap=True),
+        _c(32, 128, 128, 4, 4, swap=True),
+        _c(64, 128, 64, 4, 4),
     ],
-    "small": [_c(16, 64, 128, 4, 4, swap=True), _c(16, 128, 128, 4, 4, swap=True), _c(32, 64, 128, 4, 4, swap=True),
-              _c(16, 64, 64, 4, 4, swap=True), _c(16, 32, 128, 4, 4)],
+    "small": [
+        _c(16, 64, 128, 4, 4, swap=True),
+        _c(16, 128, 128, 4, 4, swap=True),
+        _c(32, 64, 128, 4, 4, swap=True),
+        _c(16, 64, 64, 4, 4, swap=True),
+        _c(16, 32, 128, 4, 4),
+    ],
 }
 # Ampere / Ada: pointer kernel only, shallower pipelines (99-163 KB of shared memory).
 _OTHER = {
-    "large": [_c(128, 256, 64, 8, 3), _c(256, 128, 64, 8, 3), _c(128, 128, 64, 4, 4), _c(128, 128, 128, 8, 3),
-              _c(64, 128, 64, 4, 4)],
+    "large": [
+        _c(128, 256, 64, 8, 3),
+        _c(256, 128, 64, 8, 3),
+        _c(128, 128, 64, 4, 4),
+        _c(128, 128, 128, 8, 3),
+        _c(64, 128, 64, 4, 4),
+    ],
     "medium": [_c(64, 128, 64, 4, 4), _c(128, 128, 64, 4, 3), _c(64, 64, 128, 4, 3), _c(32, 128, 64, 4, 4)],
     "small": [_c(16, 64, 128, 4, 3), _c(16, 128, 64, 4, 4), _c(32, 64, 64, 4, 4)],
 }
@@ -203,8 +245,13 @@ class Tuner:
                 json.dump(saved, f, indent=1, sort_keys=True)
 
     # -- choosing ---------------------------------------------------------------------------------
-    def choose(self, key: tuple, cands: list[TileConfig], launch: Callable[[TileConfig, bool], object],
-               after_tuning: Callable[[], object] | None = None) -> TileConfig:
+    def choose(
+        self,
+        key: tuple,
+        cands: list[TileConfig],
+        launch: Callable[[TileConfig, bool], object],
+        after_tuning: Callable[[], object] | None = None,
+    ) -> TileConfig:
         """The config for ``key``. ``launch(cfg, warmup)`` runs (or, warmup=True, only compiles) the GEMM;
         ``after_tuning`` runs once benchmarking has scribbled over the output (to re-poison it in tests)."""
         cfg = self.best.get(key)
@@ -228,15 +275,18 @@ class Tuner:
             self.best[key] = cfg
         return cfg
 
-    def _benchmark(self, key: tuple, cands: list[TileConfig], launch: Callable[[TileConfig, bool], object]) -> TileConfig:
+    def _benchmark(
+        self, key: tuple, cands: list[TileConfig], launch: Callable[[TileConfig, bool], object]
+    ) -> TileConfig:
         _precompile(cands, launch)
         timings: dict[TileConfig, float] = {}
         failed: dict[str, str] = {}
         for cfg in cands:
             try:
                 launch(cfg, False)
-                timings[cfg] = triton.testing.do_bench(lambda: launch(cfg, False), warmup=10, rep=40,
-                                                      return_mode="median")
+                timings[cfg] = triton.testing.do_bench(
+                    lambda cfg=cfg: launch(cfg, False), warmup=10, rep=40, return_mode="median"
+                )
             except _compile_errors() as exc:
                 failed[cfg.label()] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if not timings:
@@ -244,13 +294,18 @@ class Tuner:
             raise RuntimeError(f"no Triton tile config compiled for {key}: {reasons}")
         best = min(timings, key=timings.__getitem__)
         self.records[key] = {
-            "config": best.label(), "tuned": True, "ms": timings[best],
+            "config": best.label(),
+            "tuned": True,
+            "ms": timings[best],
             "timings_ms": {c.label(): t for c, t in sorted(timings.items(), key=lambda kv: kv[1])},
             "failed": failed,
         }
         if _env_flag("LIGHTX2V_QUANT_TRITON_VERBOSE", False):
-            print(f"[triton tune] {key}: {best.label()} {timings[best]:.4f} ms "
-                  f"(of {len(timings)}; failed {len(failed)})", file=sys.stderr)
+            print(
+                f"[triton tune] {key}: {best.label()} {timings[best]:.4f} ms "
+                f"(of {len(timings)}; failed {len(failed)})",
+                file=sys.stderr,
+            )
         self._save(key, best, timings[best])
         return best
 
