@@ -29,7 +29,9 @@ from lightx2v_quant.quant.kernels.triton_tuning import TileConfig  # noqa: E402
 from lightx2v_quant.quant.linear import QuantLinear  # noqa: E402
 
 FP8, INT8, INT4, B128 = "w8a8-fp8-channel", "w8a8-int8-channel", "w4a16-int4-g128", "w8a8-fp8-block128"
-INTERPRETER_BROKEN = "this Triton's interpreter cannot run loops with run-time bounds (Triton 3.6 with NumPy >= 2.4)"
+INTERPRETER_BROKEN = (
+    "this Triton's interpreter cannot run loops with run-time bounds (Triton 3.6 with NumPy >= 2.4)"
+)
 
 
 @triton.jit
