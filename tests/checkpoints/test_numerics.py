@@ -118,7 +118,7 @@ def test_bf16_source_differs_from_torch_cast_on_some_elements():
 
 
 def test_rows_are_chunked_without_changing_bytes(monkeypatch):
-    from lightx2v_quant.checkpoints import numerics
+    from lightx2v_quant.quant import lightx2v_numerics as numerics
 
     w = torch.randn(64, 128)
     q_full, s_full = lightx2v_fp8_channel(w)
