@@ -35,7 +35,12 @@ class Op:
 class FakeEvent:
     def __init__(self) -> None:
         self.clock: dict[str, int] | None = None  # None: never recorded (waiting on it is a no-op, as in CUDA)
-        self.done = True
+        self.recorded = 0  # records issued; a wait refers to the latest one
+        self.completed = 0  # records executed
+
+    @property
+    def done(self) -> bool:
+        return self.completed >= self.recorded
 
 
 def _join(a: dict[str, int], b: dict[str, int] | None) -> dict[str, int]:
@@ -54,7 +59,7 @@ class FakeTransport(Transport):
         self.clocks: dict[str, dict[str, int]] = {}
         self.counts: dict[str, int] = {}
         self.ops: list[Op] = []
-        self.pending: list[tuple] = []  # lazy copy-stream work: ("copy", dst, src) / ("record", event)
+        self.pending: list[tuple] = []  # lazy copy-stream work: ("copy", dst, src) / ("record", event, number)
         self.pinned: list[int] = []
         self.written: dict[int, Op] = {}  # g -> host_written op (disk reads)
 
@@ -93,11 +98,11 @@ class FakeTransport(Transport):
         with self.lock:
             op = self._stream_op("record", stream)
             event.clock = op.clock
+            event.recorded += 1
             if self.lazy and stream == COPY:
-                event.done = False
-                self.pending.append(("record", event))
+                self.pending.append(("record", event, event.recorded))
             else:
-                event.done = True
+                event.completed = event.recorded
 
     def wait(self, stream: str, event: FakeEvent) -> None:
         with self.lock:
@@ -161,7 +166,7 @@ class FakeTransport(Transport):
             if item[0] == "copy":
                 item[1].copy_(item[2])
             else:
-                item[1].done = True
+                item[1].completed = max(item[1].completed, item[2])
 
     # -- queries for tests ------------------------------------------------------------------------------
     def find(self, kind: str, **info: Any) -> list[Op]:
