@@ -20,9 +20,10 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 VAE_STRIDE = (4, 8, 8)  # Wan VAE: time, height, width
 ORDER = ("none", "model", "block", "phase", "disk")  # least offload first
 
-# Wan2.1 encoders when the model config gives no architecture (model.extra.t5 / model.extra.clip).
-T5_DEFAULT = {"dim": 4096, "ffn_dim": 10240, "num_layers": 24, "vocab": 256384, "num_heads": 64}
-CLIP_DEFAULT = {"dim": 1280, "ffn_dim": 5120, "num_layers": 32, "patch": 14, "image_size": 224}
+# Wan2.1 encoders (umT5-XXL, CLIP ViT-H/14) when the model config gives no architecture (model.t5 / model.clip).
+T5_DEFAULT = {"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64,
+              "num_layers": 24, "num_buckets": 32}
+CLIP_DEFAULT = {"image_size": 224, "patch_size": 14, "width": 1280, "num_layers": 32, "mlp_dim": 5120}
 VAE_PARAMS = 127_000_000  # Wan2.1 VAE (Wan2.1_VAE.pth: 508 MB of fp32)
 
 
@@ -97,23 +98,34 @@ def dit_activation_bytes(dit: Any, tokens: int, dtype: str = "bf16", batch: int 
     return int((max(attn, ffn) + context) * batch * ACT_MARGIN)
 
 
-def t5_bytes(arch: dict | None, scheme: Scheme | None, dtype: str = "bf16") -> int:
-    a = {**T5_DEFAULT, **(arch or {})}
+def t5_bytes(arch: Any, scheme: Scheme | None, dtype: str = "bf16") -> int:
+    """umT5 encoder (config.T5Arch fields): token embedding in the run dtype, linears per ``scheme``."""
+    a = {**T5_DEFAULT, **_fields(arch)}
     b = DTYPE_BYTES[dtype]
-    d, f = int(a["dim"]), int(a["ffn_dim"])
-    per_layer = (4 * linear_bytes(d, d, scheme, b, bias=False) + 2 * linear_bytes(f, d, scheme, b, bias=False)
-                 + linear_bytes(d, f, scheme, b, bias=False) + 2 * d * b + 32 * int(a["num_heads"]) * b)
-    return int(a["vocab"]) * d * b + int(a["num_layers"]) * per_layer + d * b
+    d, da, f = int(a["dim"]), int(a["dim_attn"]), int(a["dim_ffn"])
+    per_layer = (3 * linear_bytes(da, d, scheme, b, bias=False) + linear_bytes(d, da, scheme, b, bias=False)
+                 + 2 * linear_bytes(f, d, scheme, b, bias=False) + linear_bytes(d, f, scheme, b, bias=False)
+                 + 2 * d * b + int(a["num_buckets"]) * int(a["num_heads"]) * b)
+    return int(a["vocab_size"]) * d * b + int(a["num_layers"]) * per_layer + d * b
 
 
-def clip_bytes(arch: dict | None, scheme: Scheme | None) -> int:
-    a = {**CLIP_DEFAULT, **(arch or {})}
-    b = 2  # CLIP runs in fp16
-    d, f = int(a["dim"]), int(a["ffn_dim"])
+def clip_bytes(arch: Any, scheme: Scheme | None) -> int:
+    """CLIP vision tower (config.ClipArch fields), fp16."""
+    a = {**CLIP_DEFAULT, **_fields(arch)}
+    b = 2
+    d, f, p = int(a["width"]), int(a["mlp_dim"]), int(a["patch_size"])
     per_layer = (linear_bytes(3 * d, d, scheme, b) + linear_bytes(d, d, scheme, b) + linear_bytes(f, d, scheme, b)
                  + linear_bytes(d, f, scheme, b) + 4 * d * b)
-    grid = (int(a["image_size"]) // int(a["patch"])) ** 2 + 1
-    return int(a["num_layers"]) * per_layer + (3 * int(a["patch"]) ** 2 * d + grid * d + 4 * d) * b
+    grid = (int(a["image_size"]) // p) ** 2 + 1
+    return int(a["num_layers"]) * per_layer + (3 * p * p * d + grid * d + 4 * d) * b
+
+
+def _fields(arch: Any) -> dict[str, Any]:
+    if arch is None:
+        return {}
+    if hasattr(arch, "items"):
+        return {k: v for k, v in arch.items() if v is not None}
+    return {k: v for k, v in vars(arch).items() if v is not None}
 
 
 @dataclass
@@ -217,10 +229,9 @@ def plan_offload(cfg: Any, hw: Any, schemes: dict[str, Scheme | None], problems:
                         i2v="clip" in schemes)
     tokens = dit_tokens(int(cfg.task.height), int(cfg.task.width), int(cfg.task.frames), tuple(dit.patch_size))
     activations = dit_activation_bytes(dit, tokens, dtype)
-    extra = _get(cfg.model, "extra", {}) or {}
-    encoders = {"t5": t5_bytes(_get(extra, "t5"), schemes.get("t5"), dtype), "vae": 2 * VAE_PARAMS}
+    encoders = {"t5": t5_bytes(_get(cfg.model, "t5"), schemes.get("t5"), dtype), "vae": 2 * VAE_PARAMS}
     if "clip" in schemes:
-        encoders["clip"] = clip_bytes(_get(extra, "clip"), schemes.get("clip"))
+        encoders["clip"] = clip_bytes(_get(cfg.model, "clip"), schemes.get("clip"))
     estimates = estimate_modes(weights, activations, encoders, bool(_get(oc, "t5_cpu", False)),
                                int(_get(oc, "slots", 2)), int(_get(oc, "host_buffers", 3)))
     gpu_budget = float(_get(oc, "gpu_memory_gb", 0) or hw.memory_gb) * GB
