@@ -159,12 +159,14 @@ def _trigger(pipeline: Pipeline, unit: int) -> Callable:
 
 
 def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | str, *, mode: str | None = None,
-                     checkpoint: str | None = None, key_map: Callable[[str], str | None] | None = None,
+                     granularity: str | None = None, checkpoint: str | None = None,
+                     key_map: Callable[[str], str | None] | None = None,
                      phases: tuple[tuple[str, ...], ...] | None = None, transport: Transport | None = None,
                      timing: bool = True) -> OffloadHandle:
     """Offload ``model`` (a module with a ``blocks`` ModuleList) per ``offload_cfg`` (config.OffloadConfig).
 
-    ``mode`` overrides ``offload_cfg.mode`` (pass the mode validation resolved for ``auto``). ``disk`` needs
+    ``mode`` / ``granularity`` override ``offload_cfg`` (pass ``plan.offload.mode`` and ``.granularity``,
+    which validation resolved for ``auto``). ``disk`` needs
     ``checkpoint`` (a per-block folder, a .safetensors file or an index); the model may then be on the meta
     device (built, not loaded) except for computed buffers. ``key_map`` maps checkpoint keys to model keys.
     """
@@ -173,7 +175,9 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
         raise ValueError(f"wrap_for_offload: mode {mode!r} is not one of {', '.join(MODES)}"
                          + ("; resolve `auto` with lightx2v_quant.validate first (plan.offload.mode)"
                             if mode == "auto" else ""))
-    granularity = {"phase": "phase", "disk": str(offload_cfg.granularity)}.get(mode, "block")
+    granularity = {"phase": "phase", "disk": str(granularity or offload_cfg.granularity)}.get(mode, "block")
+    if granularity not in ("block", "phase"):
+        raise ValueError(f"offload.granularity must be 'block' or 'phase', not {granularity!r}")
     t = transport or CudaTransport(device)
     t0 = time.perf_counter()
     index = None
