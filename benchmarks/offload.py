@@ -31,6 +31,7 @@ from lightx2v_quant.offload import dit_files, save_by_block, wrap_for_offload  #
 from lightx2v_quant.offload.memory import dit_tokens  # noqa: E402
 from lightx2v_quant.quant.apply import weight_bytes  # noqa: E402
 
+DEVICE = "cuda"
 MODES = [("model", "block"), ("block", "block"), ("phase", "phase"), ("disk", "block"), ("disk", "phase")]
 
 
@@ -108,7 +109,7 @@ def main() -> None:
 
     from lightx2v_quant.models.wan import WanDiTConfig, random_dit
 
-    device = torch.device("cuda")
+    device = torch.device(DEVICE)
     name = torch.cuda.get_device_name(device)
     torch.manual_seed(0)
     cfg = WanDiTConfig.preset(args.model)
@@ -160,10 +161,16 @@ def main() -> None:
             if mode == "disk":
                 entry["page_cache_dropped"] = drop_page_cache(files)
             torch.cuda.reset_peak_memory_stats()
-            with RssSampler() as rss, handle:
+            with RssSampler() as rss:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                handle.begin()  # the resident part (all of it for `model`) goes to the GPU
+                torch.cuda.synchronize()
+                entry["begin_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
                 entry["gpu_weights_bytes"] = torch.cuda.memory_allocated()
                 warm, _ = timed_forwards(model, inputs, 1)
                 times, out = timed_forwards(model, inputs, args.repeat)
+                handle.end()
             entry["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
         med = statistics.median(times)
         stats = handle.stats()
@@ -181,6 +188,7 @@ def main() -> None:
             entry["host_rss_over_baseline_bytes"] = rss.peak - rss0
             entry["host_rss_blocks"] = round((rss.peak - rss0) / block_bytes, 2)
         handle.close()
+        del handle  # its host arenas go as soon as the next wrap re-points the model
         result["modes"][label] = entry
         print(f"{label}: {med:.0f} ms ({med / base_ms:.3f}x), GPU weights {entry['gpu_weights_bytes'] / 1e9:.2f} GB, "
               f"peak {entry['gpu_peak_bytes'] / 1e9:.2f} GB, identical={entry['identical']}", flush=True)

@@ -187,6 +187,7 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
         index = diskmod.file_index(diskmod.dit_files(checkpoint), key_map)
     defs = unit_defs(model, granularity, phases)
     setup = _Setup(t, index)
+    _forget_meta_preparation(model)
     setup.materialize(non_block_refs(model))
     _prepare(model, t.device, skip="blocks.")
     non_block = setup.unit(build_layout("non_block", non_block_refs(model)))
@@ -260,6 +261,20 @@ class _Setup:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
+
+
+def _forget_meta_preparation(model: nn.Module) -> None:
+    """A layer whose kernel-derived buffers are on meta (the model was disk-offloaded before) is prepared again
+    once its stored tensors are read: drop the placeholders instead of asking a checkpoint for them."""
+    for layer in model.modules():
+        if not isinstance(layer, QuantLinear):
+            continue
+        derived = [n for n in layer._non_persistent_buffers_set if n in layer._buffers]
+        if any(layer._buffers[n] is not None and layer._buffers[n].is_meta for n in derived):
+            for name in derived:
+                del layer._buffers[name]
+            layer._non_persistent_buffers_set.difference_update(derived)
+            layer.prepared_for = None
 
 
 def _prepare(module: nn.Module, device: torch.device, skip: str | None = None) -> None:

@@ -70,12 +70,12 @@ def dit_bytes(dit: Any, scheme: Scheme | None, dtype: str = "bf16", sensitive_fp
           + int(dit.text_dim) * d + d + d * d + d  # text_embedding
           + int(dit.freq_dim) * d + d + d * d + d  # time_embedding
           + d * 6 * d + 6 * d  # time_projection
-          + d * out + out + 2 * d)  # head + head.modulation
+          + d * out + out + 2 * d) * s  # head + head.modulation
     image_dim = dit.get("image_dim") if hasattr(dit, "get") else getattr(dit, "image_dim", None)
     if i2v and image_dim:
-        e = int(image_dim)
-        nb += 2 * e + e * e + e + e * d + d + 2 * d  # img_emb: LayerNorm, Linear, GELU, Linear, LayerNorm
-    return DitBytes([sum(phases)] * int(dit.num_layers), phases, nb * s)
+        e = int(image_dim)  # img_emb: LayerNorm (sensitive), Linear, GELU, Linear, LayerNorm (sensitive)
+        nb += (2 * e + 2 * d) * s + (e * e + e + e * d + d) * b
+    return DitBytes([sum(phases)] * int(dit.num_layers), phases, nb)
 
 
 def dit_tokens(height: int, width: int, frames: int, patch: tuple[int, ...]) -> int:

@@ -68,3 +68,33 @@ def test_on_demand_encoder_on_cuda():
     assert torch.equal(out, expected)
     assert model.blocks[0].self_attn.q.weight.device.type == "cpu"
     od.close()
+
+
+MID_DIT = dict(dim=512, ffn_dim=1024, num_heads=4, num_layers=4, text_dim=256, text_len=64)
+
+
+@pytest.mark.parametrize("size", ["tiny-t2v", "mid"])
+@pytest.mark.parametrize("scheme,sensitive", [("int8-torch", False), ("fp8-torch", True), (None, False)])
+def test_wan_dit_offload_is_bit_identical_on_cuda(tmp_path, size, scheme, sensitive):
+    from lightx2v_quant.models.wan import WanDiTConfig, random_dit
+
+    cfg = WanDiTConfig(**MID_DIT) if size == "mid" else WanDiTConfig.preset(size)
+    model = random_dit(cfg, torch.bfloat16, "cpu", seed=5, quant=scheme, sensitive_fp32=sensitive)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_dim, 3, 16, 16, generator=g).cuda()
+    ctx = torch.randn(1, 20, cfg.text_dim, generator=g).cuda()
+    t = torch.tensor([650.0], device="cuda")
+    ref = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        expected = ref(x, t, ctx)
+    del ref
+    save_by_block(model, tmp_path)
+    for mode, gran in CASES:
+        m = metaize(model) if mode == "disk" else copy.deepcopy(model)
+        handle = wrap_for_offload(m, OffloadConfig(mode=mode, granularity=gran, num_disk_workers=2), "cuda",
+                                  checkpoint=str(tmp_path) if mode == "disk" else None)
+        with torch.no_grad(), handle:
+            outs = [m(x, t, ctx) for _ in range(2)]
+        assert all(torch.equal(o, expected) for o in outs), f"{mode}/{gran} differs from no offload"
+        assert handle.stats()["restarts"] == 0
+        handle.close()
