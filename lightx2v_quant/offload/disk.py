@@ -56,11 +56,15 @@ def dit_files(path: str | Path) -> list[Path]:
         if (p / NON_BLOCK_FILE).is_file() and blocks:
             return [p / NON_BLOCK_FILE, *blocks]
         singles = sorted(p.glob("*.safetensors"))
+        indexes = sorted(p.glob("*.safetensors.index.json"))
         if len(singles) == 1:
             return singles
+        if len(indexes) == 1:  # e.g. the official diffusion_pytorch_model.safetensors.index.json + shards
+            return safetensors_shards(indexes[0])
         raise CheckpointError(
-            f"offload=disk: {p} holds neither {NON_BLOCK_FILE} + block_<i>.safetensors nor exactly one .safetensors "
-            f"file ({len(singles)} found); convert the DIT with the converter's per-block output")
+            f"offload=disk: {p} holds neither {NON_BLOCK_FILE} + block_<i>.safetensors, nor one .safetensors "
+            f"file, nor one shard index ({len(singles)} files, {len(indexes)} indexes found); convert the DIT "
+            f"with the converter's per-block output")
     if p.name.endswith(".index.json"):
         return safetensors_shards(p)
     if p.name.endswith(".safetensors") and p.is_file():
@@ -288,7 +292,7 @@ def fill_from_disk(unit: DiskUnit, device_arena: torch.Tensor, reader: FileReade
     """
     comp = transport.compute_stream()
     cap = staging.numel()
-    jobs: list[tuple[int, Callable[[torch.Tensor, int, int], None], int]] = []
+    jobs: list[tuple[int, Callable[[torch.Tensor], object], int]] = []  # (arena offset, fill(staging), bytes)
     for fr in unit.files:
         size = torch.empty((), dtype=fr.dtype).element_size()
         step = max(cap // size, 1)
@@ -307,7 +311,7 @@ def fill_from_disk(unit: DiskUnit, device_arena: torch.Tensor, reader: FileReade
         transport.host_sync(done)  # the staging bytes are rewritten by the next chunk
 
 
-def _chunk_reader(reader: FileReader, fr: FileRegion, first: int, count: int) -> Callable:
+def _chunk_reader(reader: FileReader, fr: FileRegion, first: int, count: int) -> Callable[[torch.Tensor], None]:
     def fill(dst: torch.Tensor) -> None:
         src_size = fr.src.dtype.itemsize
         if fr.direct:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -43,6 +44,7 @@ class OffloadHandle:
         self.transfer = TransferStats()
         self.setup_s = setup_s
         self.active = False
+        self.open = True  # until close(): hooks installed, host pages registered
         self._arenas: list[torch.Tensor] = []
         self._hooks: list[Any] = []
         self._peak = 0
@@ -95,7 +97,10 @@ class OffloadHandle:
         self.end()
 
     def close(self) -> None:
-        """End, remove the hooks and release host memory registrations. The model keeps its host copies."""
+        """End, remove the hooks and release host memory registrations. The model keeps its host copies
+        (meta placeholders for disk); it can be wrapped again."""
+        if not self.open:
+            return
         self.end()
         for h in self._hooks:
             h.remove()
@@ -105,6 +110,7 @@ class OffloadHandle:
         for unit in [self.non_block, *self.units]:
             if unit.host is not None:
                 self.t.unpin(unit.host)
+        self.open = False
 
     # -- report -----------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -178,6 +184,9 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
     granularity = {"phase": "phase", "disk": str(granularity or offload_cfg.granularity)}.get(mode, "block")
     if granularity not in ("block", "phase"):
         raise ValueError(f"offload.granularity must be 'block' or 'phase', not {granularity!r}")
+    previous = getattr(model, "_offload_handle", None)
+    if previous is not None and previous() is not None and previous().open:
+        raise RuntimeError("this model is already offloaded: close() its handle before wrapping it again")
     t = transport or CudaTransport(device)
     t0 = time.perf_counter()
     index = None
@@ -210,6 +219,7 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
     slots = int(getattr(offload_cfg, "slots", 2) or 2)
     handle = OffloadHandle(model, mode, granularity, t, non_block, units, defs, slots=slots, store=store,
                            timing=timing, setup_s=time.perf_counter() - t0)
+    model._offload_handle = weakref.ref(handle)  # a weak reference: deepcopy and GC see no handle
     log.info("offload=%s (%s): %d units of up to %.1f MB, %.1f MB resident, %.1f MB of weights on the host, "
              "setup %.1f s", mode, granularity, len(units), max(u.nbytes for u in units) / 1e6,
              non_block.nbytes / 1e6, handle.host_bytes() / 1e6, handle.setup_s)

@@ -23,7 +23,7 @@ ORDER = ("none", "model", "block", "phase", "disk")  # least offload first
 # Wan2.1 encoders (umT5-XXL, CLIP ViT-H/14) when the model config gives no architecture (model.t5 / model.clip).
 T5_DEFAULT = {"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64,
               "num_layers": 24, "num_buckets": 32}
-CLIP_DEFAULT = {"image_size": 224, "patch_size": 14, "width": 1280, "num_layers": 32, "mlp_dim": 5120}
+CLIP_DEFAULT = {"image_size": 224, "patch_size": 14, "width": 1280, "num_layers": 32, "mlp_dim": 5120, "out_dim": 1024}
 VAE_PARAMS = 127_000_000  # Wan2.1 VAE (Wan2.1_VAE.pth: 508 MB of fp32)
 
 
@@ -117,7 +117,8 @@ def clip_bytes(arch: Any, scheme: Scheme | None) -> int:
     per_layer = (linear_bytes(3 * d, d, scheme, b) + linear_bytes(d, d, scheme, b) + linear_bytes(f, d, scheme, b)
                  + linear_bytes(d, f, scheme, b) + 4 * d * b)
     grid = (int(a["image_size"]) // p) ** 2 + 1
-    return int(a["num_layers"]) * per_layer + (3 * p * p * d + grid * d + 4 * d) * b
+    # patch embedding, position table, class token, pre/post norms, projection head
+    return int(a["num_layers"]) * per_layer + (3 * p * p * d + grid * d + 5 * d + d * int(a["out_dim"])) * b
 
 
 def _fields(arch: Any) -> dict[str, Any]:

@@ -119,8 +119,14 @@ def test_dit_files_discovery(tmp_path, saved):
     with pytest.raises(CheckpointError, match="safetensors"):
         dit_files(tmp_path / "model.pth")
     index = {"weight_map": {k: f.name for f in files for k in file_index([f])}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert set(dit_files(folder / "model.safetensors.index.json")) == set(files)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for f in files:
+        (shards / f.name.replace("block_", "part-")).write_bytes(f.read_bytes())
+    index = {"weight_map": {k: v.replace("block_", "part-") for k, v in index["weight_map"].items()}}
+    (shards / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    assert len(dit_files(shards / "diffusion_pytorch_model.safetensors.index.json")) == len(files)
+    assert dit_files(shards) == dit_files(shards / "diffusion_pytorch_model.safetensors.index.json")
 
 
 def test_file_reader_reads_exact_bytes(tmp_path):

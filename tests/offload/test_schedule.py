@@ -162,3 +162,16 @@ def test_checker_catches_missing_waits(reference, bug):
         check_schedule(t)
     if bug == "no_compute_wait":
         assert not all(torch.equal(o, r) for o, r in zip(outs, expected))
+
+
+def test_wrapping_twice_needs_close_first(reference):
+    model = copy.deepcopy(reference[0])
+    handle = wrap_for_offload(model, OffloadConfig(mode="block"), "cpu", transport=FakeTransport())
+    with pytest.raises(RuntimeError, match="already offloaded"):
+        wrap_for_offload(model, OffloadConfig(mode="phase"), "cpu", transport=FakeTransport())
+    handle.close()
+    handle.close()  # idempotent
+    again = wrap_for_offload(model, OffloadConfig(mode="phase"), "cpu", transport=FakeTransport())
+    with torch.no_grad(), again:
+        out = model(*toy_inputs(1))
+    assert torch.equal(out, reference[1][0])

@@ -68,3 +68,14 @@ def test_estimate_equals_the_built_model(preset, scheme, sensitive):
     phase_bytes = [weight_bytes(b.self_attn) + b.modulation.numel() * b.modulation.element_size(),
                    weight_bytes(b.norm3) + weight_bytes(b.cross_attn), weight_bytes(b.ffn)]
     assert est.phases == phase_bytes
+
+
+@pytest.mark.parametrize("scheme", [None, "fp8-torch", "int4-g128-torch"])
+def test_encoder_estimates_equal_the_built_encoders(scheme):
+    from lightx2v_quant.models.wan.clip import ClipConfig
+    from lightx2v_quant.models.wan.encoders_loading import build_clip, build_t5
+    from lightx2v_quant.models.wan.t5 import T5Config
+
+    s = get_scheme(scheme) if scheme else None
+    assert mem.t5_bytes(T5Config(), s, "bf16") == weight_bytes(build_t5(T5Config(), torch.bfloat16, scheme))
+    assert mem.clip_bytes(ClipConfig(), s) == weight_bytes(build_clip(ClipConfig(), torch.float16, scheme))
