@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,7 @@ class FileReader:
         self._lock = threading.Lock()
         self.bytes_read = 0
         self.read_s = 0.0
+        weakref.finalize(self, _close_all, self._fds)  # dropped without close(): still no leaked descriptors
 
     def fd(self, path: Path) -> int:
         with self._lock:
@@ -210,9 +212,13 @@ class FileReader:
             dst[offset: offset + data.numel()].copy_(data)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        _close_all(self._fds)
+
+
+def _close_all(fds: dict[Path, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 class DiskStore(UnitStore):

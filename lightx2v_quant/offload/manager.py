@@ -26,6 +26,7 @@ from lightx2v_quant.quant.linear import QuantLinear
 
 log = logging.getLogger(__name__)
 MODES = ("model", "block", "phase", "disk")
+_ACTIVE: dict[str, weakref.ref] = {}  # device -> the handle whose model is on it (one offloaded model at a time)
 
 
 class OffloadHandle:
@@ -49,6 +50,9 @@ class OffloadHandle:
         self._hooks: list[Any] = []
         self._peak = 0
         self.pipeline: Pipeline | None = None
+        self.begins = 0
+        # Calling the model begins lazily: the runner may simply call it (and end() or drop it when done).
+        self._hooks.append(model.register_forward_pre_hook(_ensure_active(weakref.ref(self))))
         if mode != "model":
             self.pipeline = Pipeline(transport, units, store, slots, self.transfer, timing=timing)
             for i, d in enumerate(defs):
@@ -60,7 +64,13 @@ class OffloadHandle:
         """Put the resident part on the device (everything in `model` mode; the non-block part otherwise)."""
         if self.active:
             raise RuntimeError("offload handle is already active (begin() called twice without end())")
+        if not self.open:
+            raise RuntimeError("this offload handle was closed")
         t = self.t
+        other = _ACTIVE.get(str(t.device))
+        if other is not None and other() is not None and other() is not self and other().active:
+            log.info("offload: %s model leaves %s for the next one", other().mode, t.device)
+            other().end()  # e.g. Wan2.2's two experts: one offloaded DIT on the card at a time
         resident = [self.non_block] + (self.units if self.mode == "model" else [])
         with torch.inference_mode(False):
             for unit in resident:
@@ -75,6 +85,8 @@ class OffloadHandle:
         if self.pipeline is not None:
             self.pipeline.start()
         self.active = True
+        self.begins += 1
+        _ACTIVE[str(t.device)] = weakref.ref(self)
 
     def end(self) -> None:
         """Re-point everything at its host copy (or nothing) and free the device memory; no device->host copy."""
@@ -88,6 +100,10 @@ class OffloadHandle:
             apply_binding(unit.home)
         self._arenas = []
         self.active = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model (begins lazily): the handle can stand where the DIT stood."""
+        return self.model(*args, **kwargs)
 
     def __enter__(self) -> OffloadHandle:
         self.begin()
@@ -111,6 +127,12 @@ class OffloadHandle:
             if unit.host is not None:
                 self.t.unpin(unit.host)
         self.open = False
+        if getattr(self.model, "_offload_handle", None) is self:
+            del self.model._offload_handle
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        raise TypeError("an offloaded model cannot be deep-copied (its weights live in this handle's buffers): "
+                        "copy it before wrap_for_offload, or close() the handle first")
 
     # -- report -----------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -141,6 +163,7 @@ class OffloadHandle:
             "copy_gb_per_s": round(tr.bytes_moved / tr.copy_ms / 1e6, 2) if tr.copy_ms > 0 else None,
             "host_wait_s": round(tr.host_wait_s, 4),
             "restarts": tr.restarts,
+            "begins": self.begins,
             "peak_gpu_bytes": self._peak,
             "setup_s": round(self.setup_s, 3),
         }
@@ -153,6 +176,14 @@ class OffloadHandle:
         if self.mode == "disk":
             return self.store.host_bytes + self.non_block.disk.host_bytes
         return sum(u.host.numel() for u in [self.non_block, *self.units])
+
+
+def _ensure_active(ref: weakref.ref) -> Callable:
+    def hook(module: nn.Module, args: Any) -> None:
+        handle = ref()
+        if handle is not None and handle.open and not handle.active:
+            handle.begin()
+    return hook
 
 
 def _trigger(pipeline: Pipeline, unit: int) -> Callable:
@@ -185,7 +216,7 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
     if granularity not in ("block", "phase"):
         raise ValueError(f"offload.granularity must be 'block' or 'phase', not {granularity!r}")
     previous = getattr(model, "_offload_handle", None)
-    if previous is not None and previous() is not None and previous().open:
+    if previous is not None and previous.open:
         raise RuntimeError("this model is already offloaded: close() its handle before wrapping it again")
     t = transport or CudaTransport(device)
     t0 = time.perf_counter()
@@ -219,7 +250,9 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
     slots = int(getattr(offload_cfg, "slots", 2) or 2)
     handle = OffloadHandle(model, mode, granularity, t, non_block, units, defs, slots=slots, store=store,
                            timing=timing, setup_s=time.perf_counter() - t0)
-    model._offload_handle = weakref.ref(handle)  # a weak reference: deepcopy and GC see no handle
+    # The model and its handle keep each other alive: drop both (e.g. `del dits; gc.collect()`) and the device
+    # and pinned memory go with them.
+    model._offload_handle = handle
     log.info("offload=%s (%s): %d units of up to %.1f MB, %.1f MB resident, %.1f MB of weights on the host, "
              "setup %.1f s", mode, granularity, len(units), max(u.nbytes for u in units) / 1e6,
              non_block.nbytes / 1e6, handle.host_bytes() / 1e6, handle.setup_s)

@@ -109,12 +109,31 @@ def test_out_of_order_units_restart_the_pipeline(reference):
     check_schedule(t)
 
 
-def test_block_outside_the_context_is_an_error(reference):
-    model, _ = reference
+def test_calling_the_model_begins_lazily_and_a_lone_block_needs_begin(reference):
+    model, expected = reference
     model = copy.deepcopy(model)
-    wrap_for_offload(model, OffloadConfig(mode="block"), "cpu", transport=FakeTransport())
+    handle = wrap_for_offload(model, OffloadConfig(mode="block"), "cpu", transport=FakeTransport())
+    x = toy_inputs(1)
     with pytest.raises(RuntimeError, match="with handle:"), torch.no_grad():
-        model(*toy_inputs(1))
+        model.blocks[0](model.patch(x[0]), torch.zeros(1, 6, 128), x[2])
+    with torch.no_grad():
+        assert torch.equal(handle(*x), expected[0])  # the handle stands where the model stood
+    assert handle.active and handle.stats()["begins"] == 1
+    handle.end()
+    with pytest.raises(TypeError, match="deep-copied"):
+        copy.deepcopy(model)
+
+
+def test_one_offloaded_model_on_a_device_at_a_time(reference):
+    """Two experts (Wan2.2): starting one ends the other, which begins again when called."""
+    model, expected = reference
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    ha = wrap_for_offload(a, OffloadConfig(mode="model"), "cpu", transport=FakeTransport())
+    hb = wrap_for_offload(b, OffloadConfig(mode="phase"), "cpu", transport=FakeTransport())
+    with torch.no_grad():
+        outs = [ha(*toy_inputs(1)), hb(*toy_inputs(2)), ha(*toy_inputs(3))]
+    assert [torch.equal(o, e) for o, e in zip(outs, expected)] == [True, True, True]
+    assert ha.active and not hb.active and ha.stats()["begins"] == 2 and hb.stats()["begins"] == 1
 
 
 def test_auto_must_be_resolved_first(reference):
