@@ -1,11 +1,11 @@
-"""Offload benchmark: one Wan DIT forward (default Wan2.1-T2V-14B, fp8, 480p, random weights) with no offload
-and with offload=model / block / phase / disk (block and phase units), on one CUDA GPU.
+"""Offload benchmark: one Wan DIT forward (default Wan2.1-T2V-14B, fp8, 480p, random weights) with no
+offload and with offload=model / block / phase / disk (block and phase units), on one CUDA GPU.
 
 Per mode: forward time (median of --repeat, after one warm-up) and its ratio to no offload, DIT GPU memory
-(weights on the card after begin(), peak during the forwards), bytes moved per forward, time the compute stream
-waited for weights, copy bandwidth, whether the output is bit-identical to no offload; for disk also the host
-RSS over the baseline (sampled during the forwards) and a cold first forward (files dropped from the page cache
-with posix_fadvise). Writes <out>/offload_<model>_<scheme>_<device>.json and prints a table.
+(weights on the card after begin(), peak during the forwards), bytes moved per forward, time the compute
+stream waited for weights, copy bandwidth, whether the output is bit-identical to no offload; for disk also
+the host RSS over the baseline (sampled during the forwards) and a cold first forward (files dropped from the
+page cache with posix_fadvise). Writes <out>/offload_<model>_<scheme>_<device>.json and prints a table.
 
     python benchmarks/offload.py --out benchmarks/results
 """
@@ -122,7 +122,8 @@ def main() -> None:
               "resolution": [args.height, args.width, args.frames], "tokens": tokens, "modes": {}}
 
     t0 = time.perf_counter()
-    model = random_dit(cfg, torch.bfloat16, device, seed=0, quant=None if args.scheme == "none" else args.scheme)
+    quant = None if args.scheme == "none" else args.scheme
+    model = random_dit(cfg, torch.bfloat16, device, seed=0, quant=quant)
     result["build_s"] = round(time.perf_counter() - t0, 1)
     result["dit_weight_bytes"] = weight_bytes(model)
     block_bytes = weight_bytes(model.blocks[0])
@@ -190,8 +191,9 @@ def main() -> None:
         handle.close()
         del handle  # its host arenas go as soon as the next wrap re-points the model
         result["modes"][label] = entry
-        print(f"{label}: {med:.0f} ms ({med / base_ms:.3f}x), GPU weights {entry['gpu_weights_bytes'] / 1e9:.2f} GB, "
-              f"peak {entry['gpu_peak_bytes'] / 1e9:.2f} GB, identical={entry['identical']}", flush=True)
+        print(f"{label}: {med:.0f} ms ({med / base_ms:.3f}x), GPU weights "
+              f"{entry['gpu_weights_bytes'] / 1e9:.2f} GB, peak {entry['gpu_peak_bytes'] / 1e9:.2f} GB, "
+              f"identical={entry['identical']}", flush=True)
 
     m = result["modes"]
     result["targets"] = {
@@ -200,7 +202,8 @@ def main() -> None:
         "phase_less_memory_than_block": m.get("phase", {}).get("gpu_peak_bytes", 1e12)
         < m.get("block", {}).get("gpu_peak_bytes", 0),
         "phase_ratio_le_1.25": m.get("phase", {}).get("ratio", 9) <= 1.25,
-        "disk_host_le_4_blocks": all(e.get("host_rss_blocks", 99) <= 4 for k, e in m.items() if k.startswith("disk")),
+        "disk_host_le_4_blocks": all(e.get("host_rss_blocks", 99) <= 4
+                                     for k, e in m.items() if k.startswith("disk")),
         "all_identical": all(e.get("identical", True) for e in m.values()),
     }
     out_dir = Path(args.out)

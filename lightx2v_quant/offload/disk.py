@@ -1,11 +1,12 @@
-"""Disk offload: units' bytes read on demand from safetensors files by worker threads into a small ring of pinned
-host buffers, so host RAM holds a few blocks, not the model.
+"""Disk offload: units' bytes read on demand from safetensors files by worker threads into a small ring of
+pinned host buffers, so host RAM holds a few blocks, not the model.
 
 Files: LightX2V's per-block layout (``non_block.safetensors`` + ``block_{i}.safetensors``, converter
 ``--save_by_block``), one ``.safetensors`` file, or shards with an index. Tensors are read with ``os.preadv``
 straight into the pinned buffer at their place in the unit's arena (no mmap: the page cache stays out of this
-process's RSS, and there is no intermediate copy). A tensor stored in another float dtype than the model holds
-(an fp32 norm for a bf16 model) is converted on the way. Quantized tensors must already be in the scheme's format.
+process's RSS, and there is no intermediate copy). A tensor stored in another float dtype than the model
+holds (an fp32 norm for a bf16 model) is converted on the way. Quantized tensors must already be in the
+scheme's format.
 """
 
 from __future__ import annotations
@@ -64,17 +65,18 @@ def dit_files(path: str | Path) -> list[Path]:
             return safetensors_shards(indexes[0])
         raise CheckpointError(
             f"offload=disk: {p} holds neither {NON_BLOCK_FILE} + block_<i>.safetensors, nor one .safetensors "
-            f"file, nor one shard index ({len(singles)} files, {len(indexes)} indexes found); convert the DIT "
-            f"with the converter's per-block output")
+            f"file, nor one shard index ({len(singles)} files, {len(indexes)} indexes found); convert the "
+            f"DIT with the converter's per-block output")
     if p.name.endswith(".index.json"):
         return safetensors_shards(p)
     if p.name.endswith(".safetensors") and p.is_file():
         return [p]
-    raise CheckpointError(f"offload=disk reads safetensors; {p} is not a .safetensors file, an index or a folder "
-                          f"of per-block files (convert .pth checkpoints to safetensors first)")
+    raise CheckpointError(f"offload=disk reads safetensors; {p} is not a .safetensors file, an index or a "
+                          f"folder of per-block files (convert .pth checkpoints to safetensors first)")
 
 
-def file_index(paths: list[Path], key_map: Callable[[str], str | None] | None = None) -> dict[str, FileTensor]:
+def file_index(paths: list[Path],
+               key_map: Callable[[str], str | None] | None = None) -> dict[str, FileTensor]:
     """model key -> where its bytes are, from the safetensors headers only (no tensor data is read)."""
     index: dict[str, FileTensor] = {}
     for path in paths:
@@ -82,7 +84,7 @@ def file_index(paths: list[Path], key_map: Callable[[str], str | None] | None = 
         with path.open("rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
             if n <= 0 or 8 + n > size:
-                raise CheckpointError(f"{path} has a corrupt safetensors header; re-download or re-convert it")
+                raise CheckpointError(f"{path} has a corrupt safetensors header; re-download or re-convert")
             header = json.loads(fh.read(n))
         header.pop("__metadata__", None)
         for fkey, info in header.items():
@@ -96,7 +98,8 @@ def file_index(paths: list[Path], key_map: Callable[[str], str | None] | None = 
                 raise CheckpointError(f"{path} is truncated at tensor {fkey}; re-download or re-convert it")
             if key in index:
                 raise CheckpointError(f"tensor {key!r} is in both {index[key].path} and {path}")
-            index[key] = FileTensor(path, 8 + n + start, end - start, _ST_DTYPES[info["dtype"]], tuple(info["shape"]))
+            index[key] = FileTensor(path, 8 + n + start, end - start, _ST_DTYPES[info["dtype"]],
+                                    tuple(info["shape"]))
     return index
 
 
@@ -131,7 +134,7 @@ class DiskUnit:
 
 
 def plan_disk_unit(layout: UnitLayout, index: dict[str, FileTensor]) -> DiskUnit:
-    """Match each region of the layout to checkpoint bytes; regions no file holds keep their bytes on the host."""
+    """Match each region of the layout to checkpoint bytes; regions no file holds keep theirs on the host."""
     files: list[FileRegion] = []
     host: list[tuple[int, torch.Tensor]] = []
     for region in layout.regions:
@@ -147,7 +150,7 @@ def plan_disk_unit(layout: UnitLayout, index: dict[str, FileTensor]) -> DiskUnit
         persistent = [r.qualname for r, _ in region.members if r.persistent]
         if persistent:
             raise CheckpointError(f"offload=disk: {persistent[0]} is not in the checkpoint files "
-                                  f"({len(index)} tensors indexed); is this the right checkpoint for the model?")
+                                  f"({len(index)} tensors indexed); is this the right checkpoint?")
         if region.source is None or region.source.is_meta:
             raise RuntimeError(f"offload=disk: {names} (computed, not in the checkpoint) has no data to keep")
         host.append((region.offset, region.source.to("cpu", copy=True)))
@@ -156,11 +159,14 @@ def plan_disk_unit(layout: UnitLayout, index: dict[str, FileTensor]) -> DiskUnit
 
 def tensor_mismatch(key: str, ft: FileTensor, dtype: torch.dtype, numel: int) -> str | None:
     if ft.numel != numel:
-        return f"{key} in {ft.path} has shape {list(ft.shape)} ({ft.numel} elements); the model expects {numel}"
-    convertible = ft.dtype.is_floating_point and dtype.is_floating_point and min(ft.dtype.itemsize, dtype.itemsize) > 1
-    if ft.dtype != dtype and not convertible:  # fp8 / int8 / packed bytes are never converted, only read as stored
-        hint = ("; the file is quantized in another format or not quantized: offload=disk reads quantized weights "
-                "as stored, so convert the checkpoint to the scheme's format first (per-block output)")
+        return (f"{key} in {ft.path} has shape {list(ft.shape)} ({ft.numel} elements); "
+                f"the model expects {numel}")
+    # fp8 / int8 / packed bytes are never converted, only read as stored
+    floats = ft.dtype.is_floating_point and dtype.is_floating_point
+    if ft.dtype != dtype and not (floats and min(ft.dtype.itemsize, dtype.itemsize) > 1):
+        hint = ("; the file is quantized in another format or not quantized: offload=disk reads quantized "
+                "weights as stored, so convert the checkpoint to the scheme's format first "
+                "(per-block output)")
         return f"{key} in {ft.path} is {ft.dtype}, the model holds {dtype}{hint}"
     return None
 
@@ -183,7 +189,7 @@ class FileReader:
             return fd
 
     def read_into(self, ft: FileTensor, start: int, dst: torch.Tensor) -> None:
-        """Read ``dst.numel()`` bytes of ``ft`` from byte ``start`` into the contiguous uint8 host tensor ``dst``."""
+        """Read ``dst.numel()`` bytes of ``ft`` from byte ``start`` into the uint8 host tensor ``dst``."""
         t0 = time.perf_counter()
         view = memoryview(dst.numpy()).cast("B")
         fd, pos, done = self.fd(ft.path), ft.offset + start, 0
@@ -228,15 +234,17 @@ class DiskStore(UnitStore):
     worker waits on ``host_free[h]``, recorded on the copy stream right after that copy was queued.
     """
 
-    def __init__(self, transport: Transport, units: list[DiskUnit], buffers: int, workers: int, pin: bool) -> None:
+    def __init__(self, transport: Transport, units: list[DiskUnit], buffers: int, workers: int,
+                 pin: bool) -> None:
         if buffers < 1 or workers < 1:
-            raise ValueError(f"offload=disk needs >= 1 host buffer and >= 1 worker, got {buffers} and {workers}")
+            raise ValueError(f"offload=disk needs >= 1 host buffer and >= 1 worker, got {buffers} and "
+                             f"{workers}")
         self.t = transport
         self.units = units
         self.depth = buffers
         self.buffer_bytes = max(u.nbytes for u in units)
         self.backing = transport.alloc_host(self.buffer_bytes * buffers)
-        self.backing.zero_()  # touch the pages now: the ring is the steady host footprint, not a surprise later
+        self.backing.zero_()  # touch the pages now: the ring is the steady host footprint
         if pin:
             transport.pin(self.backing)
         self.ring = [self.backing[i * self.buffer_bytes:(i + 1) * self.buffer_bytes] for i in range(buffers)]
@@ -317,7 +325,8 @@ def fill_from_disk(unit: DiskUnit, device_arena: torch.Tensor, reader: FileReade
         transport.host_sync(done)  # the staging bytes are rewritten by the next chunk
 
 
-def _chunk_reader(reader: FileReader, fr: FileRegion, first: int, count: int) -> Callable[[torch.Tensor], None]:
+def _chunk_reader(reader: FileReader, fr: FileRegion, first: int,
+                  count: int) -> Callable[[torch.Tensor], None]:
     def fill(dst: torch.Tensor) -> None:
         src_size = fr.src.dtype.itemsize
         if fr.direct:
@@ -330,8 +339,8 @@ def _chunk_reader(reader: FileReader, fr: FileRegion, first: int, count: int) ->
 
 
 def save_by_block(model: torch.nn.Module, folder: str | Path, attr: str = "blocks") -> list[Path]:
-    """Write ``model``'s state dict as ``non_block.safetensors`` + ``block_{i}.safetensors`` (LightX2V's per-block
-    layout), one block in host memory at a time. Returns the files written."""
+    """Write ``model``'s state dict as ``non_block.safetensors`` + ``block_{i}.safetensors`` (LightX2V's
+    per-block layout), one block in host memory at a time. Returns the files written."""
     from safetensors.torch import save_file
 
     folder = Path(folder)

@@ -1,8 +1,9 @@
-"""Encoders and VAE under offload: where each one lives, and moving a whole module to the GPU only while it runs.
+"""Encoders and VAE under offload: where each one lives, and moving a whole module to the GPU only while it
+runs.
 
-``OnDemand`` keeps a module's weights in one pinned host arena; ``with od:`` copies them to the device in one
-transfer and re-points the module at them, and leaving the block re-points it at the host copy (no device->host
-copy: weights are read-only) and frees the device memory for the next stage.
+``OnDemand`` keeps a module's weights in one pinned host arena; ``with od:`` copies them to the device in
+one transfer and re-points the module at them, and leaving the block re-points it at the host copy (no
+device->host copy: weights are read-only) and frees the device memory for the next stage.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def encoder_placement(offload_cfg: Any, mode: str) -> dict[str, str]:
 
 
 class OnDemand:
-    """A module whose weights live in host memory and visit ``device`` for the duration of a ``with`` block."""
+    """A module whose weights live in host memory and visit ``device`` for the length of a ``with`` block."""
 
     def __init__(self, module: nn.Module, device: torch.device | str, *, pin: bool = True,
                  transport: Transport | None = None) -> None:
@@ -55,7 +56,8 @@ class OnDemand:
             raise RuntimeError(f"{type(self.module).__name__} is already on the device (nested `with`)")
         with torch.inference_mode(False):
             self._arena = self.t.alloc_device(self.layout.nbytes)
-            self.t.copy(self._arena[:self.layout.nbytes], self.host[:self.layout.nbytes], self.t.compute_stream())
+            n = self.layout.nbytes
+            self.t.copy(self._arena[:n], self.host[:n], self.t.compute_stream())
             apply_binding(self.layout.views(self._arena))
         self.bytes_moved += self.layout.nbytes
         return self.module

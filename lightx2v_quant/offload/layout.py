@@ -1,11 +1,11 @@
-"""Byte layouts of offload units: a unit's tensors (any mix of dtypes, shapes, strides, aliases) packed into one
-flat uint8 arena, and the views that make a module compute from an arena at a given place.
+"""Byte layouts of offload units: a unit's tensors (any mix of dtypes, shapes, strides, aliases) packed into
+one flat uint8 arena, and the views that make a module compute from an arena at a given place.
 
-Why one flat buffer per unit (and per GPU slot) rather than one buffer per tensor: a block may hold fp8 / int8 /
-uint8 weights, fp32 scales, bf16 biases and norms, kernel-derived re-layouts, in any combination, and two blocks
-need not look alike. Bytes do not care: a unit is one host range, a transfer is ONE copy of that range into ONE
-preallocated device slot, and the module's tensors become strided views into it. Tensors that share memory (a
-kernel's view of a weight, a scale reshaped in place) share it in the arena too.
+Why one flat buffer per unit (and per GPU slot) rather than one buffer per tensor: a block may hold fp8 /
+int8 / uint8 weights, fp32 scales, bf16 biases and norms, kernel-derived re-layouts, in any combination, and
+two blocks need not look alike. Bytes do not care: a unit is one host range, a transfer is ONE copy of that
+range into ONE preallocated device slot, and the module's tensors become strided views into it. Tensors that
+share memory (a kernel's view of a weight, a scale reshaped in place) share it in the arena too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-ALIGN = 256  # byte alignment of every region in an arena (GEMM kernels want >= 16; 256 is what cudaMalloc gives)
+ALIGN = 256  # byte alignment of every region in an arena (GEMM kernels want >= 16; cudaMalloc gives 256)
 Binding = list[tuple[dict, str, torch.Tensor]]  # (module._parameters or _buffers, name, value) to assign
 
 
@@ -58,7 +58,8 @@ class TensorRef:
 
     def is_dense(self) -> bool:
         """Contiguous in row-major order (its bytes are exactly the bytes a checkpoint stores)."""
-        return self.extent_bytes() == self.numel * self.itemsize and self.stride == _contiguous_strides(self.shape)
+        dense = self.extent_bytes() == self.numel * self.itemsize
+        return dense and self.stride == _contiguous_strides(self.shape)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -107,27 +108,31 @@ class UnitLayout:
             for ref, rel in region.members:
                 at = base + region.offset + rel
                 if at % ref.itemsize:
-                    raise ValueError(f"{ref.qualname}: byte offset {at} is not a multiple of its element size")
+                    raise ValueError(f"{ref.qualname}: byte offset {at} is not a multiple of its item size")
                 if ref.dtype not in typed:
-                    typed[ref.dtype] = arena.view(ref.dtype) if ref.itemsize == 1 else _typed(arena, ref.dtype)
+                    one = ref.itemsize == 1
+                    typed[ref.dtype] = arena.view(ref.dtype) if one else _typed(arena, ref.dtype)
                 view = torch.as_strided(typed[ref.dtype], ref.shape, ref.stride, at // ref.itemsize)
                 binding.append((ref.container, ref.name, _wrap(ref, view)))
         for ref in self.empties:
-            binding.append((ref.container, ref.name, _wrap(ref, torch.empty(ref.shape, dtype=ref.dtype, device=arena.device))))
+            empty = torch.empty(ref.shape, dtype=ref.dtype, device=arena.device)
+            binding.append((ref.container, ref.name, _wrap(ref, empty)))
         return binding
 
     def meta_views(self) -> Binding:
         """Placeholders on the meta device (the unit's weights live nowhere in memory: disk offload)."""
-        return [(r.container, r.name, _wrap(r, torch.empty_strided(r.shape, r.stride, dtype=r.dtype, device="meta")))
+        return [(r.container, r.name,
+                 _wrap(r, torch.empty_strided(r.shape, r.stride, dtype=r.dtype, device="meta")))
                 for r in self.refs]
 
     def pack(self, arena: torch.Tensor) -> None:
-        """Copy every region's original bytes into ``arena`` (a host or device uint8 tensor) and drop the sources."""
+        """Copy every region's original bytes into ``arena`` (host or device uint8) and drop the sources."""
         for region in self.regions:
             if region.source is None:
                 raise RuntimeError(f"{self.name}: region at {region.offset} has no source bytes left to pack")
             if region.source.is_meta:
-                raise RuntimeError(f"{self.name}: {region.members[0][0].qualname} is on the meta device (no data)")
+                name = region.members[0][0].qualname
+                raise RuntimeError(f"{self.name}: {name} is on the meta device (no data)")
             arena[region.offset: region.offset + region.nbytes].copy_(region.source)
             region.source = None
 
@@ -199,8 +204,9 @@ def _check_unregistered(mod: nn.Module, mname: str) -> None:
     for attr, value in vars(mod).items():
         if isinstance(value, torch.Tensor) and not attr.startswith("_"):
             raise TypeError(
-                f"{mname or type(mod).__name__}.{attr} is a tensor kept in a plain attribute; offload moves only "
-                f"registered parameters and buffers: register it (register_buffer(..., persistent=False))")
+                f"{mname or type(mod).__name__}.{attr} is a tensor kept in a plain attribute; offload moves "
+                f"only registered parameters and buffers: register it "
+                f"(register_buffer(..., persistent=False))")
 
 
 def current_tensor(ref: TensorRef) -> torch.Tensor:
@@ -208,7 +214,7 @@ def current_tensor(ref: TensorRef) -> torch.Tensor:
 
 
 def build_layout(name: str, refs: list[TensorRef]) -> UnitLayout:
-    """Group the refs' CURRENT tensors into regions (overlapping byte ranges of one storage) and lay them out."""
+    """Group the refs' CURRENT tensors into regions (overlapping byte ranges of a storage); lay them out."""
     groups: dict[tuple, list[tuple[int, int, TensorRef, torch.Tensor]]] = {}
     empties: list[TensorRef] = []
     for ref in refs:
@@ -238,8 +244,8 @@ def build_layout(name: str, refs: list[TensorRef]) -> UnitLayout:
     regions: list[Region] = []
     cursor = 0
     for start, nbytes, members, source in raw:
-        # A lone tensor starts on an ALIGN boundary; aliasing tensors keep their phase within the storage (whose
-        # base is >= 64-byte aligned), so every view's offset stays a multiple of its element size.
+        # A lone tensor starts on an ALIGN boundary; aliasing tensors keep their phase within the storage
+        # (whose base is >= 64-byte aligned), so every view's offset stays a multiple of its element size.
         phase = 0 if len(members) == 1 else start % ALIGN
         offset = align_up(cursor) + phase
         regions.append(Region(offset, nbytes, members, source))
@@ -254,5 +260,6 @@ def _region_of(cur: list, start: int, end: int):
     if t.is_meta:
         source = torch.empty(nbytes, dtype=torch.uint8, device="meta")
     else:
-        source = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage(), start, (nbytes,), (1,))
+        source = torch.empty(0, dtype=torch.uint8, device=t.device)
+        source.set_(t.untyped_storage(), start, (nbytes,), (1,))
     return start, nbytes, members, source

@@ -26,7 +26,7 @@ from lightx2v_quant.quant.linear import QuantLinear
 
 log = logging.getLogger(__name__)
 MODES = ("model", "block", "phase", "disk")
-_ACTIVE: dict[str, weakref.ref] = {}  # device -> the handle whose model is on it (one offloaded model at a time)
+_ACTIVE: dict[str, weakref.ref] = {}  # device -> the handle whose model is on it (one at a time)
 
 
 class OffloadHandle:
@@ -89,7 +89,7 @@ class OffloadHandle:
         _ACTIVE[str(t.device)] = weakref.ref(self)
 
     def end(self) -> None:
-        """Re-point everything at its host copy (or nothing) and free the device memory; no device->host copy."""
+        """Re-point everything at its host copy (or nothing) and free the device memory (no D2H copy)."""
         if not self.active:
             return
         if self.pipeline is not None:
@@ -131,8 +131,8 @@ class OffloadHandle:
             del self.model._offload_handle
 
     def __deepcopy__(self, memo: dict) -> Any:
-        raise TypeError("an offloaded model cannot be deep-copied (its weights live in this handle's buffers): "
-                        "copy it before wrap_for_offload, or close() the handle first")
+        raise TypeError("an offloaded model cannot be deep-copied (its weights live in this handle's "
+                        "buffers): copy it before wrap_for_offload, or close() the handle first")
 
     # -- report -----------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -195,8 +195,8 @@ def _trigger(pipeline: Pipeline, unit: int) -> Callable:
 # -- setup -------------------------------------------------------------------------------------------------
 
 
-def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | str, *, mode: str | None = None,
-                     granularity: str | None = None, checkpoint: str | None = None,
+def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | str, *,
+                     mode: str | None = None, granularity: str | None = None, checkpoint: str | None = None,
                      key_map: Callable[[str], str | None] | None = None,
                      phases: tuple[tuple[str, ...], ...] | None = None, transport: Transport | None = None,
                      timing: bool = True) -> OffloadHandle:
@@ -223,7 +223,8 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
     index = None
     if mode == "disk":
         if checkpoint is None:
-            raise ValueError("offload=disk reads the DIT from safetensors: pass checkpoint=<per-block folder or file>")
+            raise ValueError("offload=disk reads the DIT from safetensors: pass checkpoint=<per-block folder "
+                             "or file>")
         index = diskmod.file_index(diskmod.dit_files(checkpoint), key_map)
     defs = unit_defs(model, granularity, phases)
     setup = _Setup(t, index)
@@ -240,8 +241,9 @@ def wrap_for_offload(model: nn.Module, offload_cfg: Any, device: torch.device | 
         units.extend(setup.unit(build_layout(d.name, d.refs())) for d in mine)
     setup.close()
     if mode == "disk":
-        store: Any = diskmod.DiskStore(t, [u.disk for u in units], int(getattr(offload_cfg, "host_buffers", 3)),
-                                       int(offload_cfg.num_disk_workers), bool(offload_cfg.pin_memory))
+        buffers = int(getattr(offload_cfg, "host_buffers", 3))
+        store: Any = diskmod.DiskStore(t, [u.disk for u in units], buffers, int(offload_cfg.num_disk_workers),
+                                       bool(offload_cfg.pin_memory))
     else:
         store = PinnedStore([u.host for u in units])
         if offload_cfg.pin_memory:
@@ -286,8 +288,8 @@ class _Setup:
             if not t.is_meta:
                 continue
             if self.index is None:
-                raise ValueError(f"{ref.qualname} is on the meta device: load the model before offload=model/block/"
-                                 f"phase, or use offload=disk with its checkpoint")
+                raise ValueError(f"{ref.qualname} is on the meta device: load the model before offload=model/"
+                                 f"block/phase, or use offload=disk with its checkpoint")
             ft = self.index.get(ref.qualname)
             if ft is None or not ref.persistent:
                 raise ValueError(f"{ref.qualname} is on the meta device and not in the checkpoint files: "
@@ -299,7 +301,9 @@ class _Setup:
             self.reader.read_into(ft, 0, raw)
             value = torch.empty_strided(ref.shape, ref.stride, dtype=ref.dtype)
             value.copy_(raw.view(ft.dtype).reshape(ref.shape))
-            ref.container[ref.name] = nn.Parameter(value, requires_grad=ref.requires_grad) if ref.is_param else value
+            if ref.is_param:
+                value = nn.Parameter(value, requires_grad=ref.requires_grad)
+            ref.container[ref.name] = value
 
     def close(self) -> None:
         if self.reader is not None:
@@ -307,8 +311,8 @@ class _Setup:
 
 
 def _forget_meta_preparation(model: nn.Module) -> None:
-    """A layer whose kernel-derived buffers are on meta (the model was disk-offloaded before) is prepared again
-    once its stored tensors are read: drop the placeholders instead of asking a checkpoint for them."""
+    """A layer whose kernel-derived buffers are on meta (the model was disk-offloaded before) is prepared
+    again once its stored tensors are read: drop the placeholders instead of asking a checkpoint for them."""
     for layer in model.modules():
         if not isinstance(layer, QuantLinear):
             continue
@@ -324,6 +328,7 @@ def _prepare(module: nn.Module, device: torch.device, skip: str | None = None) -
     """Run kernels' ``prepare`` on the compute device type where it has not run yet: it may lay weights out
     differently per device type, so it must see the device the unit will compute on."""
     for name, layer in module.named_modules():
-        if isinstance(layer, QuantLinear) and layer.prepared_for != device.type and not (skip and name.startswith(skip)):
+        skipped = skip is not None and name.startswith(skip)
+        if isinstance(layer, QuantLinear) and layer.prepared_for != device.type and not skipped:
             layer.to(device)
             layer.prepare()

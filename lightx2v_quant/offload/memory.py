@@ -1,5 +1,5 @@
-"""Memory estimates before loading: DIT weight bytes per scheme, activations at the run's token count, encoders;
-which offload modes fit a GPU and host, and ``offload=auto``'s choice (the least offload that fits).
+"""Memory estimates before loading: DIT weight bytes per scheme, activations at the run's token count,
+encoders; which offload modes fit a GPU and host, and ``offload=auto``'s choice (the least offload that fits).
 
 The numbers are estimates from the architecture (Wan's tensor list), the formats' tensor specs and the
 resolution, with a safety margin; ``offload.check_memory=false`` skips the check for a config known to fit.
@@ -14,23 +14,24 @@ from typing import Any
 from lightx2v_quant.quant.schemes import Scheme
 
 GB = 1e9
-CONTEXT_BYTES = int(1.0 * GB)  # CUDA context, cuBLAS/cuDNN workspaces: card memory torch's allocator never sees
+CONTEXT_BYTES = int(1.0 * GB)  # CUDA context, cuBLAS workspaces: card memory torch's allocator never sees
 ACT_MARGIN = 1.25  # allocator fragmentation and short-lived temporaries on top of the counted activations
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 VAE_STRIDE = (4, 8, 8)  # Wan VAE: time, height, width
 ORDER = ("none", "model", "block", "phase", "disk")  # least offload first
 
-# Wan2.1 encoders (umT5-XXL, CLIP ViT-H/14) when the model config gives no architecture (model.t5 / model.clip).
+# Wan2.1 encoders (umT5-XXL, CLIP ViT-H/14) when the config gives no architecture (model.t5 / model.clip).
 T5_DEFAULT = {"vocab_size": 256384, "dim": 4096, "dim_attn": 4096, "dim_ffn": 10240, "num_heads": 64,
               "num_layers": 24, "num_buckets": 32}
-CLIP_DEFAULT = {"image_size": 224, "patch_size": 14, "width": 1280, "num_layers": 32, "mlp_dim": 5120, "out_dim": 1024}
+CLIP_DEFAULT = {"image_size": 224, "patch_size": 14, "width": 1280, "num_layers": 32, "mlp_dim": 5120,
+                "out_dim": 1024}
 VAE_PARAMS = 127_000_000  # Wan2.1 VAE (Wan2.1_VAE.pth: 508 MB of fp32)
 
 
 @dataclass
 class DitBytes:
     blocks: list[int]  # bytes of each block
-    phases: list[int]  # largest bytes of each phase over the blocks (modulation+self_attn, norm3+cross_attn, ffn)
+    phases: list[int]  # bytes of each phase: (modulation + self_attn), (norm3 + cross_attn), (ffn)
     non_block: int
 
     @property
@@ -63,7 +64,8 @@ def dit_bytes(dit: Any, scheme: Scheme | None, dtype: str = "bf16", sensitive_fp
     d, f = int(dit.dim), int(dit.ffn_dim)
     attn = 4 * linear_bytes(d, d, scheme, b) + 2 * d * s  # q, k, v, o + RMS norm_q, norm_k
     cross = attn + (2 * linear_bytes(d, d, scheme, b) + d * s if i2v else 0)  # k_img, v_img, norm_k_img
-    phases = [6 * d * s + attn, 2 * d * s + cross, linear_bytes(f, d, scheme, b) + linear_bytes(d, f, scheme, b)]
+    ffn = linear_bytes(f, d, scheme, b) + linear_bytes(d, f, scheme, b)
+    phases = [6 * d * s + attn, 2 * d * s + cross, ffn]
     patch = _numel(tuple(dit.patch_size))
     out = int(dit.out_dim) * patch
     nb = (int(dit.in_dim) * d * patch + d  # patch_embedding
@@ -88,7 +90,8 @@ def dit_activation_bytes(dit: Any, tokens: int, dtype: str = "bf16", batch: int 
     """Peak activations of one DIT forward inside a block, with ACT_MARGIN.
 
     Self-attention: fp32 residual, normed input, q/k/v, q/k with RoPE in fp32, attention output.
-    FFN: residual, normed input and output, the [tokens, ffn_dim] hidden before and after GELU, its 8-bit copy.
+    FFN: residual, normed input and output, the [tokens, ffn_dim] hidden before and after GELU, its 8-bit
+    copy.
     """
     b = DTYPE_BYTES[dtype]
     d, f = int(dit.dim), int(dit.ffn_dim)
@@ -114,8 +117,8 @@ def clip_bytes(arch: Any, scheme: Scheme | None) -> int:
     a = {**CLIP_DEFAULT, **_fields(arch)}
     b = 2
     d, f, p = int(a["width"]), int(a["mlp_dim"]), int(a["patch_size"])
-    per_layer = (linear_bytes(3 * d, d, scheme, b) + linear_bytes(d, d, scheme, b) + linear_bytes(f, d, scheme, b)
-                 + linear_bytes(d, f, scheme, b) + 4 * d * b)
+    per_layer = (linear_bytes(3 * d, d, scheme, b) + linear_bytes(d, d, scheme, b)
+                 + linear_bytes(f, d, scheme, b) + linear_bytes(d, f, scheme, b) + 4 * d * b)
     grid = (int(a["image_size"]) // p) ** 2 + 1
     # patch embedding, position table, class token, pre/post norms, projection head
     return int(a["num_layers"]) * per_layer + (3 * p * p * d + grid * d + 5 * d + d * int(a["out_dim"])) * b
@@ -186,7 +189,8 @@ class OffloadPlan:
 
     def summary(self) -> dict[str, Any]:
         return {"requested": self.requested, "mode": self.mode, "granularity": self.granularity,
-                "gpu_budget_gb": round(self.gpu_budget / GB, 1), "host_budget_gb": round(self.host_budget / GB, 1),
+                "gpu_budget_gb": round(self.gpu_budget / GB, 1),
+                "host_budget_gb": round(self.host_budget / GB, 1),
                 "estimates_gb": {e.label: {"gpu": round(e.gpu / GB, 2), "host": round(e.host / GB, 2)}
                                  for e in self.estimates},
                 "note": self.note}
@@ -228,7 +232,8 @@ def plan_offload(cfg: Any, hw: Any, schemes: dict[str, Scheme | None], problems:
     dtype = str(cfg.model.dtype)
     weights = dit_bytes(dit, schemes.get("dit"), dtype, bool(_get(cfg.model, "sensitive_fp32", False)),
                         i2v="clip" in schemes)
-    tokens = dit_tokens(int(cfg.task.height), int(cfg.task.width), int(cfg.task.frames), tuple(dit.patch_size))
+    task = cfg.task
+    tokens = dit_tokens(int(task.height), int(task.width), int(task.frames), tuple(dit.patch_size))
     activations = dit_activation_bytes(dit, tokens, dtype)
     encoders = {"t5": t5_bytes(_get(cfg.model, "t5"), schemes.get("t5"), dtype), "vae": 2 * VAE_PARAMS}
     if "clip" in schemes:
@@ -238,33 +243,37 @@ def plan_offload(cfg: Any, hw: Any, schemes: dict[str, Scheme | None], problems:
     gpu_budget = float(_get(oc, "gpu_memory_gb", 0) or hw.memory_gb) * GB
     host_budget = host_available_bytes() if host_bytes is None else float(host_bytes)
     has_ckpt = bool(_get(cfg.dit_quant, "ckpt") or _get(cfg.model, "path"))
-    fits = [e for e in estimates if e.gpu <= gpu_budget and e.host <= host_budget and (e.mode != "disk" or has_ckpt)]
+    fits = [e for e in estimates
+            if e.gpu <= gpu_budget and e.host <= host_budget and (e.mode != "disk" or has_ckpt)]
     where = f"{hw.label()} ({gpu_budget / GB:.0f} GB GPU budget, {host_budget / GB:.0f} GB host available)"
-    options = ", ".join(f"offload={e.label}" if e.mode != "disk" else f"offload=disk offload.granularity={e.granularity}"
-                        for e in fits)
+    options = ", ".join(f"offload={e.label}" if e.mode != "disk"
+                        else f"offload=disk offload.granularity={e.granularity}" for e in fits)
     table = "; ".join(e.short() for e in estimates)
     if bool(_get(oc, "lazy_load", False)) and requested in ("model", "block", "phase"):
         problems.append(f"offload.lazy_load=true reads blocks from disk, which is offload=disk "
                         f"(offload.granularity=block|phase), not offload={requested}")
     if requested == "auto":
         if not fits:
-            problems.append(f"offload=auto: no offload mode fits {tokens} tokens of {cfg.model.name} on {where}. "
-                            f"Estimates: {table}"
+            problems.append(f"offload=auto: no offload mode fits {tokens} tokens of {cfg.model.name} on "
+                            f"{where}. Estimates: {table}"
                             + ("" if has_ckpt else " (disk needs dit_quant.ckpt or model.path)")
                             + ". Lower the resolution, quantize the DIT / T5, or set offload.t5_cpu=true")
             return None
         choice = fits[0]
         note = f"offload=auto chose {choice.label} on {where}: {choice.describe()}"
-        return OffloadPlan(requested, choice.mode, choice.granularity, gpu_budget, host_budget, estimates, note)
-    granularity = str(oc.granularity) if requested == "disk" else ("phase" if requested == "phase" else "block")
+        return OffloadPlan(requested, choice.mode, choice.granularity, gpu_budget, host_budget, estimates,
+                           note)
+    granularity = {"disk": str(oc.granularity), "phase": "phase"}.get(requested, "block")
     if requested == "disk" and not has_ckpt:
-        problems.append("offload=disk reads the DIT from safetensors files: set dit_quant.ckpt=<per-block folder or "
-                        "file> or model.path")
+        problems.append("offload=disk reads the DIT from safetensors files: set dit_quant.ckpt=<per-block "
+                        "folder or file> or model.path")
     mine = next((e for e in estimates if e.mode == requested and e.granularity == granularity), None)
-    if mine is not None and _get(oc, "check_memory", True) and mine not in fits and (requested != "disk" or has_ckpt):
+    checked = mine is not None and bool(_get(oc, "check_memory", True)) and (requested != "disk" or has_ckpt)
+    if checked and mine not in fits:
         short = "GPU" if mine.gpu > gpu_budget else "host RAM"
         fit = f"Options that fit: {options}" if options else f"No mode fits ({table})"
-        problems.append(f"offload={mine.label} does not fit in {short} on {where}: estimated {mine.describe()}. "
-                        f"{fit} (offload=auto picks one; offload.check_memory=false skips this check)")
+        problems.append(f"offload={mine.label} does not fit in {short} on {where}: estimated "
+                        f"{mine.describe()}. {fit} (offload=auto picks one; offload.check_memory=false skips "
+                        f"this check)")
     return OffloadPlan(requested, requested, granularity, gpu_budget, host_budget, estimates,
                        mine.describe() if mine else "")

@@ -100,7 +100,7 @@ class Pipeline:
     def __init__(self, transport: Transport, units: list[UnitRuntime], store: UnitStore, slots: int,
                  stats: TransferStats, timing: bool = True) -> None:
         if slots < 2:
-            raise ValueError(f"offload needs at least 2 device slots to overlap copies with compute, got {slots}")
+            raise ValueError(f"offload needs >= 2 device slots to overlap copies with compute, got {slots}")
         self.t = transport
         self.units = units
         self.store = store
@@ -126,7 +126,7 @@ class Pipeline:
         self.active = True
 
     def stop(self) -> None:
-        """Leave every unit at home and free the slots (safe: the compute stream waits for the copies first)."""
+        """Leave every unit at home and free the slots (the compute stream waits for the copies first)."""
         if not self.active:
             return
         t = self.t
@@ -153,8 +153,8 @@ class Pipeline:
     def trigger(self, unit: int) -> None:
         """Unit ``unit`` is about to compute: make it resident and keep the next K-1 units in flight."""
         if not self.active:
-            raise RuntimeError("an offloaded block ran outside the offload context: wrap the sampling loop in "
-                               "`with handle:` (or call handle.begin() / handle.end())")
+            raise RuntimeError("an offloaded block ran outside the offload context: call the model (or the "
+                               "handle), wrap the loop in `with handle:`, or call handle.begin() first")
         if unit == self.current:
             return
         t = self.t
@@ -190,7 +190,7 @@ class Pipeline:
         self.stats.resolve(t)
 
     def _restart(self, unit: int) -> None:
-        """The model skipped or repeated units: drop the in-flight plan and continue the cycle from ``unit``."""
+        """The model skipped or repeated units: drop the in-flight plan, continue the cycle from ``unit``."""
         self.store.drain()
         self.issued.clear()
         self.base = self.g + 1 - unit

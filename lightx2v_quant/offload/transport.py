@@ -1,7 +1,8 @@
 """The device layer under the offload schedule: streams, events, asynchronous copies, device and host memory.
 
 The schedule (schedule.py) talks only to a ``Transport``; ``CudaTransport`` is the real one. Tests drive the
-same schedule with a recording fake on the CPU, which is how the stream/event ordering is checked without a GPU.
+same schedule with a recording fake on the CPU, which is how the stream/event ordering is checked without a
+GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PAGE = 4096
 
 
 class Transport:
-    """Interface. Streams and events are opaque objects; copies are enqueued on a stream and return at once."""
+    """Interface. Streams and events are opaque; copies are enqueued on a stream and return at once."""
 
     device: torch.device
 
@@ -36,7 +37,7 @@ class Transport:
         raise NotImplementedError
 
     def wait(self, stream: Any, event: Any) -> None:
-        """Work queued on ``stream`` after this call starts only once ``event`` (as last recorded) completed."""
+        """Work queued on ``stream`` after this call starts once ``event`` (as last recorded) completed."""
         raise NotImplementedError
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor, stream: Any) -> None:
@@ -64,7 +65,7 @@ class Transport:
         return aligned_empty(nbytes, "cpu", align=PAGE)
 
     def pin(self, host: torch.Tensor) -> None:
-        """Page-lock ``host`` in place for asynchronous copies; undone when the tensor is freed or by ``unpin``."""
+        """Page-lock ``host`` in place for asynchronous copies; undone when it is freed or by ``unpin``."""
 
     def unpin(self, host: torch.Tensor) -> None:
         """Undo ``pin`` now (before the memory is reused)."""
@@ -128,8 +129,9 @@ class CudaTransport(Transport):
         rc = int(torch.cuda.cudart().cudaHostRegister(ptr, size, 0))
         if rc != 0:
             raise RuntimeError(
-                f"cudaHostRegister of {size / 1e9:.2f} GB of host memory failed (CUDA error {rc}); the machine may "
-                f"limit page-locked memory: free host RAM, or set offload.pin_memory=false (slower, no overlap)")
+                f"cudaHostRegister of {size / 1e9:.2f} GB of host memory failed (CUDA error {rc}); the "
+                f"machine may limit page-locked memory: free host RAM, or set offload.pin_memory=false "
+                f"(slower, no overlap)")
         # Unregister when this tensor object dies (its owner drops it), before its memory can be freed.
         self._pinned[ptr] = weakref.finalize(host, _unregister, ptr)
 

@@ -69,8 +69,8 @@ def check_phases(block: nn.Module, phases: tuple[tuple[str, ...], ...], where: s
         for name in phase:
             if name in own:
                 if p != 0:
-                    problems.append(f"'{name}' is the block's own tensor: it must be in the first phase (the block's "
-                                    f"forward may read it before any submodule of phase {p} runs)")
+                    problems.append(f"'{name}' is the block's own tensor: it must be in the first phase (the "
+                                    f"block's forward may read it before any submodule of phase {p} runs)")
             elif name not in children:
                 problems.append(f"'{name}' is neither a submodule nor a tensor of the block")
         if p > 0 and not any(n in children for n in phase):
@@ -78,12 +78,12 @@ def check_phases(block: nn.Module, phases: tuple[tuple[str, ...], ...], where: s
     for name in sorted(own - set(listed)):
         problems.append(f"the block's tensor '{name}' is in no phase")
     for name, child in children.items():
-        holds = next(iter(child.parameters()), None) is not None or next(iter(child.buffers()), None) is not None
+        holds = any(True for _ in child.parameters()) or any(True for _ in child.buffers())
         if name not in listed and holds:
             problems.append(f"submodule '{name}' holds tensors but is in no phase")
     if problems:
         raise ValueError(f"offload phases {phases} do not fit {where}: " + "; ".join(problems)
-                         + ". Give the model an `offload_phases` attribute that lists every child holding tensors.")
+                         + ". Give the model an `offload_phases` attribute listing every child with tensors.")
 
 
 def unit_defs(model: nn.Module, granularity: str, phases: tuple[tuple[str, ...], ...] | None = None,

@@ -1,12 +1,13 @@
-"""A recording CPU stand-in for the CUDA transport, with a happens-before model of streams, events and threads.
+"""A recording CPU stand-in for the CUDA transport, with a happens-before model of streams, events and
+threads.
 
 Every stream and host thread is an agent with a vector clock. An operation enqueued on a stream happens after
 the stream's previous operations and after everything its issuing thread had already seen complete; a wait
 joins the event's clock (as last recorded); a host sync joins it into the thread; acquiring a disk read joins
 the reader thread. ``hb(a, b)`` then says whether a real GPU could run ``b`` before ``a`` finished.
 
-``lazy=True`` also defers copy-stream work until something waits for it, so a missing wait makes a block compute
-with stale bytes (and the test's output comparison fail) instead of passing by luck.
+``lazy=True`` also defers copy-stream work until something waits for it, so a missing wait makes a block
+compute with stale bytes (and the test's output comparison fail) instead of passing by luck.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Op:
 
 class FakeEvent:
     def __init__(self) -> None:
-        self.clock: dict[str, int] | None = None  # None: never recorded (waiting on it is a no-op, as in CUDA)
+        self.clock: dict[str, int] | None = None  # None: never recorded (a wait on it is a no-op, as in CUDA)
         self.recorded = 0  # records issued; a wait refers to the latest one
         self.completed = 0  # records executed
 
@@ -59,13 +60,14 @@ class FakeTransport(Transport):
         self.clocks: dict[str, dict[str, int]] = {}
         self.counts: dict[str, int] = {}
         self.ops: list[Op] = []
-        self.pending: list[tuple] = []  # lazy copy-stream work: ("copy", dst, src) / ("record", event, number)
+        self.pending: list[tuple] = []  # lazy copy-stream work: ("copy", dst, src) / ("record", event, n)
         self.pinned: list[int] = []
         self.written: dict[int, Op] = {}  # g -> host_written op (disk reads)
 
     # -- clocks -----------------------------------------------------------------------------------------
     def _thread(self) -> str:
-        return "main" if threading.current_thread() is threading.main_thread() else f"thread-{threading.get_ident()}"
+        main = threading.current_thread() is threading.main_thread()
+        return "main" if main else f"thread-{threading.get_ident()}"
 
     def _op(self, kind: str, agent: str, base: dict[str, int], **info: Any) -> Op:
         n = self.counts.get(agent, -1) + 1
@@ -185,15 +187,17 @@ def check_schedule(t: FakeTransport) -> dict[str, int]:
         if op.kind == "fill":
             if slot in last_use:
                 rel = released.get(slot)
-                assert rel is not None, f"slot {slot} refilled while unit {last_use[slot].info['unit']} still in use"
-                assert t.hb(rel, op), f"fill of slot {slot} (g={op.info['g']}) may overwrite a unit still computing"
+                unit = last_use[slot].info["unit"]
+                assert rel is not None, f"slot {slot} refilled while unit {unit} still in use"
+                assert t.hb(rel, op), f"fill of slot {slot} (g={op.info['g']}) may overwrite a unit in use"
                 checked["fill_after_release"] += 1
         elif op.kind == "filled":
             last_fill[slot] = op
         elif op.kind == "use":
             fill = last_fill.get(slot)
-            assert fill is not None and fill.info["g"] == op.info["g"], f"unit {op.info['unit']} used unfilled slot"
-            assert t.hb(fill, op), f"unit {op.info['unit']} may compute before its copy into slot {slot} finished"
+            unit = op.info["unit"]
+            assert fill is not None and fill.info["g"] == op.info["g"], f"unit {unit} used an unfilled slot"
+            assert t.hb(fill, op), f"unit {unit} may compute before its copy into slot {slot} finished"
             checked["use_after_fill"] += 1
             last_use[slot] = op
             released.pop(slot, None)
@@ -208,10 +212,11 @@ def check_schedule(t: FakeTransport) -> dict[str, int]:
             req = t.find("request", g=op.info["g"])[-1]
             for prev in host_released.get(op.info["buffer"], []):
                 if position[id(prev)] < position[id(req)]:
-                    assert t.hb(prev, op), f"disk read of g={op.info['g']} may overwrite host bytes being copied"
+                    assert t.hb(prev, op), f"disk read of g={op.info['g']} may overwrite bytes being copied"
                     checked["write_after_copy"] += 1
         elif op.kind == "filled" and op.info["g"] in t.written:
             fills = [o for o in ops[:i] if o.kind == "fill" and o.info["g"] == op.info["g"]]
-            assert t.hb(t.written[op.info["g"]], fills[-1]), f"copy of g={op.info['g']} may read before its disk read"
+            g = op.info["g"]
+            assert t.hb(t.written[g], fills[-1]), f"copy of g={g} may read before its disk read"
             checked["copy_after_write"] += 1
     return checked

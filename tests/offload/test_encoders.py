@@ -41,6 +41,7 @@ def test_on_demand_moves_in_and_out_without_changing_results():
 
 
 def test_encoder_placement():
-    assert encoder_placement(OffloadConfig(), "none") == {"t5": "resident", "clip": "resident", "vae": "resident"}
+    resident = {"t5": "resident", "clip": "resident", "vae": "resident"}
+    assert encoder_placement(OffloadConfig(), "none") == resident
     assert encoder_placement(OffloadConfig(t5_cpu=True), "block") == {"t5": "cpu", "clip": "on_demand",
                                                                       "vae": "on_demand"}

@@ -39,7 +39,8 @@ def test_roundtrip_mixed_dtypes_aliases_and_strides():
     apply_binding(layout.views(arena))
     after = snapshot(m)
     for name, t in before.items():
-        assert after[name].dtype == t.dtype and after[name].shape == t.shape and after[name].stride() == t.stride()
+        got = after[name]
+        assert got.dtype == t.dtype and got.shape == t.shape and got.stride() == t.stride()
         assert torch.equal(after[name].view(torch.uint8) if t.dtype == torch.float8_e4m3fn else after[name],
                            t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t), name
     base, end = arena.data_ptr(), arena.data_ptr() + arena.numel()

@@ -43,7 +43,8 @@ def test_wan14b_weight_bytes():
 def plan(hw, *overrides, host_gb=100.0):
     cfg = cfg_for(*overrides)
     problems = []
-    schemes = {"dit": None if cfg.dit_quant.scheme == "none" else get_scheme(cfg.dit_quant.scheme), "t5": None}
+    dit = cfg.dit_quant.scheme
+    schemes = {"dit": None if dit == "none" else get_scheme(dit), "t5": None}
     if cfg.model.task == "i2v":
         schemes["clip"] = None
     out = mem.plan_offload(cfg, hw, schemes, problems, host_bytes=host_gb * 1e9)
@@ -68,7 +69,7 @@ def test_auto_picks_the_least_offload_that_fits_a_24gb_card():
     assert p.mode == "phase"
     small = ("task=480p", "offload.t5_cpu=true", "offload.gpu_memory_gb=12")
     p, problems = plan(RTX4090, *base, *small, host_gb=16)
-    assert p is None and "disk needs dit_quant.ckpt" in problems[0]  # host too small, and no file to read from
+    assert p is None and "disk needs dit_quant.ckpt" in problems[0]  # host too small, and no file to read
     p, _ = plan(RTX4090, *base, *small, "model.path=/models/wan", host_gb=16)
     assert (p.mode, p.granularity) == ("disk", "block")
 

@@ -82,7 +82,7 @@ def test_units_and_triggers():
 
 def test_phase_checks_name_the_problem():
     block = Block(64, 128, 2)
-    with pytest.raises(ValueError, match="'modulation' is the block's own tensor: it must be in the first phase"):
+    with pytest.raises(ValueError, match="'modulation' is the block's own tensor: it must be in the first"):
         check_phases(block, (("self_attn",), ("modulation", "norm3", "cross_attn"), ("ffn",)), "b")
     with pytest.raises(ValueError, match="submodule 'ffn' holds tensors but is in no phase"):
         check_phases(block, (("modulation", "self_attn"), ("norm3", "cross_attn")), "b")
@@ -99,8 +99,8 @@ def test_out_of_order_units_restart_the_pipeline(reference):
     x = toy_inputs(1)
     with torch.no_grad(), handle:
         h = model.patch(x[0])
-        e = model.time(torch.cat([torch.sin(x[1][:, None] * model.freqs), torch.cos(x[1][:, None] * model.freqs)],
-                                 dim=1)).view(-1, 6, 128)
+        angles = x[1][:, None] * model.freqs
+        e = model.time(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)).view(-1, 6, 128)
         model.blocks[0](h, e, x[2])
         model.blocks[2](h, e, x[2])  # skips block 1 (as feature caching would): a restart, not an error
         outs = [model(*toy_inputs(s)) for s in SEEDS]
@@ -138,7 +138,8 @@ def test_one_offloaded_model_on_a_device_at_a_time(reference):
 
 def test_auto_must_be_resolved_first(reference):
     with pytest.raises(ValueError, match="resolve `auto`"):
-        wrap_for_offload(copy.deepcopy(reference[0]), OffloadConfig(mode="auto"), "cpu", transport=FakeTransport())
+        wrap_for_offload(copy.deepcopy(reference[0]), OffloadConfig(mode="auto"), "cpu",
+                         transport=FakeTransport())
 
 
 def test_stats_count_bytes_and_home_is_host(reference):
@@ -163,12 +164,12 @@ def test_stats_count_bytes_and_home_is_host(reference):
 
 @pytest.mark.parametrize("bug", ["no_compute_wait", "no_copy_wait"])
 def test_checker_catches_missing_waits(reference, bug):
-    """Drop one kind of wait: the happens-before check must fail (and, lazily executed, the output goes wrong)."""
+    """Drop one kind of wait: the happens-before check fails (and, executed lazily, the output is wrong)."""
     model, expected = reference
 
     class Buggy(FakeTransport):
         def wait(self, stream, event):
-            if (bug == "no_compute_wait" and stream == "compute") or (bug == "no_copy_wait" and stream == "copy"):
+            if stream == {"no_compute_wait": "compute", "no_copy_wait": "copy"}[bug]:
                 return
             super().wait(stream, event)
 
@@ -177,7 +178,8 @@ def test_checker_catches_missing_waits(reference, bug):
     handle = wrap_for_offload(m, OffloadConfig(mode="block"), "cpu", transport=t)
     with torch.no_grad(), handle:
         outs = [m(*toy_inputs(s)) for s in SEEDS]
-    with pytest.raises(AssertionError, match="may compute before" if bug == "no_compute_wait" else "may overwrite"):
+    expected_error = "may compute before" if bug == "no_compute_wait" else "may overwrite"
+    with pytest.raises(AssertionError, match=expected_error):
         check_schedule(t)
     if bug == "no_compute_wait":
         assert not all(torch.equal(o, r) for o, r in zip(outs, expected))

@@ -61,7 +61,8 @@ def test_every_mode_matches_no_offload(cfg_name, scheme, dtype, sensitive, tmp_p
 def test_estimate_equals_the_built_model(preset, scheme, sensitive):
     cfg = WanDiTConfig.preset(preset)
     model = build_dit(cfg, torch.bfloat16, "meta", quant=scheme, sensitive_fp32=sensitive)
-    est = mem.dit_bytes(cfg, get_scheme(scheme) if scheme else None, "bf16", sensitive, i2v=cfg.image_dim is not None)
+    s = get_scheme(scheme) if scheme else None
+    est = mem.dit_bytes(cfg, s, "bf16", sensitive, i2v=cfg.image_dim is not None)
     assert est.blocks[0] == weight_bytes(model.blocks[0])
     assert est.total == weight_bytes(model)
     b = model.blocks[0]

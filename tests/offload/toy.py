@@ -1,5 +1,5 @@
-"""A toy model shaped like the Wan DIT (blocks with modulation, self_attn, norm3, cross_attn, ffn) whose blocks
-mix dtypes and schemes on purpose: int8 / fp8 / int4 quantized linears, bf16 norms and biases, fp32
+"""A toy model shaped like the Wan DIT (blocks with modulation, self_attn, norm3, cross_attn, ffn) whose
+blocks mix dtypes and schemes on purpose: int8 / fp8 / int4 quantized linears, bf16 norms and biases, fp32
 modulation, and blocks that differ from each other."""
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Block(nn.Module):
         if ffn_dtype is None:
             self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(approximate="tanh"), nn.Linear(ffn, dim))
         else:
-            self.ffn = nn.Sequential(Cast(dim, ffn, ffn_dtype), nn.GELU(approximate="tanh"), Cast(ffn, dim, ffn_dtype))
+            self.ffn = nn.Sequential(Cast(dim, ffn, ffn_dtype), nn.GELU(approximate="tanh"),
+                                     Cast(ffn, dim, ffn_dtype))
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         m = (self.modulation + e).chunk(6, dim=1)
@@ -77,14 +78,15 @@ class Block(nn.Module):
 
 
 class ToyDiT(nn.Module):
-    def __init__(self, dim: int = 128, ffn: int = 256, heads: int = 2, layers: int = 3, in_dim: int = 8) -> None:
+    def __init__(self, dim: int = 128, ffn: int = 256, heads: int = 2, layers: int = 3,
+                 in_dim: int = 8) -> None:
         super().__init__()
         self.patch = nn.Linear(in_dim, dim)
         self.time = nn.Sequential(nn.Linear(32, dim), nn.SiLU(), nn.Linear(dim, 6 * dim))
         dtypes = [None, torch.bfloat16, None, None]
         self.blocks = nn.ModuleList(Block(dim, ffn, heads, dtypes[i % len(dtypes)]) for i in range(layers))
         self.head = nn.Linear(dim, in_dim)
-        self.register_buffer("freqs", torch.linspace(0, 1, 16), persistent=False)  # computed, not in checkpoints
+        self.register_buffer("freqs", torch.linspace(0, 1, 16), persistent=False)  # computed, not stored
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         tf = torch.cat([torch.sin(t[:, None] * self.freqs), torch.cos(t[:, None] * self.freqs)], dim=1)
