@@ -135,6 +135,11 @@ class CudaTransport(Transport):
         # Unregister when this tensor object dies (its owner drops it), before its memory can be freed.
         self._pinned[ptr] = weakref.finalize(host, _unregister, ptr)
 
+    def is_pinned(self, host: torch.Tensor) -> bool:
+        """Registered with cudaHostRegister by this transport (torch's ``Tensor.is_pinned`` only knows
+        its own pinned allocator and answers False for registered memory)."""
+        return host.data_ptr() in self._pinned
+
     def unpin(self, host: torch.Tensor) -> None:
         fin = self._pinned.pop(host.data_ptr(), None)
         if fin is not None:

@@ -41,7 +41,7 @@ def test_offload_is_bit_identical_on_cuda(toy, mode, granularity, slots):
     cfg = OffloadConfig(mode=mode, granularity=granularity, slots=slots, num_disk_workers=2, host_buffers=3)
     handle = wrap_for_offload(m, cfg, "cuda", checkpoint=str(folder) if mode == "disk" else None)
     if mode != "disk":
-        assert all(u.host.is_pinned() for u in handle.units)
+        assert all(handle.t.is_pinned(u.host) for u in handle.units)  # cudaHostRegister'd
     for _ in range(2):  # two sampling loops: begin/end are repeatable
         with torch.no_grad(), handle:
             outs = [m(*cuda_inputs(s)) for s in SEEDS]
