@@ -187,6 +187,9 @@ def validate(cfg: Any, detected: HardwareSpec | None = None) -> Plan:
         problems.append(f"offload={cfg.offload.mode} moves weights to a CUDA GPU; {hw.label()} has none: use offload=none")
     used = components_in_use(cfg)
     plans = {c: _plan_component(cfg, c, hw, problems) for c in used}
+    from lightx2v_quant.pipeline_checks import pipeline_problems  # sampler, sizes, image, offload, attention
+
+    problems.extend(pipeline_problems(cfg))
     notes = [p.note for p in plans.values() if p.note]
     unused = [COMPONENTS[c] for c in COMPONENTS if c not in used and cfg[COMPONENTS[c]].scheme != NONE]
     if unused:

@@ -1,0 +1,177 @@
+"""Build the pipeline's components, each with its own quantization scheme and kernel from the plan:
+text encoder (umT5 + tokenizer), image encoder (CLIP), DIT (one, or two Wan2.2 experts) and VAE.
+
+Weights come from ``model.path`` (official names, or LightX2V's quantized files through
+``<component>_quant.ckpt``) or, with ``model.path=null``, are seeded random tensors. Each builder
+returns the module and a dict for the report: what runs, its bytes, and where the weights came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightx2v_quant.quant.apply import kernels_used, quant_layers, weight_bytes
+from lightx2v_quant.validate import ComponentPlan
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Offsets of each component's random-weight seed from model.random_seed: components differ, runs agree.
+SEED_OFFSETS = {"dit": 0, "dit.high_noise": 0, "dit.low_noise": 1, "t5": 10, "clip": 20, "vae": 30}
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+VAE_FILE = "Wan2.1_VAE.pth"
+EXPERT_DIRS = {"high_noise": "high_noise_model", "low_noise": "low_noise_model"}
+
+
+def run_dtype(cfg: Any) -> torch.dtype:
+    name = str(cfg.model.dtype)
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _quant_args(plan: ComponentPlan | None) -> dict[str, Any]:
+    """quant/kernel arguments of the model builders: the scheme and the kernel that will actually run."""
+    if plan is None or plan.scheme is None:
+        return {"quant": None, "kernel": None}
+    return {"quant": plan.scheme.name, "kernel": plan.kernel}
+
+
+def _finish(module: nn.Module, plan: ComponentPlan | None, fast_accum: bool, source: str,
+            dtype: torch.dtype, device: torch.device, prepare: bool = True) -> dict[str, Any]:
+    """Prepare the quantized layers for their device and describe the component for the report.
+    (Offloaded DITs are prepared by the offload manager on the compute device instead.)"""
+    for _, layer in quant_layers(module):
+        layer.fast_accum = fast_accum  # quant.fast_accum (fp8 torch._scaled_mm) applies to every component
+        if prepare:
+            layer.prepare()
+    used = kernels_used(module)
+    info: dict[str, Any] = {
+        "requested": plan.requested if plan else "none",
+        "scheme": plan.scheme.name if plan and plan.scheme else None,
+        "format": plan.scheme.format if plan and plan.scheme else None,
+        "kernel": plan.kernel if plan and plan.scheme else None,
+        "runs": plan.label if plan else "none (unquantized)",
+        "note": plan.note if plan else "",
+        "kernels_used": used,
+        "quantized_layers": sum(used.values()),
+        "weight_bytes": weight_bytes(module),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "weights": source,
+    }
+    report = getattr(module, "load_report", None)
+    if report is not None and getattr(report, "quantized_online", None) is not None:
+        info["prequantized_layers"] = len(report.prequantized)
+        info["quantized_online_layers"] = len(report.quantized_online)
+    return info
+
+
+def _file_in(cfg: Any, group: str, name: str, sub: str | None = None) -> Path:
+    """``<group>.ckpt`` when given, else ``model.path/[sub/]name``; one clear error when it is missing."""
+    given = cfg[group].ckpt if group in cfg else None
+    base = Path(cfg.model.path) / sub if sub else Path(cfg.model.path)
+    path = Path(given) if given else base / name
+    if not path.exists():
+        where = f"{group}.ckpt={given}" if given else f"model.path={cfg.model.path}"
+        raise FileNotFoundError(f"{path} not found ({where}); expected the official {name} there")
+    return path
+
+
+# -- text encoder -------------------------------------------------------------------------------------
+def build_text_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.device, random: bool):
+    from lightx2v_quant.models.wan import ByteTokenizer, T5Config, TextEncoder, UMT5Tokenizer, load_t5, random_t5
+
+    t5_cfg = T5Config.from_mapping(cfg.model.t5)
+    dtype = run_dtype(cfg)
+    if random:
+        seed = int(cfg.model.random_seed) + SEED_OFFSETS["t5"]
+        model = random_t5(t5_cfg, dtype, device, seed=seed, **_quant_args(plan))
+        tokenizer, source = ByteTokenizer(), f"random (seed {seed}), byte-level tokenizer"
+    else:
+        path = _file_in(cfg, "t5_quant", T5_FILE)
+        model = load_t5(path, t5_cfg, dtype, device, **_quant_args(plan), progress=True)
+        tokenizer, source = UMT5Tokenizer.from_model_folder(cfg.model.path), str(path)
+    info = _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
+    return TextEncoder(model, tokenizer), info
+
+
+# -- image encoder (Wan2.1 I2V) -----------------------------------------------------------------------
+def build_image_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.device, random: bool):
+    from lightx2v_quant.models.wan import ClipConfig, load_clip, random_clip
+
+    clip_cfg = ClipConfig.from_mapping(cfg.model.clip)
+    # The official CLIP runs in fp16; bf16 on the CPU, where fp16 matmuls are slow or missing.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    if random:
+        seed = int(cfg.model.random_seed) + SEED_OFFSETS["clip"]
+        model = random_clip(clip_cfg, dtype, device, seed=seed, **_quant_args(plan))
+        source = f"random (seed {seed})"
+    else:
+        path = _file_in(cfg, "clip_quant", CLIP_FILE)
+        model = load_clip(path, clip_cfg, dtype, device, **_quant_args(plan), progress=True)
+        source = str(path)
+    return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
+
+
+# -- DIT ----------------------------------------------------------------------------------------------
+def build_dit(cfg: Any, plan: ComponentPlan | None, device: torch.device, random: bool,
+              expert: str | None = None, prepare: bool = True):
+    """The DIT, or one Wan2.2 expert (``expert`` = "high_noise" | "low_noise"), on ``device``."""
+    from lightx2v_quant.models.wan import WanDiTConfig, load_dit, random_dit
+
+    dit_cfg = WanDiTConfig.from_dict(dict(cfg.model.dit))
+    dtype = run_dtype(cfg)
+    common = dict(sensitive_fp32=bool(cfg.model.sensitive_fp32), attention_backend=str(cfg.hardware.attention),
+                  **_quant_args(plan))
+    if random:
+        seed = int(cfg.model.random_seed) + SEED_OFFSETS["dit" + (f".{expert}" if expert else "")]
+        model = random_dit(dit_cfg, dtype, device, seed, **common)
+        source = f"random (seed {seed})"
+    else:
+        path = _dit_path(cfg, expert)
+        model = load_dit(path, dit_cfg, dtype, device, progress=True, **common)
+        source = str(path)
+    return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device, prepare)
+
+
+def _dit_path(cfg: Any, expert: str | None) -> Path:
+    given = cfg.dit_quant.ckpt
+    if expert:
+        base = Path(given) if given else Path(cfg.model.path)
+        path = base / EXPERT_DIRS[expert]
+    else:
+        path = Path(given) if given else Path(cfg.model.path)
+    if not path.exists():
+        raise FileNotFoundError(f"DIT weights not found at {path} "
+                                f"({'dit_quant.ckpt' if given else 'model.path'})")
+    return path
+
+
+# -- VAE ----------------------------------------------------------------------------------------------
+def build_vae(cfg: Any, device: torch.device, random: bool):
+    from lightx2v_quant.models.wan import VaeConfig, load_vae, random_vae
+
+    vae_cfg = VaeConfig.preset(str(cfg.model.vae))
+    dtype = torch.float32  # the official VAE runs in fp32
+    if random:
+        seed = int(cfg.model.random_seed) + SEED_OFFSETS["vae"]
+        model, source = random_vae(vae_cfg, dtype=dtype, device=device, seed=seed), f"random (seed {seed})"
+    else:
+        path = Path(cfg.model.path) / VAE_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found (model.path={cfg.model.path}); expected the official "
+                                    f"{VAE_FILE} there")
+        model, source = load_vae(path, vae_cfg, dtype=dtype, device=device, progress=True), str(path)
+    return model, _finish(model, None, False, source, dtype, device)
+
+
+def wrap_for_offload(dit: nn.Module, offload_cfg: Any, device: torch.device) -> nn.Module:
+    """The seam to the offload manager: the returned module is called like the DIT while its weights
+    live in host memory (or on disk) and stream to ``device``. Validation has checked that it exists."""
+    from lightx2v_quant.offload import wrap_for_offload as wrap
+
+    return wrap(dit, offload_cfg, device)
