@@ -67,6 +67,35 @@ class DitArch:
 
 
 @dataclass
+class T5Arch:
+    """umT5 text encoder architecture; fields = models.wan.t5.T5Config (defaults: umT5-XXL)."""
+
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096
+    dim_ffn: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    max_dist: int = 128
+    eps: float = 1e-6
+
+
+@dataclass
+class ClipArch:
+    """CLIP vision tower architecture; fields = models.wan.clip.ClipConfig (defaults: ViT-H/14)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1280
+    num_layers: int = 32
+    num_heads: int = 16
+    mlp_dim: int = 5120
+    out_dim: int = 1024
+    eps: float = 1e-5
+
+
+@dataclass
 class SamplingDefaults:
     """A model's official sampling settings; every null `sampler.*` value takes the model's."""
 
@@ -103,6 +132,8 @@ class ModelConfig:
     random_seed: int = 0  # seed of the random weights when path is null (independent of the sampling seed)
     vae: str = "wan2.1"  # VAE preset (lightx2v_quant.models.wan.VaeConfig.preset): wan2.1 | tiny
     dit: DitArch = field(default_factory=DitArch)
+    t5: T5Arch = field(default_factory=T5Arch)
+    clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     video: VideoDefaults = field(default_factory=VideoDefaults)
     extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
