@@ -35,7 +35,7 @@ def _hydra_context() -> tuple[Path, bool]:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name beside ``path`` and rename it: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
 

@@ -118,11 +118,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report["random_weights"]:
         lines.append(RANDOM_WEIGHTS_WARNING)
     lines.append(f"video {v['frames']} frames {v['height']}x{v['width']} @ {v['fps']} fps -> {v['path']}")
-    lines.append(f"sampler {s['name']} ({s['solver']}), {s['steps']} steps, shift {s['shift']}, "
-                 f"cfg {'on, scale ' + str(s['guide_scale']) if s['cfg'] else 'off'}")
+    scale = f"on, scale {s['guide_scale']}" if s["cfg"] else "off"
+    if s["cfg"] and s.get("guide_scale_low_noise") is not None:
+        scale += f" (low-noise expert {s['guide_scale_low_noise']})"
+    lines.append(f"sampler {s['name']} ({s['solver']}), {s['steps']} steps, shift {s['shift']}, cfg {scale}")
+    width = max(len(n) for n in report["components"])
     for name, c in report["components"].items():
         kernels = ", ".join(f"{k} x{n}" for k, n in c.get("kernels_used", {}).items()) or "no quantized layers"
-        lines.append(f"  {name:5s} {c['runs']:28s} {human_bytes(c['weight_bytes']):>11s}  [{kernels}]")
+        lines.append(f"  {name:{width}s} {c['runs']:28s} {human_bytes(c['weight_bytes']):>11s}  [{kernels}]")
+    experts = report.get("experts_per_step")
+    if experts:
+        first_low = next((i for i, e in enumerate(experts) if e.endswith("low_noise")), len(experts))
+        lines.append(f"experts: high-noise for steps 0-{first_low - 1}, low-noise for steps {first_low}-"
+                     f"{len(experts) - 1}")
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
     lines.append(f"times: {stages}")
     if report.get("step_time_mean_s") is not None:

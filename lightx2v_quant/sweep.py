@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightx2v_quant.app import RESULT_FILE, write_json_atomic
 from lightx2v_quant.report import gib
@@ -32,6 +32,7 @@ COLUMNS = [  # (key, markdown header)
 def summarize_job(num: int, overrides: list[str], result: dict[str, Any]) -> dict[str, Any]:
     """One summary row from a job's result.json."""
     comps = result.get("components") or {}
+    dits = [v for k, v in comps.items() if k == "dit" or k.startswith("dit.")]  # Wan2.2: one per expert
     mem = result.get("memory") or {}
     times = result.get("times_s") or {}
     quality = result.get("quality") or {}
@@ -40,7 +41,7 @@ def summarize_job(num: int, overrides: list[str], result: dict[str, Any]) -> dic
         "job": num,
         "overrides": ",".join(overrides) or "(defaults)",
         "status": result.get("status", "failed"),
-        "dit": (comps.get("dit") or {}).get("runs"),
+        "dit": dits[0].get("runs") if dits else None,
         "t5": (comps.get("t5") or {}).get("runs"),
         "clip": (comps.get("clip") or {}).get("runs"),
         "total_s": times.get("total"),
@@ -48,7 +49,7 @@ def summarize_job(num: int, overrides: list[str], result: dict[str, Any]) -> dic
         "step_s": result.get("step_time_mean_s"),
         "peak_gpu_gib": gib(mem.get("gpu_peak_allocated_bytes")),
         "peak_cpu_gib": gib(mem.get("cpu_peak_rss_bytes")),
-        "dit_weight_gib": gib((comps.get("dit") or {}).get("weight_bytes")),
+        "dit_weight_gib": gib(sum(d.get("weight_bytes") or 0 for d in dits)) if dits else None,
         "weight_gib": gib(result.get("weight_bytes_total")),
         "latent_rel_error": quality.get("latent_rel_error"),
         "psnr_db": quality.get("psnr_db"),
@@ -150,7 +151,10 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         hc = job_return.hydra_cfg.hydra
-        self.jobs.append((int(hc.job.num), list(job_return.overrides or []), Path(hc.runtime.output_dir)))
+        num = OmegaConf.select(hc, "job.num", default=None)  # unset in a single run: nothing to collect
+        if num is None:
+            return
+        self.jobs.append((int(num), list(job_return.overrides or []), Path(hc.runtime.output_dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -169,8 +173,6 @@ class SweepSummary(Callback):
 
 def _jobs_from_disk(sweep_dir: Path) -> list[tuple[int, list[str], Path]]:
     """Jobs run by another launcher (in other processes): their .hydra/overrides.yaml and result.json."""
-    from omegaconf import OmegaConf
-
     jobs = []
     for i, hydra_dir in enumerate(sorted(sweep_dir.glob("*/.hydra"))):
         ov = hydra_dir / "overrides.yaml"

@@ -166,7 +166,9 @@ def build_vae(cfg: Any, device: torch.device, random: bool):
             raise FileNotFoundError(f"{path} not found (model.path={cfg.model.path}); expected the official "
                                     f"{VAE_FILE} there")
         model, source = load_vae(path, vae_cfg, dtype=dtype, device=device, progress=True), str(path)
-    return model, _finish(model, None, False, source, dtype, device)
+    info = _finish(model, None, False, source, dtype, device)
+    info["runs"] = "fp32 (never quantized)"
+    return model, info
 
 
 def wrap_for_offload(dit: nn.Module, offload_cfg: Any, device: torch.device) -> nn.Module:
