@@ -52,6 +52,8 @@ class OffloadConfig:
 
 @dataclass
 class DitArch:
+    """The DIT architecture; fields equal those of ``lightx2v_quant.models.wan.WanDiTConfig``."""
+
     dim: int = 1536
     ffn_dim: int = 8960
     num_heads: int = 12
@@ -64,6 +66,8 @@ class DitArch:
     eps: float = 1e-6
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
     image_dim: Optional[int] = None  # 1280 for Wan2.1 I2V (CLIP tokens in cross-attention)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
 
 
 @dataclass

@@ -101,6 +101,8 @@ def choose_auto(hw: HardwareSpec) -> tuple[Scheme | None, str]:
         prefs = ["w8a8-int8-channel", "w8a8-fp8-channel"]  # int8 is the fast path on CPUs (oneDNN)
     for fmt in prefs:
         for scheme in schemes_for_format(fmt):
+            if not hw.is_cuda and not scheme.native:
+                continue  # on a CPU the libraries add nothing over PyTorch's own ops
             ok, _ = get_kernel(scheme.kernel).availability(fmt, hw)
             if ok:
                 return scheme, f"auto chose {scheme.name} for {hw.label()}"

@@ -1,6 +1,12 @@
 """Wan2.1 / Wan2.2 models that load the official checkpoints: DIT, umT5 text encoder, CLIP image
 encoder, VAE (library API, no Hydra needed)."""
 
+# DIT
+from lightx2v_quant.models.wan.dit import HIGH_PRECISION, QUANTIZABLE, SENSITIVE_FP32, WanDiT
+from lightx2v_quant.models.wan.dit_config import PRESETS as DIT_PRESETS
+from lightx2v_quant.models.wan.dit_config import WanDiTConfig
+from lightx2v_quant.models.wan.loading import build_dit, load_dit, random_dit
+
 # Encoders (umT5-XXL text encoder, CLIP ViT-H/14 image encoder) and their tokenizers
 from lightx2v_quant.models.wan.clip import (
     CLIP_QUANTIZABLE,
