@@ -7,6 +7,7 @@
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -26,13 +27,22 @@ def _expand_lightx2v_config(argv: list[str]) -> list[str]:
     parses the command line), so that any later override on the command line wins."""
     if not any("lightx2v_config" in a for a in argv):
         return argv
-    from lightx2v_quant.lightx2v_compat import LightX2VConfigError, expand
+    from omegaconf import OmegaConf
+
+    from lightx2v_quant.lightx2v_compat import LightX2VConfigError, expand, override_key
 
     try:
-        return expand(argv)
+        expanded = expand(argv)
     except LightX2VConfigError as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(2)
+    translated = [override_key(a) for a in expanded if a not in argv]
+    if translated:  # keep sweep folder names to what the user typed
+        conf = OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml")
+        keys = [*conf.hydra.job.config.override_dirname.exclude_keys, *translated]
+        first = next(i for i, a in enumerate(expanded) if a not in argv)  # overrides stay one block for argparse
+        expanded.insert(first, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]")
+    return expanded
 
 
 if __name__ == "__main__":

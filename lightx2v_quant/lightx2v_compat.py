@@ -238,7 +238,8 @@ def _is_override(arg: str) -> bool:
     return "=" in arg and not arg.startswith("-")
 
 
-def _key(arg: str) -> str:
+def override_key(arg: str) -> str:
+    """The config key of a command-line override (``+a.b=1`` -> ``a.b``)."""
     return arg.split("=", 1)[0].lstrip("+~")
 
 
@@ -247,7 +248,7 @@ def expand(args: list[str]) -> list[str]:
     overrides, placed before the first override so that the user's own overrides come later and win.
     The translation of a key the user sets explicitly is dropped. ``lightx2v_config=PATH`` is kept,
     so the run's config records where its settings came from."""
-    found = [a for a in args if _is_override(a) and _key(a) == ARG]
+    found = [a for a in args if _is_override(a) and override_key(a) == ARG]
     if not found:
         return list(args)
     values = [a.split("=", 1)[1] for a in found]
@@ -256,7 +257,7 @@ def expand(args: list[str]) -> list[str]:
         raise LightX2VConfigError(",".join(values), ["give one file; sweeping over LightX2V configs is not "
                                                       "supported (run one sweep per file)"])
     path = values[0].strip("'\"")
-    user_keys = {_key(a) for a in args if _is_override(a)}
-    translated = [o for o in overrides_for(path) if _key(o) not in user_keys]
+    user_keys = {override_key(a) for a in args if _is_override(a)}
+    translated = [o for o in overrides_for(path) if override_key(o) not in user_keys]
     first = next(i for i, a in enumerate(args) if _is_override(a))
     return [*args[:first], *translated, *args[first:]]

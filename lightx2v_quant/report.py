@@ -110,6 +110,10 @@ def psnr(value: torch.Tensor, reference: torch.Tensor, peak: float = 255.0) -> f
     return 10.0 * torch.log10(torch.tensor(peak**2 / mse, dtype=torch.float64)).item()
 
 
+def _span(steps: list[int]) -> str:
+    return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A readable summary of a run's report for the log."""
     v, s, t, m = report["video"], report["sampler"], report["times_s"], report["memory"]
@@ -128,9 +132,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:{width}s} {c['runs']:28s} {human_bytes(c['weight_bytes']):>11s}  [{kernels}]")
     experts = report.get("experts_per_step")
     if experts:
-        first_low = next((i for i, e in enumerate(experts) if e.endswith("low_noise")), len(experts))
-        lines.append(f"experts: high-noise for steps 0-{first_low - 1}, low-noise for steps {first_low}-"
-                     f"{len(experts) - 1}")
+        runs = {name: [i for i, e in enumerate(experts) if e == name] for name in dict.fromkeys(experts)}
+        lines.append("experts: " + ", ".join(f"{n} at steps {_span(s)}" for n, s in runs.items()))
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
     lines.append(f"times: {stages}")
     if report.get("step_time_mean_s") is not None:

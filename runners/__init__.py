@@ -28,12 +28,4 @@ def run_pipeline(cfg: Any, plan: Any, output_dir: Path) -> dict[str, Any]:
     try:
         return runner.run()
     finally:
-        runner.close()
-        del runner
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        runner.close()  # models, cached tensors, CUDA cache: the next job in a sweep starts clean

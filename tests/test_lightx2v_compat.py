@@ -157,3 +157,12 @@ def test_run_py_applies_the_file_before_the_command_line():
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.sampler.steps == 7 and cfg.sampler.shift == 5 and cfg.dit_quant.scheme == "int8-vllm"
+
+
+def test_run_py_keeps_sweep_folder_names_to_the_users_overrides():
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), f"lightx2v_config={FIXTURES / 'wan_i2v.json'}",
+                           "sampler.steps=7", "--cfg", "hydra"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    excluded = OmegaConf.create(proc.stdout).hydra.job.config.override_dirname.exclude_keys
+    assert {"dit_quant", "dit_quant.ckpt", "sampler.shift", "lightx2v_config", "prompt"} <= set(excluded)
+    assert "sampler.steps" not in excluded  # the user's own override names the folder
