@@ -135,6 +135,7 @@ class ModelConfig:
     moe: bool = False  # Wan2.2 A14B: two DITs (high_noise_model/, low_noise_model/) switched at a boundary
     random_seed: int = 0  # seed of the random weights when path is null (independent of the sampling seed)
     vae: str = "wan2.1"  # VAE preset (lightx2v_quant.models.wan.VaeConfig.preset): wan2.1 | tiny
+    tokenizer: str = "umt5"  # umt5 (model.path/google/umt5-xxl) | byte (tiny models; no files needed)
     dit: DitArch = field(default_factory=DitArch)
     t5: T5Arch = field(default_factory=T5Arch)
     clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only

@@ -57,6 +57,7 @@ class WanRunner:
 
     def __init__(self, cfg: Any, plan: Plan, output_dir: Path) -> None:
         self.cfg, self.plan, self.out = cfg, plan, Path(output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device("cuda", torch.cuda.current_device()) if plan.hardware.is_cuda \
             else torch.device("cpu")
         self.random = cfg.model.path is None

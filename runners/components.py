@@ -1,8 +1,9 @@
 """Build the pipeline's components, each with its own quantization scheme and kernel from the plan:
 text encoder (umT5 + tokenizer), image encoder (CLIP), DIT (one, or two Wan2.2 experts) and VAE.
 
-Weights come from ``model.path`` (official names, or LightX2V's quantized files through
-``<component>_quant.ckpt``) or, with ``model.path=null``, are seeded random tensors. Each builder
+Weights come from checkpoints found by ``lightx2v_quant.checkpoints.discovery`` (``<component>_quant.ckpt``,
+or ``model.path`` searched in LightX2V's layout: pre-quantized files of the scheme's format first, then
+the originals, quantized while loading) or, with ``model.path=null``, are seeded random tensors. Each builder
 returns the module and a dict for the report: what runs, its bytes, and where the weights came from.
 """
 
@@ -20,10 +21,7 @@ from lightx2v_quant.validate import ComponentPlan
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Offsets of each component's random-weight seed from model.random_seed: components differ, runs agree.
 SEED_OFFSETS = {"dit": 0, "dit.high_noise": 0, "dit.low_noise": 1, "t5": 10, "clip": 20, "vae": 30}
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 VAE_FILE = "Wan2.1_VAE.pth"
-EXPERT_DIRS = {"high_noise": "high_noise_model", "low_noise": "low_noise_model"}
 
 
 def run_dtype(cfg: Any) -> torch.dtype:
@@ -70,15 +68,17 @@ def _finish(module: nn.Module, plan: ComponentPlan | None, fast_accum: bool, sou
     return info
 
 
-def _file_in(cfg: Any, group: str, name: str, sub: str | None = None) -> Path:
-    """``<group>.ckpt`` when given, else ``model.path/[sub/]name``; one clear error when it is missing."""
-    given = cfg[group].ckpt if group in cfg else None
-    base = Path(cfg.model.path) / sub if sub else Path(cfg.model.path)
-    path = Path(given) if given else base / name
-    if not path.exists():
-        where = f"{group}.ckpt={given}" if given else f"model.path={cfg.model.path}"
-        raise FileNotFoundError(f"{path} not found ({where}); expected the official {name} there")
-    return path
+def _locate(cfg: Any, component: str, plan: ComponentPlan | None, expert: str | None = None) -> tuple[Any, str]:
+    """(path or list of shards, description) of a component's checkpoint: ``<component>_quant.ckpt`` when
+    given, else found in ``model.path`` in LightX2V's folder order, pre-quantized for the plan's format
+    first, then the original (quantized while loading)."""
+    from lightx2v_quant.checkpoints.discovery import find_checkpoint
+
+    scheme = plan.scheme if plan is not None else None
+    found = find_checkpoint(component, cfg.model.path, scheme.format if scheme else None,
+                            cfg[f"{component}_quant"].ckpt, expert=expert, scheme=scheme.name if scheme else None)
+    paths = list(found.paths)
+    return (paths if len(paths) > 1 else paths[0]), found.describe()
 
 
 # -- text encoder -------------------------------------------------------------------------------------
@@ -90,11 +90,17 @@ def build_text_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devic
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["t5"]
         model = random_t5(t5_cfg, dtype, device, seed=seed, **_quant_args(plan))
-        tokenizer, source = ByteTokenizer(), f"random (seed {seed}), byte-level tokenizer"
+        source = f"random (seed {seed})"
     else:
-        path = _file_in(cfg, "t5_quant", T5_FILE)
+        path, source = _locate(cfg, "t5", plan)
         model = load_t5(path, t5_cfg, dtype, device, **_quant_args(plan), progress=True)
-        tokenizer, source = UMT5Tokenizer.from_model_folder(cfg.model.path), str(path)
+    # The umT5 tokenizer lives in the model folder; tiny models, and random weights without a folder,
+    # use the byte-level tokenizer (no download).
+    if str(cfg.model.tokenizer) == "byte" or cfg.model.path is None:
+        tokenizer, source = ByteTokenizer(), source + ", byte-level tokenizer"
+    else:
+        tokenizer = UMT5Tokenizer.from_model_folder(cfg.model.path)
+        source += ", umT5 tokenizer from model.path/google/umt5-xxl"
     info = _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
     return TextEncoder(model, tokenizer), info
 
@@ -111,9 +117,8 @@ def build_image_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devi
         model = random_clip(clip_cfg, dtype, device, seed=seed, **_quant_args(plan))
         source = f"random (seed {seed})"
     else:
-        path = _file_in(cfg, "clip_quant", CLIP_FILE)
+        path, source = _locate(cfg, "clip", plan)
         model = load_clip(path, clip_cfg, dtype, device, **_quant_args(plan), progress=True)
-        source = str(path)
     return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
 
 
@@ -132,23 +137,9 @@ def build_dit(cfg: Any, plan: ComponentPlan | None, device: torch.device, random
         model = random_dit(dit_cfg, dtype, device, seed, **common)
         source = f"random (seed {seed})"
     else:
-        path = _dit_path(cfg, expert)
+        path, source = _locate(cfg, "dit", plan, expert)
         model = load_dit(path, dit_cfg, dtype, device, progress=True, **common)
-        source = str(path)
     return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device, prepare)
-
-
-def _dit_path(cfg: Any, expert: str | None) -> Path:
-    given = cfg.dit_quant.ckpt
-    if expert:
-        base = Path(given) if given else Path(cfg.model.path)
-        path = base / EXPERT_DIRS[expert]
-    else:
-        path = Path(given) if given else Path(cfg.model.path)
-    if not path.exists():
-        raise FileNotFoundError(f"DIT weights not found at {path} "
-                                f"({'dit_quant.ckpt' if given else 'model.path'})")
-    return path
 
 
 # -- VAE ----------------------------------------------------------------------------------------------

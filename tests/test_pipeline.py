@@ -185,3 +185,37 @@ def test_real_size_random_model_on_cuda(tmp_path):
     report = run_inprocess(tmp_path, ["model=wan2.1-t2v-1.3b", "task=tiny", *FAST])
     assert report["random_weights"] and report["components"]["t5"]["weight_bytes"] > 10 * 2**30
     assert torch.cuda.max_memory_allocated() > 0
+
+
+def _write_official_folder(folder: Path) -> None:
+    """The tiny model's random weights saved in the official Wan2.1 layout and file names."""
+    from safetensors.torch import save_file
+
+    from lightx2v_quant.models.wan import T5Config, VaeConfig, WanDiTConfig, random_dit, random_t5, random_vae
+    from runners.components import SEED_OFFSETS
+
+    cfg = compose_cfg([])
+    folder.mkdir()
+    dit = random_dit(WanDiTConfig.from_dict(dict(cfg.model.dit)), torch.bfloat16, "cpu", SEED_OFFSETS["dit"])
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    t5 = random_t5(T5Config.from_mapping(cfg.model.t5), torch.bfloat16, "cpu", seed=SEED_OFFSETS["t5"])
+    torch.save(t5.state_dict(), folder / "models_t5_umt5-xxl-enc-bf16.pth")
+    vae = random_vae(VaeConfig.preset("tiny"), seed=SEED_OFFSETS["vae"])
+    torch.save(vae.state_dict(), folder / "Wan2.1_VAE.pth")
+
+
+def test_official_files_in_model_path_give_the_same_video_as_the_same_random_weights(tmp_path):
+    pytest.importorskip("lightx2v_quant.checkpoints.discovery")
+    model = tmp_path / "tiny-model"
+    _write_official_folder(model)
+    small = ["dit_quant=none", *FAST, *SMALL]
+    random_report = run_inprocess(tmp_path / "random", small)
+    loaded_report = run_inprocess(tmp_path / "loaded", [*small, f"model.path={model}"])
+    assert not loaded_report["random_weights"] and loaded_report["warning"] is None
+    assert str(model / "diffusion_pytorch_model.safetensors") in loaded_report["components"]["dit"]["weights"]
+    assert "models_t5_umt5-xxl-enc-bf16.pth" in loaded_report["components"]["t5"]["weights"]
+    random_frames, _ = read_mp4(tmp_path / "random" / "video.mp4")
+    loaded_frames, _ = read_mp4(tmp_path / "loaded" / "video.mp4")
+    assert all((a == b).all() for a, b in zip(random_frames, loaded_frames))
+    quantized = run_inprocess(tmp_path / "online", ["dit_quant=int8-torch", *FAST, *SMALL, f"model.path={model}"])
+    assert quantized["components"]["dit"]["quantized_online_layers"] == 20  # original file, quantized on load
