@@ -67,7 +67,11 @@ class WanRunner:
         self.components: dict[str, dict[str, Any]] = {}
         self.notes: list[str] = list(plan.notes)
         self.vae: Any = None
-        self.offload: dict[str, Any] = {"mode": str(cfg.offload.mode)}
+        mode, granularity = self.offload_mode()
+        self.offload: dict[str, Any] = {"mode": mode, "granularity": granularity}
+        resolved = getattr(plan, "offload", None)
+        if resolved is not None and callable(getattr(resolved, "summary", None)):
+            self.offload["plan"] = resolved.summary()  # validation's memory estimate (and auto's choice)
         self._cached: dict[str, Any] = {}  # unquantized encoder outputs, shared with the reference run
 
     # -- hooks ----------------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class WanRunner:
 
         with times.stage("denoise"), torch.no_grad():
             result = denoise(noise, schedule, self.sampler.solver, velocity, desc=f"{tag}denoising")
+        self.release_dits(dits)
         del dits
         self.free()
         with times.stage("decode"), torch.no_grad():
@@ -185,23 +190,41 @@ class WanRunner:
         self.free()
         return Conditioning(context, context_neg, clip_fea, y)
 
+    def offload_mode(self) -> tuple[str, str | None]:
+        """(mode, granularity) that runs: validation's plan resolves offload=auto."""
+        resolved = getattr(self.plan, "offload", None)
+        if resolved is not None:
+            return str(resolved.mode), getattr(resolved, "granularity", None)
+        return str(self.cfg.offload.mode), None
+
     def load_dits(self, plans: dict, times: StageTimes, bar: tqdm) -> dict[str, Any]:
+        """The DIT (or both Wan2.2 experts) on the device, or handed to the offload manager: built on the
+        CPU (``disk``: on meta, its blocks read from the checkpoint as they are needed)."""
         names = ["dit.high_noise", "dit.low_noise"] if self.cfg.model.moe else ["dit"]
-        offload = str(self.cfg.offload.mode) != "none"
-        build_device = torch.device("cpu") if offload else self.device
+        mode, granularity = self.offload["mode"], self.offload["granularity"]
+        build_device = {"none": self.device, "disk": torch.device("meta")}.get(mode, torch.device("cpu"))
         dits = {}
         for name in names:
             with times.stage("load_dit"):
                 expert = name.split(".")[1] if "." in name else None
                 model, info = comp.build_dit(self.cfg, plans.get("dit"), build_device, self.random, expert,
-                                             prepare=not offload)
-                if offload:
-                    model = comp.wrap_for_offload(model, self.cfg.offload, self.device)
-                    info["offload"] = str(self.cfg.offload.mode)
+                                             prepare=mode == "none")
+                if mode != "none":
+                    model = comp.wrap_for_offload(model, self.cfg.offload, self.device, mode=mode,
+                                                  granularity=granularity, checkpoint=info.get("checkpoint"))
+                    info["offload"] = mode
             self.components.setdefault(name, info)
             dits[name] = model
             bar.update(1)
         return dits
+
+    def release_dits(self, dits: dict[str, Any]) -> None:
+        """Offloaded DITs: record the manager's transfer statistics and give the GPU back before decoding."""
+        for name, dit in dits.items():
+            if callable(getattr(dit, "stats", None)):  # the measured run's, not the reference run's
+                self.offload.setdefault("stats", {}).setdefault(name, dit.stats())
+            if callable(getattr(dit, "end", None)):
+                dit.end()
 
     def noise(self, cond: Conditioning) -> torch.Tensor:
         """Seeded on a CPU generator, so the same seed gives the same video on every device."""

@@ -127,19 +127,28 @@ def build_dit(cfg: Any, plan: ComponentPlan | None, device: torch.device, random
               expert: str | None = None, prepare: bool = True):
     """The DIT, or one Wan2.2 expert (``expert`` = "high_noise" | "low_noise"), on ``device``."""
     from lightx2v_quant.models.wan import WanDiTConfig, load_dit, random_dit
+    from lightx2v_quant.models.wan import build_dit as build_dit_shell
 
     dit_cfg = WanDiTConfig.from_dict(dict(cfg.model.dit))
     dtype = run_dtype(cfg)
     common = dict(sensitive_fp32=bool(cfg.model.sensitive_fp32), attention_backend=str(cfg.hardware.attention),
                   **_quant_args(plan))
+    checkpoint = None
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["dit" + (f".{expert}" if expert else "")]
         model = random_dit(dit_cfg, dtype, device, seed, **common)
         source = f"random (seed {seed})"
     else:
-        path, source = _locate(cfg, "dit", plan, expert)
-        model = load_dit(path, dit_cfg, dtype, device, progress=True, **common)
-    return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device, prepare)
+        checkpoint, source = _locate(cfg, "dit", plan, expert)
+        if device.type == "meta":  # offload=disk: the manager reads the blocks from the file
+            model = build_dit_shell(dit_cfg, dtype, "meta", **common)
+        else:
+            model = load_dit(checkpoint, dit_cfg, dtype, device, progress=True, **common)
+    info = _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device, prepare)
+    if isinstance(checkpoint, list):  # shards without an index: the offload manager reads their folder
+        checkpoint = checkpoint[0].parent
+    info["checkpoint"] = str(checkpoint) if checkpoint else None
+    return model, info
 
 
 # -- VAE ----------------------------------------------------------------------------------------------
@@ -162,9 +171,10 @@ def build_vae(cfg: Any, device: torch.device, random: bool):
     return model, info
 
 
-def wrap_for_offload(dit: nn.Module, offload_cfg: Any, device: torch.device) -> nn.Module:
-    """The seam to the offload manager: the returned module is called like the DIT while its weights
-    live in host memory (or on disk) and stream to ``device``. Validation has checked that it exists."""
+def wrap_for_offload(dit: nn.Module, offload_cfg: Any, device: torch.device, **kwargs: Any) -> Any:
+    """The seam to the offload manager: the returned handle is called like the DIT while its weights
+    live in host memory (or on disk) and stream to ``device``; ``stats()`` and ``end()`` when it has them.
+    Validation has checked that the manager exists."""
     from lightx2v_quant.offload import wrap_for_offload as wrap
 
-    return wrap(dit, offload_cfg, device)
+    return wrap(dit, offload_cfg, device, **kwargs)

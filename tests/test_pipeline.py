@@ -180,6 +180,21 @@ def test_tiny_pipeline_on_cuda(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["model", "block", "phase"])
+def test_offloaded_dit_gives_the_same_video_on_cuda(tmp_path, mode):
+    from lightx2v_quant.pipeline_checks import _offload_available
+
+    if _offload_available() is not None:
+        pytest.skip("this checkout has no offload manager")
+    base = run_inprocess(tmp_path / "none", ["dit_quant=none", *FAST])
+    off = run_inprocess(tmp_path / mode, ["dit_quant=none", f"offload={mode}", *FAST])
+    assert off["offload"]["mode"] == mode and off["offload"].get("stats")
+    a, _ = read_mp4(tmp_path / "none" / "video.mp4")
+    b, _ = read_mp4(tmp_path / mode / "video.mp4")
+    assert all((x == y).all() for x, y in zip(a, b)) and base["offload"]["mode"] == "none"
+
+
+@pytest.mark.gpu
 def test_real_size_random_model_on_cuda(tmp_path):
     """wan2.1-t2v-1.3b with random weights (umT5-XXL included) at a tiny video size."""
     report = run_inprocess(tmp_path, ["model=wan2.1-t2v-1.3b", "task=tiny", *FAST])
