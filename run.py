@@ -1,9 +1,9 @@
 """Entry point: compose the Hydra config, check it against this machine, run the task, write outputs.
 
-    python run.py                                   # embedded tiny model, random weights
-    python run.py dit_quant=fp8-sgl hardware=h100   # check + run a scheme
-    python run.py -m dit_quant=fp8-torch,int8-torch # sweep, with a summary in the sweep dir
-    python run.py lightx2v_config=wan_i2v.json      # a LightX2V JSON config; later overrides still win
+python run.py                                   # embedded tiny model, random weights
+python run.py dit_quant=fp8-sgl hardware=h100   # check + run a scheme
+python run.py -m dit_quant=fp8-torch,int8-torch # sweep, with a summary in the sweep dir
+python run.py lightx2v_config=wan_i2v.json      # a LightX2V JSON config; later overrides still win
 """
 
 import sys
@@ -40,7 +40,9 @@ def _expand_lightx2v_config(argv: list[str]) -> list[str]:
     if translated:  # keep sweep folder names to what the user typed
         conf = OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml")
         keys = [*conf.hydra.job.config.override_dirname.exclude_keys, *translated]
-        first = next(i for i, a in enumerate(expanded) if a not in argv)  # overrides stay one block for argparse
+        first = next(
+            i for i, a in enumerate(expanded) if a not in argv
+        )  # overrides stay one block for argparse
         expanded.insert(first, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]")
     return expanded
 

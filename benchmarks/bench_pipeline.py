@@ -29,17 +29,25 @@ def device_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--schemes", default="none,auto", help="comma-separated dit_quant options")
     args = parser.parse_args(own)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"dit_quant={args.schemes}", *extra,
-               f"hydra.sweep.dir={tmp}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            f"dit_quant={args.schemes}",
+            *extra,
+            f"hydra.sweep.dir={tmp}",
+        ]
         start = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+        proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, check=False)
         wall = time.time() - start
         summary_path = Path(tmp) / "summary.json"
         if not summary_path.is_file():
@@ -65,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     for r in rows:
-        print(f"{r['overrides']:50s} {r['status']:8s} step {r['step_s']} s  peak GPU {r['peak_gpu_gib']} GiB  "
-              f"DIT {r['dit_weight_gib']} GiB  PSNR {r['psnr_db']}")
+        print(
+            f"{r['overrides']:50s} {r['status']:8s} step {r['step_s']} s  peak GPU {r['peak_gpu_gib']} GiB  "
+            f"DIT {r['dit_weight_gib']} GiB  PSNR {r['psnr_db']}"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lightx2v_quant.quant.schemes import SCHEME_NAMES
 
@@ -21,8 +22,12 @@ SCHEME_ALIASES = {"fp8": "fp8-sgl", "int8": "int8-vllm"}
 UNQUANTIZED = ("Default", "none", None)
 GRANULARITIES = ("block", "phase", "model")
 # LightX2V attention kernel names -> ours (hardware.attention). One backend serves all attentions.
-ATTENTION = {"torch_sdpa": "sdpa", "flash_attn2": "flash_attn2", "flash_attn3": "flash_attn3",
-             "sage_attn2": "sage_attn2"}
+ATTENTION = {
+    "torch_sdpa": "sdpa",
+    "flash_attn2": "flash_attn2",
+    "flash_attn3": "flash_attn3",
+    "sage_attn2": "sage_attn2",
+}
 ATTENTION_KEYS = ("self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type")
 # Keys accepted only with the value that matches what we always do, and why.
 MATCHING = {
@@ -57,7 +62,7 @@ RENAMED = {  # LightX2V key -> our override key, value copied as is
     "model_path": "model.path",
 }
 HINTS = {
-    "mm_config": "the pre-October-2025 quantization key; use dit_quant_scheme (e.g. \"fp8-sgl\")",
+    "mm_config": 'the pre-October-2025 quantization key; use dit_quant_scheme (e.g. "fp8-sgl")',
     "offload_ratio": "removed from LightX2V's Wan offload (PR #476); offload moves every block",
     "model_cls": "choose the model on the command line: model=<option> (see conf/model/)",
     "task": "the task follows the model option: model=<option> (see conf/model/)",
@@ -75,8 +80,10 @@ class LightX2VConfigError(ValueError):
         self.problems = problems
         lines = [f"{ARG}={source}: {len(problems)} setting(s) cannot be translated:"]
         lines += [f"  - {p}" for p in problems]
-        lines.append("Edit a copy of the file (or use our command-line options instead); "
-                     "docs/pipeline.md lists every supported key.")
+        lines.append(
+            "Edit a copy of the file (or use our command-line options instead); "
+            "docs/pipeline.md lists every supported key."
+        )
         super().__init__("\n".join(lines))
 
 
@@ -96,7 +103,9 @@ def _fmt(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _scheme(comp: str, data: dict[str, Any], out: dict[str, str], problems: list[str], used: set[str]) -> None:
+def _scheme(
+    comp: str, data: dict[str, Any], out: dict[str, str], problems: list[str], used: set[str]
+) -> None:
     qkey, skey, ckey = f"{comp}_quantized", f"{comp}_quant_scheme", f"{comp}_quantized_ckpt"
     used.update((qkey, skey, ckey))
     quantized, scheme, ckpt = bool(data.get(qkey, False)), data.get(skey), data.get(ckey)
@@ -104,11 +113,13 @@ def _scheme(comp: str, data: dict[str, Any], out: dict[str, str], problems: list
     if not quantized:
         out[group] = "none"  # LightX2V's default: not quantized, whatever the scheme says
         if ckpt:
-            problems.append(f"{ckey}={ckpt!r} is given but {qkey} is false: set {qkey}: true or drop the path")
+            problems.append(
+                f"{ckey}={ckpt!r} is given but {qkey} is false: set {qkey}: true or drop the path"
+            )
         return
     if scheme in UNQUANTIZED:
         what = "missing" if scheme is None else repr(scheme)
-        problems.append(f"{qkey} is true but {skey} is {what}: name a scheme, e.g. \"fp8-sgl\"")
+        problems.append(f'{qkey} is true but {skey} is {what}: name a scheme, e.g. "fp8-sgl"')
         return
     name = SCHEME_ALIASES.get(scheme, scheme)
     if name not in SCHEME_NAMES:
@@ -135,7 +146,9 @@ def _offload(data: dict[str, Any], out: dict[str, str], problems: list[str], use
         return
     if lazy:
         if granularity == "model":
-            problems.append("lazy_load: true reads blocks from disk: offload_granularity must be block or phase")
+            problems.append(
+                "lazy_load: true reads blocks from disk: offload_granularity must be block or phase"
+            )
             return
         out["offload"] = "disk"
         out["offload.granularity"] = granularity
@@ -177,8 +190,10 @@ def _attention(data: dict[str, Any], out: dict[str, str], problems: list[str], u
         return
     names = {ATTENTION[v] for v in given.values()}
     if len(names) > 1:
-        problems.append(f"{', '.join(f'{k}={v}' for k, v in given.items())}: one attention backend serves "
-                        f"every attention here; make them equal")
+        problems.append(
+            f"{', '.join(f'{k}={v}' for k, v in given.items())}: one attention backend serves "
+            f"every attention here; make them equal"
+        )
         return
     out["hardware.attention"] = names.pop()
 
@@ -252,10 +267,11 @@ def expand(args: list[str]) -> list[str]:
     if not found:
         return list(args)
     values = [a.split("=", 1)[1] for a in found]
-    if len(found) > 1 or any(("," in v and not v.startswith(("'", '"'))) or v.startswith(("glob(", "range("))
-                             for v in values):
-        raise LightX2VConfigError(",".join(values), ["give one file; sweeping over LightX2V configs is not "
-                                                      "supported (run one sweep per file)"])
+    if len(found) > 1 or any(
+        ("," in v and not v.startswith(("'", '"'))) or v.startswith(("glob(", "range(")) for v in values
+    ):
+        why = "give one file; sweeping over LightX2V configs is not supported (run one sweep per file)"
+        raise LightX2VConfigError(",".join(values), [why])
     path = values[0].strip("'\"")
     user_keys = {override_key(a) for a in args if _is_override(a)}
     translated = [o for o in overrides_for(path) if override_key(o) not in user_keys]

@@ -44,7 +44,9 @@ def pipeline_problems(cfg: Any) -> list[str]:
             if not Path(str(cfg.image)).is_file():
                 problems.append(f"image={cfg.image}: no such file")
         elif model.path is not None:
-            problems.append(f"model {model.name} is image-to-video: give the first frame, image=path/to/image.jpg")
+            problems.append(
+                f"model {model.name} is image-to-video: give the first frame, image=path/to/image.jpg"
+            )
     elif cfg.image:
         problems.append(f"image={cfg.image} is for image-to-video models; model {model.name} is {model.task}")
     mode = str(cfg.offload.mode)
@@ -55,10 +57,16 @@ def pipeline_problems(cfg: Any) -> list[str]:
     attention = str(cfg.hardware.attention)
     available = _attention_backends()
     if attention not in available:
-        problems.append(f"hardware.attention={attention}: attention backends available here: "
-                        f"{', '.join(available)}")
-    if cfg.report.reference and model.path is None and any(cfg[g].ckpt for g in ("dit_quant", "t5_quant",
-                                                                                     "clip_quant")):
-        problems.append("report.reference=true compares with the unquantized model, which needs the original "
-                        "weights: set model.path (a pre-quantized *_quant.ckpt alone is not enough)")
+        problems.append(
+            f"hardware.attention={attention}: attention backends available here: {', '.join(available)}"
+        )
+    if (
+        cfg.report.reference
+        and model.path is None
+        and any(cfg[g].ckpt for g in ("dit_quant", "t5_quant", "clip_quant"))
+    ):
+        problems.append(
+            "report.reference=true compares with the unquantized model, which needs the original "
+            "weights: set model.path (a pre-quantized *_quant.ckpt alone is not enough)"
+        )
     return problems

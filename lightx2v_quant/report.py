@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import resource
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -21,11 +22,11 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 
-def gib(n: float | int | None) -> float | None:
+def gib(n: float | None) -> float | None:
     return None if n is None else round(n / 2**30, 3)
 
 
-def human_bytes(n: float | int | None) -> str:
+def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -92,7 +93,9 @@ class MemoryMonitor:
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self.cpu_scope = "process"
         out["cpu_peak_rss_bytes"] = hwm
-        out["cpu_peak_scope"] = self.cpu_scope  # "job": reset at job start; "process": since the process began
+        out["cpu_peak_scope"] = (
+            self.cpu_scope
+        )  # "job": reset at job start; "process": since the process began
         return out
 
 
@@ -117,8 +120,8 @@ def _span(steps: list[int]) -> str:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A readable summary of a run's report for the log."""
     v, s, t, m = report["video"], report["sampler"], report["times_s"], report["memory"]
-    lines = [f"model {report['model']['name']} ({report['model']['task']}) on {report['hardware']}, "
-             f"seed {report['seed']}"]
+    head = f"model {report['model']['name']} ({report['model']['task']}) on {report['hardware']}, seed {report['seed']}"
+    lines = [head]
     if report["random_weights"]:
         lines.append(RANDOM_WEIGHTS_WARNING)
     lines.append(f"video {v['frames']} frames {v['height']}x{v['width']} @ {v['fps']} fps -> {v['path']}")
@@ -128,7 +131,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines.append(f"sampler {s['name']} ({s['solver']}), {s['steps']} steps, shift {s['shift']}, cfg {scale}")
     width = max(len(n) for n in report["components"])
     for name, c in report["components"].items():
-        kernels = ", ".join(f"{k} x{n}" for k, n in c.get("kernels_used", {}).items()) or "no quantized layers"
+        kernels = (
+            ", ".join(f"{k} x{n}" for k, n in c.get("kernels_used", {}).items()) or "no quantized layers"
+        )
         lines.append(f"  {name:{width}s} {c['runs']:28s} {human_bytes(c['weight_bytes']):>11s}  [{kernels}]")
     experts = report.get("experts_per_step")
     if experts:
@@ -137,15 +142,21 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
     lines.append(f"times: {stages}")
     if report.get("step_time_mean_s") is not None:
-        lines.append(f"denoising step: mean {report['step_time_mean_s']:.4f}s over {len(report['step_times_s'])} "
-                     f"steps")
+        lines.append(
+            f"denoising step: mean {report['step_time_mean_s']:.4f}s over {len(report['step_times_s'])} steps"
+        )
     mem = [f"CPU peak RSS {human_bytes(m.get('cpu_peak_rss_bytes'))} ({m.get('cpu_peak_scope')})"]
     if "gpu_peak_allocated_bytes" in m:
-        mem.insert(0, f"GPU peak {human_bytes(m['gpu_peak_allocated_bytes'])} allocated, "
-                      f"{human_bytes(m['gpu_peak_reserved_bytes'])} reserved")
+        mem.insert(
+            0,
+            f"GPU peak {human_bytes(m['gpu_peak_allocated_bytes'])} allocated, "
+            f"{human_bytes(m['gpu_peak_reserved_bytes'])} reserved",
+        )
     lines.append("memory: " + "; ".join(mem))
     q = report.get("quality")
     if q:
-        lines.append(f"quality vs unquantized reference: latent relative error {q['latent_rel_error']:.4g}, "
-                     f"PSNR {q['psnr_db']:.2f} dB")
+        lines.append(
+            f"quality vs unquantized reference: latent relative error {q['latent_rel_error']:.4g}, "
+            f"PSNR {q['psnr_db']:.2f} dB"
+        )
     return lines

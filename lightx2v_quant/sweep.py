@@ -22,10 +22,21 @@ from lightx2v_quant.report import gib
 log = logging.getLogger("lightx2v_quant.sweep")
 
 COLUMNS = [  # (key, markdown header)
-    ("job", "#"), ("overrides", "overrides"), ("status", "status"), ("dit", "DIT"), ("t5", "T5"),
-    ("clip", "CLIP"), ("total_s", "total s"), ("denoise_s", "denoise s"), ("step_s", "step s"),
-    ("peak_gpu_gib", "peak GPU GiB"), ("peak_cpu_gib", "peak CPU GiB"), ("dit_weight_gib", "DIT weights GiB"),
-    ("weight_gib", "all weights GiB"), ("latent_rel_error", "latent rel. err"), ("psnr_db", "PSNR dB"),
+    ("job", "#"),
+    ("overrides", "overrides"),
+    ("status", "status"),
+    ("dit", "DIT"),
+    ("t5", "T5"),
+    ("clip", "CLIP"),
+    ("total_s", "total s"),
+    ("denoise_s", "denoise s"),
+    ("step_s", "step s"),
+    ("peak_gpu_gib", "peak GPU GiB"),
+    ("peak_cpu_gib", "peak CPU GiB"),
+    ("dit_weight_gib", "DIT weights GiB"),
+    ("weight_gib", "all weights GiB"),
+    ("latent_rel_error", "latent rel. err"),
+    ("psnr_db", "PSNR dB"),
 ]
 
 
@@ -68,8 +79,8 @@ def _cell(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
-    lines = [f"# Sweep summary: {title}", "", f"{len(rows)} job(s), "
-             f"{sum(r['status'] == 'ok' for r in rows)} ok.", ""]
+    ok = sum(r["status"] == "ok" for r in rows)
+    lines = [f"# Sweep summary: {title}", "", f"{len(rows)} job(s), {ok} ok.", ""]
     lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for r in rows:
@@ -91,15 +102,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     gpu = any(r["peak_gpu_gib"] is not None for r in rows)
-    panels = [("step_s", "denoising step (s)"),
-              ("peak_gpu_gib" if gpu else "peak_cpu_gib", f"peak {'GPU' if gpu else 'CPU'} memory (GiB)"),
-              ("dit_weight_gib", "DIT weights (GiB)")]
+    panels = [
+        ("step_s", "denoising step (s)"),
+        ("peak_gpu_gib" if gpu else "peak_cpu_gib", f"peak {'GPU' if gpu else 'CPU'} memory (GiB)"),
+        ("dit_weight_gib", "DIT weights (GiB)"),
+    ]
     if any(r["psnr_db"] is not None for r in rows):
         panels.append(("psnr_db", "PSNR vs unquantized (dB)"))
     labels = [f"{r['job']}: {r['overrides']}" for r in rows]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(rows) + 1.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(rows) + 1.8), squeeze=False
+    )
     for ax, (key, title) in zip(axes[0], panels):
-        values = [r[key] if isinstance(r[key], (int, float)) and r[key] != float("inf") else 0.0 for r in rows]
+        values = [
+            r[key] if isinstance(r[key], (int, float)) and r[key] != float("inf") else 0.0 for r in rows
+        ]
         ypos = range(len(rows))
         ax.barh(ypos, values, color=["tab:blue" if r["status"] == "ok" else "tab:gray" for r in rows])
         for y, r in zip(ypos, rows):
@@ -117,7 +134,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def write_summary(sweep_dir: Path, jobs: list[tuple[int, list[str], Path]], title: str = "") -> list[dict[str, Any]]:
+def write_summary(
+    sweep_dir: Path, jobs: list[tuple[int, list[str], Path]], title: str = ""
+) -> list[dict[str, Any]]:
     """Read each job's result.json and write summary.json / .md / .png into ``sweep_dir``."""
     rows = []
     for num, overrides, out_dir in sorted(jobs, key=lambda j: j[0]):

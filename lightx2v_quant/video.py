@@ -22,15 +22,27 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> 
     try:
         import imageio.v2 as imageio
     except ImportError as exc:  # pragma: no cover - the `video` extra is a dependency of the app
-        raise RuntimeError("writing video.mp4 needs imageio and imageio-ffmpeg: pip install -e '.[video]'") from exc
+        raise RuntimeError(
+            "writing video.mp4 needs imageio and imageio-ffmpeg: pip install -e '.[video]'"
+        ) from exc
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected [T, H, W, 3] uint8 frames, got {frames.dtype} {list(frames.shape)}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}")
+        raise ValueError(
+            f"H.264 yuv420p needs even height and width, got {frames.shape[1]}x{frames.shape[2]}"
+        )
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                                macro_block_size=2, ffmpeg_log_level="error", output_params=["-crf", str(crf)])
+    writer = imageio.get_writer(
+        tmp,
+        format="FFMPEG",
+        fps=fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        macro_block_size=2,
+        ffmpeg_log_level="error",
+        output_params=["-crf", str(crf)],
+    )
     try:
         for frame in frames:
             writer.append_data(frame)

@@ -20,8 +20,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lightx2v_quant.app import write_json_atomic
-from lightx2v_quant.report import (RANDOM_WEIGHTS_WARNING, MemoryMonitor, StageTimes, psnr, relative_error,
-                                   summary_lines)
+from lightx2v_quant.report import (
+    RANDOM_WEIGHTS_WARNING,
+    MemoryMonitor,
+    StageTimes,
+    psnr,
+    relative_error,
+    summary_lines,
+)
 from lightx2v_quant.sampling import denoise, guide, resolve_sampler, resolve_video
 from lightx2v_quant.sampling.guidance import resolve_negative_prompt
 from lightx2v_quant.validate import Plan
@@ -58,8 +64,11 @@ class WanRunner:
     def __init__(self, cfg: Any, plan: Plan, output_dir: Path) -> None:
         self.cfg, self.plan, self.out = cfg, plan, Path(output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if plan.hardware.is_cuda \
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if plan.hardware.is_cuda
             else torch.device("cpu")
+        )
         self.random = cfg.model.path is None
         self.sampler = resolve_sampler(cfg)
         self.video = resolve_video(cfg)
@@ -85,7 +94,9 @@ class WanRunner:
     def label(self) -> str:
         parts = [f"{self.cfg.model.family} {self.kind}"]
         if self.sampler.name == "distill":
-            parts.append(f"distilled ({self.sampler.steps} steps{', no CFG' if not self.sampler.cfg else ''})")
+            parts.append(
+                f"distilled ({self.sampler.steps} steps{', no CFG' if not self.sampler.cfg else ''})"
+            )
         if self.cfg.model.moe:
             parts.append("two experts (high/low noise)")
         return ", ".join(parts)
@@ -122,7 +133,7 @@ class WanRunner:
         dits = self.load_dits(plans, times, bar)
         bar.close()
         schedule = self.sampler.schedule()
-        noise = self.noise(cond)
+        noise = self.noise()
         calls: Counter[str] = Counter()
         experts: list[str] = []
 
@@ -143,18 +154,23 @@ class WanRunner:
         with times.stage("denoise"), torch.no_grad():
             result = denoise(noise, schedule, self.sampler.solver, velocity, desc=f"{tag}denoising")
         self.release_dits(dits)
-        del dits
+        dits.clear()  # drop the DITs before decoding
         self.free()
         with times.stage("decode"), torch.no_grad():
             video = self.vae.decode(result.latents[None].to(self.device))[0]
         frames = to_uint8_frames(video)
-        return Generation(result.latents.cpu(), frames, result.step_times, experts, dict(calls), times.seconds)
+        return Generation(
+            result.latents.cpu(), frames, result.step_times, experts, dict(calls), times.seconds
+        )
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _count_loads(self, plans: dict) -> int:
         """How many models generate() will build (for the loading progress bar)."""
-        encoders = [c for c in ("t5", "clip") if c in self.plan.components
-                    and not (self._unquantized(plans, c) and c in self._cached)]
+        encoders = [
+            c
+            for c in ("t5", "clip")
+            if c in self.plan.components and not (self._unquantized(plans, c) and c in self._cached)
+        ]
         return len(encoders) + (self.vae is None) + (2 if self.cfg.model.moe else 1)
 
     @staticmethod
@@ -207,11 +223,18 @@ class WanRunner:
         for name in names:
             with times.stage("load_dit"):
                 expert = name.split(".")[1] if "." in name else None
-                model, info = comp.build_dit(self.cfg, plans.get("dit"), build_device, self.random, expert,
-                                             prepare=mode == "none")
+                model, info = comp.build_dit(
+                    self.cfg, plans.get("dit"), build_device, self.random, expert, prepare=mode == "none"
+                )
                 if mode != "none":
-                    model = comp.wrap_for_offload(model, self.cfg.offload, self.device, mode=mode,
-                                                  granularity=granularity, checkpoint=info.get("checkpoint"))
+                    model = comp.wrap_for_offload(
+                        model,
+                        self.cfg.offload,
+                        self.device,
+                        mode=mode,
+                        granularity=granularity,
+                        checkpoint=info.get("checkpoint"),
+                    )
                     info["offload"] = mode
             self.components.setdefault(name, info)
             dits[name] = model
@@ -226,8 +249,9 @@ class WanRunner:
             if callable(getattr(dit, "end", None)):
                 dit.end()
 
-    def noise(self, cond: Conditioning) -> torch.Tensor:
-        """Seeded on a CPU generator, so the same seed gives the same video on every device."""
+    def noise(self) -> torch.Tensor:
+        """[16, F, H/8, W/8] float32, drawn on a CPU generator seeded with ``seed``: the same starting
+        latents on every device (the official code draws on the CUDA generator)."""
         shape = self.video.latent_shape(16)
         gen = torch.Generator("cpu").manual_seed(int(self.cfg.seed))
         return torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
@@ -270,21 +294,34 @@ class WanRunner:
         schedule = self.sampler.schedule()
         report: dict[str, Any] = {
             "runner": self.label(),
-            "model": {"name": cfg.model.name, "family": cfg.model.family, "task": cfg.model.task,
-                      "path": cfg.model.path, "dtype": cfg.model.dtype},
+            "model": {
+                "name": cfg.model.name,
+                "family": cfg.model.family,
+                "task": cfg.model.task,
+                "path": cfg.model.path,
+                "dtype": cfg.model.dtype,
+            },
             "random_weights": self.random,
             "warning": RANDOM_WEIGHTS_WARNING if self.random else None,
             "seed": int(cfg.seed),
             "noise": "torch.randn on a CPU generator seeded with `seed` (same on every device)",
             "prompt": cfg.prompt,
-            "negative_prompt": resolve_negative_prompt(cfg.negative_prompt, self.kind) if self.sampler.cfg else None,
+            "negative_prompt": resolve_negative_prompt(cfg.negative_prompt, self.kind)
+            if self.sampler.cfg
+            else None,
             "hardware": self.plan.hardware.label(),
             "device": str(self.device),
-            "video": {"path": VIDEO_FILE, "frames": int(main.frames.shape[0]), "height": int(main.frames.shape[1]),
-                      "width": int(main.frames.shape[2]), "fps": self.video.fps, "codec": "h264 (yuv420p)"},
+            "video": {
+                "path": VIDEO_FILE,
+                "frames": int(main.frames.shape[0]),
+                "height": int(main.frames.shape[1]),
+                "width": int(main.frames.shape[2]),
+                "fps": self.video.fps,
+                "codec": "h264 (yuv420p)",
+            },
             "latent_shape": list(main.latents.shape),
-            "sampler": self.sampler.summary() | {"model_timesteps": list(schedule.timesteps),
-                                                 "sigmas": list(schedule.sigmas)},
+            "sampler": self.sampler.summary()
+            | {"model_timesteps": list(schedule.timesteps), "sigmas": list(schedule.sigmas)},
             "experts_per_step": main.experts if cfg.model.moe else None,
             "dit_calls": main.dit_calls,
             "components": self.components,
@@ -301,11 +338,20 @@ class WanRunner:
 
     def result(self, report: dict[str, Any]) -> dict[str, Any]:
         """The compact part of the report that result.json and the sweep summary use."""
-        keys = ("runner", "random_weights", "times_s", "step_time_mean_s", "memory", "weight_bytes_total",
-                "quality", "video")
+        keys = (
+            "runner",
+            "random_weights",
+            "times_s",
+            "step_time_mean_s",
+            "memory",
+            "weight_bytes_total",
+            "quality",
+            "video",
+        )
         out = {k: report[k] for k in keys}
-        out["components"] = {k: {"runs": v["runs"], "weight_bytes": v["weight_bytes"],
-                                 "kernels_used": v["kernels_used"]} for k, v in report["components"].items()}
+        out["components"] = {
+            k: {"runs": v["runs"], "weight_bytes": v["weight_bytes"], "kernels_used": v["kernels_used"]}
+            for k, v in report["components"].items()
+        }
         out["report"] = REPORT_FILE
         return out
-

@@ -38,8 +38,15 @@ def _quant_args(plan: ComponentPlan | None) -> dict[str, Any]:
     return {"quant": plan.scheme.name, "kernel": plan.kernel}
 
 
-def _finish(module: nn.Module, plan: ComponentPlan | None, fast_accum: bool, source: str,
-            dtype: torch.dtype, device: torch.device, prepare: bool = True) -> dict[str, Any]:
+def _finish(
+    module: nn.Module,
+    plan: ComponentPlan | None,
+    fast_accum: bool,
+    source: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    prepare: bool = True,
+) -> dict[str, Any]:
     """Prepare the quantized layers for their device and describe the component for the report.
     (Offloaded DITs are prepared by the offload manager on the compute device instead.)"""
     for _, layer in quant_layers(module):
@@ -68,22 +75,37 @@ def _finish(module: nn.Module, plan: ComponentPlan | None, fast_accum: bool, sou
     return info
 
 
-def _locate(cfg: Any, component: str, plan: ComponentPlan | None, expert: str | None = None) -> tuple[Any, str]:
+def _locate(
+    cfg: Any, component: str, plan: ComponentPlan | None, expert: str | None = None
+) -> tuple[Any, str]:
     """(path or list of shards, description) of a component's checkpoint: ``<component>_quant.ckpt`` when
     given, else found in ``model.path`` in LightX2V's folder order, pre-quantized for the plan's format
     first, then the original (quantized while loading)."""
     from lightx2v_quant.checkpoints.discovery import find_checkpoint
 
     scheme = plan.scheme if plan is not None else None
-    found = find_checkpoint(component, cfg.model.path, scheme.format if scheme else None,
-                            cfg[f"{component}_quant"].ckpt, expert=expert, scheme=scheme.name if scheme else None)
+    found = find_checkpoint(
+        component,
+        cfg.model.path,
+        scheme.format if scheme else None,
+        cfg[f"{component}_quant"].ckpt,
+        expert=expert,
+        scheme=scheme.name if scheme else None,
+    )
     paths = list(found.paths)
     return (paths if len(paths) > 1 else paths[0]), found.describe()
 
 
 # -- text encoder -------------------------------------------------------------------------------------
 def build_text_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.device, random: bool):
-    from lightx2v_quant.models.wan import ByteTokenizer, T5Config, TextEncoder, UMT5Tokenizer, load_t5, random_t5
+    from lightx2v_quant.models.wan import (
+        ByteTokenizer,
+        T5Config,
+        TextEncoder,
+        UMT5Tokenizer,
+        load_t5,
+        random_t5,
+    )
 
     t5_cfg = T5Config.from_mapping(cfg.model.t5)
     dtype = run_dtype(cfg)
@@ -123,16 +145,25 @@ def build_image_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devi
 
 
 # -- DIT ----------------------------------------------------------------------------------------------
-def build_dit(cfg: Any, plan: ComponentPlan | None, device: torch.device, random: bool,
-              expert: str | None = None, prepare: bool = True):
+def build_dit(
+    cfg: Any,
+    plan: ComponentPlan | None,
+    device: torch.device,
+    random: bool,
+    expert: str | None = None,
+    prepare: bool = True,
+):
     """The DIT, or one Wan2.2 expert (``expert`` = "high_noise" | "low_noise"), on ``device``."""
     from lightx2v_quant.models.wan import WanDiTConfig, load_dit, random_dit
     from lightx2v_quant.models.wan import build_dit as build_dit_shell
 
     dit_cfg = WanDiTConfig.from_dict(dict(cfg.model.dit))
     dtype = run_dtype(cfg)
-    common = dict(sensitive_fp32=bool(cfg.model.sensitive_fp32), attention_backend=str(cfg.hardware.attention),
-                  **_quant_args(plan))
+    common = dict(
+        sensitive_fp32=bool(cfg.model.sensitive_fp32),
+        attention_backend=str(cfg.hardware.attention),
+        **_quant_args(plan),
+    )
     checkpoint = None
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["dit" + (f".{expert}" if expert else "")]
@@ -163,8 +194,9 @@ def build_vae(cfg: Any, device: torch.device, random: bool):
     else:
         path = Path(cfg.model.path) / VAE_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found (model.path={cfg.model.path}); expected the official "
-                                    f"{VAE_FILE} there")
+            raise FileNotFoundError(
+                f"{path} not found (model.path={cfg.model.path}); expected the official {VAE_FILE} there"
+            )
         model, source = load_vae(path, vae_cfg, dtype=dtype, device=device, progress=True), str(path)
     info = _finish(model, None, False, source, dtype, device)
     info["runs"] = "fp32 (never quantized)"

@@ -30,8 +30,10 @@ class I2VRunner(WanRunner):
         asked = (self.video.height, self.video.width)
         self.video = replace(self.video, height=lat_h * 8, width=lat_w * 8)
         if (self.video.height, self.video.width) != asked:
-            self.notes.append(f"i2v: {image.width}x{image.height} image in {asked[0]}x{asked[1]} pixels -> "
-                              f"{self.video.width}x{self.video.height} video (official aspect rule)")
+            self.notes.append(
+                f"i2v: {image.width}x{image.height} image in {asked[0]}x{asked[1]} pixels -> "
+                f"{self.video.width}x{self.video.height} video (official aspect rule)"
+            )
         self.image = image_to_tensor(image)  # [3, h, w] in [-1, 1]
         self.image_source = source
 
@@ -42,7 +44,9 @@ class I2VRunner(WanRunner):
                 clip_fea = self._cached["clip"]
             else:
                 with times.stage("load_image_encoder"):
-                    clip, info = comp.build_image_encoder(self.cfg, plans.get("clip"), self.device, self.random)
+                    clip, info = comp.build_image_encoder(
+                        self.cfg, plans.get("clip"), self.device, self.random
+                    )
                 bar.update(1)
                 self.components.setdefault("clip", info)
                 with times.stage("encode_image"):
@@ -52,7 +56,9 @@ class I2VRunner(WanRunner):
                     self._cached["clip"] = clip_fea
         if "y" not in self._cached:  # the VAE is never quantized: both runs share y
             with times.stage("encode_first_frame"), torch.no_grad():
-                y = vae_condition(self.vae, self.image, self.video.frames, self.video.height, self.video.width)
+                y = vae_condition(
+                    self.vae, self.image, self.video.frames, self.video.height, self.video.width
+                )
             self._cached["y"] = y[None]
         return clip_fea, self._cached["y"]
 

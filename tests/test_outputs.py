@@ -18,7 +18,9 @@ def test_mp4_round_trip(tmp_path):
     import imageio.v2 as imageio
 
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 48), indexing="ij")
-    video = torch.stack([torch.stack([xx * (t + 1) / 5, yy, -xx]) for t in range(5)], dim=1)  # smooth [3,5,32,48]
+    video = torch.stack(
+        [torch.stack([xx * (t + 1) / 5, yy, -xx]) for t in range(5)], dim=1
+    )  # smooth [3,5,32,48]
     frames = to_uint8_frames(video)
     assert frames.shape == (5, 32, 48, 3) and frames.dtype == np.uint8
     path = write_mp4(frames, tmp_path / "video.mp4", fps=16)
@@ -63,10 +65,15 @@ def _job(tmp: Path, num: int, name: str, result: dict) -> tuple[int, list[str], 
 
 
 def test_summary_from_results(tmp_path):
-    ok = {"status": "ok", "times_s": {"total": 1.5, "denoise": 1.0}, "step_time_mean_s": 0.1,
-          "memory": {"cpu_peak_rss_bytes": 2**30}, "weight_bytes_total": 2**29,
-          "components": {"dit": {"runs": "int8-torch via torch", "weight_bytes": 2**28}},
-          "quality": {"latent_rel_error": 0.02, "psnr_db": 35.0}}
+    ok = {
+        "status": "ok",
+        "times_s": {"total": 1.5, "denoise": 1.0},
+        "step_time_mean_s": 0.1,
+        "memory": {"cpu_peak_rss_bytes": 2**30},
+        "weight_bytes_total": 2**29,
+        "components": {"dit": {"runs": "int8-torch via torch", "weight_bytes": 2**28}},
+        "quality": {"latent_rel_error": 0.02, "psnr_db": 35.0},
+    }
     bad = {"status": "invalid", "error": "This configuration cannot run:\n  - dit_quant=fp8-sgl: needs CUDA"}
     jobs = [_job(tmp_path, 0, "dit_quant=int8-torch", ok), _job(tmp_path, 1, "dit_quant=fp8-sgl", bad)]
     jobs.append((2, ["dit_quant=none"], tmp_path / "2_missing"))  # died before writing result.json

@@ -24,8 +24,14 @@ SMALL = ["task.height=32", "task.width=32", "task.frames=1"]  # one latent frame
 
 
 def run_py(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def compose_cfg(overrides: list[str]):
@@ -58,14 +64,28 @@ def test_default_command_writes_a_playable_video_and_a_report(tmp_path):
     assert meta["codec"] == "h264" and meta["fps"] == 16
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["random_weights"] is True and "RANDOM WEIGHTS" in report["warning"]
-    assert report["video"] == {"path": "video.mp4", "frames": 5, "height": 64, "width": 64, "fps": 16,
-                               "codec": "h264 (yuv420p)"}
+    assert report["video"] == {
+        "path": "video.mp4",
+        "frames": 5,
+        "height": 64,
+        "width": 64,
+        "fps": 16,
+        "codec": "h264 (yuv420p)",
+    }
     dit = report["components"]["dit"]
     assert dit["requested"] == "auto" and dit["scheme"] is not None  # auto picked a scheme that runs here
     assert dit["kernels_used"] == {f"{dit['scheme']} via {dit['kernel']}": dit["quantized_layers"]}
     assert dit["quantized_layers"] > 0 and dit["weight_bytes"] > 0
     assert len(report["step_times_s"]) == report["sampler"]["steps"] == 10
-    for stage in ("load_text_encoder", "encode_text", "load_dit", "denoise", "decode", "write_video", "total"):
+    for stage in (
+        "load_text_encoder",
+        "encode_text",
+        "load_dit",
+        "denoise",
+        "decode",
+        "write_video",
+        "total",
+    ):
         assert report["times_s"][stage] >= 0
     assert report["memory"]["cpu_peak_rss_bytes"] > 0
     assert report["seed"] == 42 and report["negative_prompt"]  # the official default negative prompt
@@ -78,8 +98,14 @@ def test_default_command_writes_a_playable_video_and_a_report(tmp_path):
 def test_sweep_summarises_every_job_and_survives_an_impossible_one(tmp_path):
     """Three jobs; fp8-sgl with hardware=cpu cannot run anywhere (it needs CUDA): it is recorded as
     invalid and the job after it still runs."""
-    proc = run_py("-m", "dit_quant=int8-torch,fp8-sgl,none", "hardware=cpu", *FAST, *SMALL,
-                  f"hydra.sweep.dir={tmp_path}")
+    proc = run_py(
+        "-m",
+        "dit_quant=int8-torch,fp8-sgl,none",
+        "hardware=cpu",
+        *FAST,
+        *SMALL,
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "summary.json").read_text())["jobs"]
     assert [r["status"] for r in rows] == ["ok", "invalid", "ok"]
@@ -99,8 +125,17 @@ def test_image_to_video_with_an_input_image(tmp_path):
 
     image = tmp_path / "first_frame.png"
     Image.new("RGB", (100, 60), (200, 120, 40)).save(image)
-    report = run_inprocess(tmp_path, ["model=tiny-i2v", f"image={image}", "clip_quant=int8-torch", *FAST,
-                                      "task.height=32", "task.width=32"])
+    report = run_inprocess(
+        tmp_path,
+        [
+            "model=tiny-i2v",
+            f"image={image}",
+            "clip_quant=int8-torch",
+            *FAST,
+            "task.height=32",
+            "task.width=32",
+        ],
+    )
     # 100x60 in a 32x32-pixel budget: the official aspect rule gives 32x16
     assert (report["video"]["width"], report["video"]["height"]) == (32, 16)
     frames, _ = read_mp4(tmp_path / "video.mp4")
@@ -123,11 +158,15 @@ def test_wan22_experts_switch_at_the_boundary(tmp_path):
     assert report["experts_per_step"] == expected
     assert "dit.high_noise" in expected and "dit.low_noise" in expected  # the tiny schedule crosses 875
     assert report["dit_calls"] == {k: 2 * expected.count(k) for k in ("dit.high_noise", "dit.low_noise")}
-    assert report["components"]["dit.high_noise"]["weights"] != report["components"]["dit.low_noise"]["weights"]
+    assert (
+        report["components"]["dit.high_noise"]["weights"] != report["components"]["dit.low_noise"]["weights"]
+    )
 
 
 def test_wan22_boundary_step_overrides_the_boundary(tmp_path):
-    report = run_inprocess(tmp_path, ["model=tiny-moe-t2v", "sampler=distill", "sampler.boundary_step=2", *SMALL])
+    report = run_inprocess(
+        tmp_path, ["model=tiny-moe-t2v", "sampler=distill", "sampler.boundary_step=2", *SMALL]
+    )
     assert report["experts_per_step"] == ["dit.high_noise"] * 2 + ["dit.low_noise"] * 2
 
 
@@ -212,7 +251,10 @@ def _write_official_folder(folder: Path) -> None:
     cfg = compose_cfg([])
     folder.mkdir()
     dit = random_dit(WanDiTConfig.from_dict(dict(cfg.model.dit)), torch.bfloat16, "cpu", SEED_OFFSETS["dit"])
-    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in dit.state_dict().items()},
+        folder / "diffusion_pytorch_model.safetensors",
+    )
     t5 = random_t5(T5Config.from_mapping(cfg.model.t5), torch.bfloat16, "cpu", seed=SEED_OFFSETS["t5"])
     torch.save(t5.state_dict(), folder / "models_t5_umt5-xxl-enc-bf16.pth")
     vae = random_vae(VaeConfig.preset("tiny"), seed=SEED_OFFSETS["vae"])
@@ -224,7 +266,7 @@ def test_official_files_in_model_path_give_the_same_video_as_the_same_random_wei
     model = tmp_path / "tiny-model"
     _write_official_folder(model)
     small = ["dit_quant=none", *FAST, *SMALL]
-    random_report = run_inprocess(tmp_path / "random", small)
+    run_inprocess(tmp_path / "random", small)
     loaded_report = run_inprocess(tmp_path / "loaded", [*small, f"model.path={model}"])
     assert not loaded_report["random_weights"] and loaded_report["warning"] is None
     assert str(model / "diffusion_pytorch_model.safetensors") in loaded_report["components"]["dit"]["weights"]
@@ -232,5 +274,7 @@ def test_official_files_in_model_path_give_the_same_video_as_the_same_random_wei
     random_frames, _ = read_mp4(tmp_path / "random" / "video.mp4")
     loaded_frames, _ = read_mp4(tmp_path / "loaded" / "video.mp4")
     assert all((a == b).all() for a, b in zip(random_frames, loaded_frames))
-    quantized = run_inprocess(tmp_path / "online", ["dit_quant=int8-torch", *FAST, *SMALL, f"model.path={model}"])
+    quantized = run_inprocess(
+        tmp_path / "online", ["dit_quant=int8-torch", *FAST, *SMALL, f"model.path={model}"]
+    )
     assert quantized["components"]["dit"]["quantized_online_layers"] == 20  # original file, quantized on load

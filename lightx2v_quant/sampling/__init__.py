@@ -14,7 +14,20 @@ from lightx2v_quant.sampling.settings import (
 from lightx2v_quant.sampling.solvers import FlowEuler, FlowUniPC, make_solver
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT", "DenoiseResult", "FlowEuler", "FlowUniPC", "SamplerSettings", "Schedule",
-    "VideoSettings", "default_negative_prompt", "denoise", "distill_schedule", "flow_unipc_schedule", "guide",
-    "make_solver", "resolve_sampler", "resolve_video", "sampling_problems",
+    "DEFAULT_NEGATIVE_PROMPT",
+    "DenoiseResult",
+    "FlowEuler",
+    "FlowUniPC",
+    "SamplerSettings",
+    "Schedule",
+    "VideoSettings",
+    "default_negative_prompt",
+    "denoise",
+    "distill_schedule",
+    "flow_unipc_schedule",
+    "guide",
+    "make_solver",
+    "resolve_sampler",
+    "resolve_video",
+    "sampling_problems",
 ]

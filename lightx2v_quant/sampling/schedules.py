@@ -7,8 +7,8 @@ receives ``t = sigma * 1000``. A shift bends the grid towards high noise:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if len(self.sigmas) != len(self.timesteps) + 1:
-            raise ValueError(f"{len(self.sigmas)} sigmas for {len(self.timesteps)} timesteps: expected one more")
+            raise ValueError(
+                f"{len(self.sigmas)} sigmas for {len(self.timesteps)} timesteps: expected one more"
+            )
 
     @property
     def steps(self) -> int:

@@ -53,7 +53,8 @@ class SamplerSettings:
 
     def summary(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()} | {
-            "solver": self.solver}
+            "solver": self.solver
+        }
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,12 @@ class VideoSettings:
 
     def latent_shape(self, channels: int = 16) -> tuple[int, int, int, int]:
         """[C, F, H, W] of the latents: 4x in time (causal: 4k+1 frames -> k+1), 8x in space."""
-        return (channels, (self.frames - 1) // VAE_STRIDE[0] + 1,
-                self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2])
+        return (
+            channels,
+            (self.frames - 1) // VAE_STRIDE[0] + 1,
+            self.height // VAE_STRIDE[1],
+            self.width // VAE_STRIDE[2],
+        )
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -105,8 +110,12 @@ def _opt_float(v: Any) -> float | None:
 
 def resolve_video(cfg: Any) -> VideoSettings:
     t, d = cfg.task, cfg.model.video
-    return VideoSettings(int(_pick(t.height, d.height)), int(_pick(t.width, d.width)),
-                         int(_pick(t.frames, d.frames)), int(_pick(t.fps, d.fps)))
+    return VideoSettings(
+        int(_pick(t.height, d.height)),
+        int(_pick(t.width, d.width)),
+        int(_pick(t.frames, d.frames)),
+        int(_pick(t.fps, d.fps)),
+    )
 
 
 def sampling_problems(cfg: Any) -> list[str]:
@@ -118,36 +127,54 @@ def sampling_problems(cfg: Any) -> list[str]:
         return [str(exc)]
     if s.name == "distill":
         if cfg.sampler.steps is not None and int(cfg.sampler.steps) != s.steps:
-            problems.append(f"sampler.steps={cfg.sampler.steps} but the distilled step list {list(s.step_list)} "
-                            f"has {s.steps} steps: drop sampler.steps or change sampler.timesteps")
+            problems.append(
+                f"sampler.steps={cfg.sampler.steps} but the distilled step list {list(s.step_list)} "
+                f"has {s.steps} steps: drop sampler.steps or change sampler.timesteps"
+            )
         bad = [x for x in s.step_list if not 0 < x <= 1000]
-        if bad or list(s.step_list) != sorted(s.step_list, reverse=True) or len(set(s.step_list)) != len(s.step_list):
-            problems.append(f"sampler.timesteps={list(s.step_list)}: expected distinct integers in 1..1000, "
-                            f"decreasing, e.g. [1000,750,500,250]")
+        if (
+            bad
+            or list(s.step_list) != sorted(s.step_list, reverse=True)
+            or len(set(s.step_list)) != len(s.step_list)
+        ):
+            problems.append(
+                f"sampler.timesteps={list(s.step_list)}: expected distinct integers in 1..1000, "
+                f"decreasing, e.g. [1000,750,500,250]"
+            )
     elif cfg.sampler.timesteps is not None:
-        problems.append(f"sampler.timesteps is the distilled step list; sampler {s.name} uses sampler.steps "
-                        f"(use sampler=distill for a step list)")
+        problems.append(
+            f"sampler.timesteps is the distilled step list; sampler {s.name} uses sampler.steps "
+            f"(use sampler=distill for a step list)"
+        )
     if s.steps < 1:
         problems.append(f"sampler.steps={s.steps}: need at least 1 step")
     if s.shift <= 0:
         problems.append(f"sampler.shift={s.shift}: must be > 0")
     if bool(cfg.model.get("moe", False)):
         if s.boundary is None and s.boundary_step is None:
-            problems.append(f"model {cfg.model.name} has two experts: set sampler.boundary (e.g. 0.875) "
-                            f"or sampler.boundary_step")
+            problems.append(
+                f"model {cfg.model.name} has two experts: set sampler.boundary (e.g. 0.875) "
+                f"or sampler.boundary_step"
+            )
         elif s.boundary is not None and not 0 < s.boundary < 1:
             problems.append(f"sampler.boundary={s.boundary}: expected a fraction of 1000 timesteps in (0, 1)")
     v = resolve_video(cfg)
     spatial = VAE_STRIDE[1] * PATCH[1]
-    size_bad = [f"{k}={val}" for k, val in (("task.height", v.height), ("task.width", v.width))
-                if val <= 0 or val % spatial]
+    size_bad = [
+        f"{k}={val}"
+        for k, val in (("task.height", v.height), ("task.width", v.width))
+        if val <= 0 or val % spatial
+    ]
     if size_bad:
-        problems.append(f"{', '.join(size_bad)}: height and width must be positive multiples of {spatial} "
-                        f"(VAE stride 8 x patch 2), e.g. 480x832")
+        problems.append(
+            f"{', '.join(size_bad)}: height and width must be positive multiples of {spatial} "
+            f"(VAE stride 8 x patch 2), e.g. 480x832"
+        )
     if v.frames < 1 or (v.frames - 1) % VAE_STRIDE[0]:
         near = max(1, (v.frames - 1) // VAE_STRIDE[0] * VAE_STRIDE[0] + 1)
-        problems.append(f"task.frames={v.frames}: the frame count must be 4k+1 (1, 5, ..., 81); "
-                        f"e.g. {near} or {near + 4}")
+        problems.append(
+            f"task.frames={v.frames}: the frame count must be 4k+1 (1, 5, ..., 81); e.g. {near} or {near + 4}"
+        )
     if v.fps < 1:
         problems.append(f"task.fps={v.fps}: must be >= 1")
     return problems

@@ -7,7 +7,7 @@ sigma and the current sample ``x`` (float32) and returns the sample at the next 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class FlowUniPC:
         x0 = x - self.sigmas[i] * v.float()
         if i > 0:
             x = self._correct(x0)
-        self.x0_history = (self.x0_history + [x0])[-self.order:]
+        self.x0_history = (self.x0_history + [x0])[-self.order :]
         order = min(self.order, n - i) if self.lower_order_final else self.order
         order = min(order, len(self.x0_history))  # warm-up: no more history than steps taken
         self.last_sample, self.last_order = x, order
@@ -105,7 +105,9 @@ class FlowUniPC:
     def _predict(self, x: torch.Tensor, order: int) -> torch.Tensor:
         """UniP: from sigmas[index-1] (the step just taken) to sigmas[index]."""
         s = self.index - 1
-        x_coef, m0_coef, b_coef, rhs, diffs, rows = self._coefficients(s, self.sigmas[s + 1], order, self.x0_history)
+        x_coef, m0_coef, b_coef, rhs, diffs, rows = self._coefficients(
+            s, self.sigmas[s + 1], order, self.x0_history
+        )
         out = x_coef * x + m0_coef * self.x0_history[-1]
         if diffs:
             rhos = [0.5] if order == 2 else np.linalg.solve(rows[:-1, :-1], rhs[:-1]).tolist()
@@ -115,8 +117,9 @@ class FlowUniPC:
     def _correct(self, x0_new: torch.Tensor) -> torch.Tensor:
         """UniC: redo the previous step from ``last_sample`` using the new x0 at the current sigma."""
         s, order = self.index - 1, self.last_order
-        x_coef, m0_coef, b_coef, rhs, diffs, rows = self._coefficients(s, self.sigmas[self.index], order,
-                                                                       self.x0_history)
+        x_coef, m0_coef, b_coef, rhs, diffs, rows = self._coefficients(
+            s, self.sigmas[self.index], order, self.x0_history
+        )
         rhos = [0.5] if order == 1 else np.linalg.solve(rows, rhs).tolist()
         out = x_coef * self.last_sample + m0_coef * self.x0_history[-1]
         correction = rhos[-1] * (x0_new - self.x0_history[-1])

@@ -15,8 +15,15 @@ from lightx2v_quant.sampling.solvers import FlowEuler, FlowUniPC, make_solver
 def diffusers_unipc(steps: int, shift: float):
     from diffusers import UniPCMultistepScheduler
 
-    ref = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
-                                  solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True)
+    ref = UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=shift,
+        solver_order=2,
+        solver_type="bh2",
+        predict_x0=True,
+        lower_order_final=True,
+    )
     ref.set_timesteps(sigmas=np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1)[:-1])
     return ref
 
@@ -72,8 +79,13 @@ def test_distilled_update_equals_lightx2vs_formula():
 def test_loop_feeds_the_schedules_timesteps():
     sched = flow_unipc_schedule(6, 5.0)
     seen = []
-    denoise(torch.zeros(1, 1), sched, "unipc", lambda x, t, i: (seen.append((i, t)), torch.zeros_like(x))[1],
-            progress=False)
+    denoise(
+        torch.zeros(1, 1),
+        sched,
+        "unipc",
+        lambda x, t, i: (seen.append((i, t)), torch.zeros_like(x))[1],
+        progress=False,
+    )
     assert seen == list(enumerate(sched.timesteps))
 
 
