@@ -32,6 +32,34 @@ def _attention_backends() -> tuple[str, ...]:
     return tuple(backends())
 
 
+def _t5_on_cpu_problems(cfg: Any) -> list[str]:
+    """offload.t5_cpu runs the text encoder on the CPU: its scheme's kernel must run there."""
+    scheme_name = str(cfg.t5_quant.scheme)
+    if not cfg.offload.t5_cpu or scheme_name in ("none", "auto"):
+        return []
+    from lightx2v_quant.hardware import HardwareSpec
+    from lightx2v_quant.quant.kernels import get_kernel
+    from lightx2v_quant.quant.schemes import REGISTRY, schemes_for_format
+
+    scheme = REGISTRY.get(scheme_name)
+    if scheme is None:  # an unknown name is reported by the scheme check
+        return []
+    cpu = HardwareSpec("cpu", "cpu", None, 0.0, "the CPU (offload.t5_cpu)")
+    ok, why = get_kernel(scheme.kernel).availability(scheme.format, cpu)
+    if ok:
+        return []
+    here = [
+        s.name
+        for s in schemes_for_format(scheme.format)
+        if get_kernel(s.kernel).availability(s.format, cpu)[0]
+    ]
+    message = (
+        f"t5_quant={scheme_name} with offload.t5_cpu=true: the T5 runs on the CPU, where {why}; "
+        f"CPU schemes for {scheme.format}: {', '.join(here) or 'none'} (or t5_quant=none)"
+    )
+    return [message]
+
+
 def pipeline_problems(cfg: Any) -> list[str]:
     problems = sampling_problems(cfg)
     model = cfg.model
@@ -54,6 +82,7 @@ def pipeline_problems(cfg: Any) -> list[str]:
         why = _offload_available()
         if why:
             problems.append(f"offload={mode} is not available in this version: {why}; use offload=none")
+    problems += _t5_on_cpu_problems(cfg)
     attention = str(cfg.hardware.attention)
     available = _attention_backends()
     if attention not in available:

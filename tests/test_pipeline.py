@@ -196,6 +196,14 @@ def test_size_problems_in_one_error():
     assert "multiples of 16" in message and "4k+1" in message and message.count("\n  - ") == 2
 
 
+def test_t5_on_the_cpu_needs_a_cpu_scheme():
+    from lightx2v_quant.pipeline_checks import pipeline_problems
+
+    problems = pipeline_problems(compose_cfg(["offload.t5_cpu=true", "t5_quant=fp8-sgl"]))
+    assert any("t5_quant=fp8-sgl with offload.t5_cpu=true" in p and "fp8-torch" in p for p in problems)
+    assert not pipeline_problems(compose_cfg(["offload.t5_cpu=true", "t5_quant=int8-torch"]))
+
+
 def test_random_real_size_model_validates_with_random_weights():
     cfg = compose_cfg(["model=wan2.1-t2v-14b", "dit_quant=int8-torch", "task=tiny"])
     plan = validate(cfg)
