@@ -146,8 +146,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """Video size; null values take the model's official size (`model.video`). For image-to-video,
-    height x width is the pixel budget and the frame follows the input image's aspect ratio."""
+    """Video size; `task=auto` interpolates the model's official size (`model.video`), and a null value
+    falls back to it. For image-to-video, height x width is the pixel budget and the frame follows the
+    input image's aspect ratio."""
 
     name: str = "auto"
     height: Optional[int] = None
@@ -158,9 +159,10 @@ class TaskConfig:
 
 @dataclass
 class SamplerConfig:
-    """Null values take the model's official settings (`model.sampling`)."""
+    """The option files interpolate the model's official settings (`model.sampling`) into the fields they
+    do not set; a null value falls back to the model's too."""
 
-    name: str = "auto"  # auto (the model's) | unipc | euler | distill
+    name: str = "auto"  # unipc | euler | distill (auto: the model's solver)
     steps: Optional[int] = None
     shift: Optional[float] = None
     guide_scale: Optional[float] = None

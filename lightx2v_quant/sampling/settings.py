@@ -1,8 +1,9 @@
-"""Resolve what a run samples: sampler and video settings from `sampler.*` / `task.*`, falling back to
-the model's official defaults (`model.sampling.*`, `model.video.*`), and the checks on them.
+"""Resolve what a run samples: sampler and video settings from `sampler.*` / `task.*`, and the checks on them.
 
-A value left null in the `sampler` or `task` group means "the model's default", so
-`model=wan2.1-i2v-14b-480p` alone gives the official 40 steps at shift 3, 480x832, 81 frames.
+The `auto` options (and the unset fields of the others) interpolate the model's official settings
+(`model.sampling.*`, `model.video.*`), so `model=wan2.1-i2v-14b-480p` alone gives the official 40 steps at
+shift 3, 480x832, 81 frames; a null value falls back to the model's too. For the distilled sampler the
+number of steps is the length of its step list.
 """
 
 from __future__ import annotations
@@ -126,20 +127,12 @@ def sampling_problems(cfg: Any) -> list[str]:
     except ValueError as exc:
         return [str(exc)]
     if s.name == "distill":
-        if cfg.sampler.steps is not None and int(cfg.sampler.steps) != s.steps:
+        steps = list(s.step_list)
+        bad = [x for x in steps if not 0 < x <= 1000]
+        if bad or steps != sorted(steps, reverse=True) or len(set(steps)) != len(steps):
             problems.append(
-                f"sampler.steps={cfg.sampler.steps} but the distilled step list {list(s.step_list)} "
-                f"has {s.steps} steps: drop sampler.steps or change sampler.timesteps"
-            )
-        bad = [x for x in s.step_list if not 0 < x <= 1000]
-        if (
-            bad
-            or list(s.step_list) != sorted(s.step_list, reverse=True)
-            or len(set(s.step_list)) != len(s.step_list)
-        ):
-            problems.append(
-                f"sampler.timesteps={list(s.step_list)}: expected distinct integers in 1..1000, "
-                f"decreasing, e.g. [1000,750,500,250]"
+                f"sampler.timesteps={steps}: expected distinct integers in 1..1000, decreasing, "
+                f"e.g. [1000,750,500,250]"
             )
     elif cfg.sampler.timesteps is not None:
         problems.append(
