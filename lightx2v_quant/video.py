@@ -23,7 +23,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> 
         import imageio.v2 as imageio
     except ImportError as exc:  # pragma: no cover - the `video` extra is a dependency of the app
         raise RuntimeError(
-            "writing video.mp4 needs imageio and imageio-ffmpeg: pip install -e '.[video]'"
+            "writing video.mp4 needs imageio and imageio-ffmpeg (dependencies of lightx2v_quant): pip install imageio imageio-ffmpeg"
         ) from exc
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
