@@ -21,10 +21,8 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> 
     """Write [T, H, W, 3] uint8 frames as H.264 (yuv420p, plays everywhere) to ``path`` atomically."""
     try:
         import imageio.v2 as imageio
-    except ImportError as exc:  # pragma: no cover - the `video` extra is a dependency of the app
-        raise RuntimeError(
-            "writing video.mp4 needs imageio and imageio-ffmpeg (dependencies of lightx2v_quant): pip install imageio imageio-ffmpeg"
-        ) from exc
+    except ImportError as exc:  # pragma: no cover - a dependency of lightx2v_quant
+        raise RuntimeError("writing video.mp4 needs imageio and imageio-ffmpeg: pip install imageio imageio-ffmpeg") from exc
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected [T, H, W, 3] uint8 frames, got {frames.dtype} {list(frames.shape)}")
