@@ -35,7 +35,7 @@ def _hydra_context() -> tuple[Path, bool]:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name beside ``path`` and rename it: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -50,7 +50,6 @@ def run_job(cfg: DictConfig, output_dir: Path, *, multirun: bool = False) -> dic
     started = time.time()
     result: dict[str, Any] = {"status": "ok", "output_dir": str(output_dir)}
     try:
-        cfg = _translate_lightx2v(cfg)
         plan = validate(cfg)
         for note in plan.notes:
             log.info(note)
@@ -79,15 +78,6 @@ def run_job(cfg: DictConfig, output_dir: Path, *, multirun: bool = False) -> dic
 def _finish(result: dict[str, Any], output_dir: Path, started: float) -> None:
     result["wall_s"] = round(time.time() - started, 3)
     write_json_atomic(output_dir / RESULT_FILE, result)
-
-
-def _translate_lightx2v(cfg: DictConfig) -> DictConfig:
-    """Apply `lightx2v_config=<file.json>` when given (LightX2V JSON keys mapped onto our groups)."""
-    if not cfg.get("lightx2v_config"):
-        return cfg
-    from lightx2v_quant.lightx2v_compat import apply_lightx2v_config
-
-    return apply_lightx2v_config(cfg)
 
 
 def resolved_config_yaml(cfg: DictConfig) -> str:

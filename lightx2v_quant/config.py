@@ -104,22 +104,24 @@ class ClipArch:
 
 
 @dataclass
-class ModelConfig:
-    name: str = "???"
-    family: str = "wan2.1"  # wan2.1 | wan2.2
-    task: str = "t2v"  # t2v | i2v
-    path: Optional[str] = None  # folder of the official files; None = seeded random weights
-    dtype: str = "bf16"  # run dtype: bf16 | fp16 | fp32
-    sensitive_fp32: bool = False  # keep norms / embeddings / modulation in fp32
-    dit: DitArch = field(default_factory=DitArch)
-    t5: T5Arch = field(default_factory=T5Arch)
-    clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only
-    extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
+class SamplingDefaults:
+    """A model's official sampling settings; every null `sampler.*` value takes the model's."""
+
+    solver: str = "unipc"  # unipc | euler | distill
+    steps: int = 50
+    shift: float = 5.0
+    guide_scale: float = 5.0
+    guide_scale_low_noise: Optional[float] = None  # Wan2.2 A14B: scale while the low-noise expert runs
+    cfg: bool = True
+    timesteps: Optional[list[int]] = None  # distilled models: LightX2V's denoising_step_list
+    boundary: Optional[float] = None  # Wan2.2 A14B: high-noise expert while t >= boundary * 1000
+    boundary_step: Optional[int] = None  # Wan2.2 A14B distilled: low-noise expert from this step index
 
 
 @dataclass
-class TaskConfig:
-    name: str = "t2v"
+class VideoDefaults:
+    """A model's official video size; every null `task.*` value takes the model's."""
+
     height: int = 480
     width: int = 832
     frames: int = 81
@@ -127,13 +129,52 @@ class TaskConfig:
 
 
 @dataclass
+class ModelConfig:
+    name: str = "???"
+    family: str = "wan2.1"  # wan2.1 | wan2.2
+    task: str = "t2v"  # t2v | i2v
+    path: Optional[str] = None  # folder of the official files; None = seeded random weights
+    dtype: str = "bf16"  # run dtype: bf16 | fp16 | fp32
+    sensitive_fp32: bool = False  # keep norms / embeddings / modulation in fp32
+    moe: bool = False  # Wan2.2 A14B: two DITs (high_noise_model/, low_noise_model/) switched at a boundary
+    random_seed: int = 0  # seed of the random weights when path is null (independent of the sampling seed)
+    vae: str = "wan2.1"  # VAE preset (lightx2v_quant.models.wan.VaeConfig.preset): wan2.1 | tiny
+    tokenizer: str = "umt5"  # umt5 (model.path/google/umt5-xxl) | byte (tiny models; no files needed)
+    dit: DitArch = field(default_factory=DitArch)
+    t5: T5Arch = field(default_factory=T5Arch)
+    clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    video: VideoDefaults = field(default_factory=VideoDefaults)
+    extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
+
+
+@dataclass
+class TaskConfig:
+    """Video size; `task=auto` interpolates the model's official size (`model.video`), and a null value
+    falls back to it. For image-to-video, height x width is the pixel budget and the frame follows the
+    input image's aspect ratio."""
+
+    name: str = "auto"
+    height: Optional[int] = None
+    width: Optional[int] = None
+    frames: Optional[int] = None  # 4k+1
+    fps: Optional[int] = None
+
+
+@dataclass
 class SamplerConfig:
-    name: str = "unipc"  # unipc | euler | distill
-    steps: int = 50
-    shift: float = 5.0
-    guide_scale: float = 5.0
-    cfg: bool = True
-    timesteps: Optional[list[float]] = None  # explicit list (distilled models)
+    """The option files interpolate the model's official settings (`model.sampling`) into the fields they
+    do not set; a null value falls back to the model's too."""
+
+    name: str = "auto"  # unipc | euler | distill (auto: the model's solver)
+    steps: Optional[int] = None
+    shift: Optional[float] = None
+    guide_scale: Optional[float] = None
+    guide_scale_low_noise: Optional[float] = None  # Wan2.2 A14B: the low-noise expert's scale
+    cfg: Optional[bool] = None  # classifier-free guidance (two DIT passes per step)
+    timesteps: Optional[list[int]] = None  # distill: the step list, e.g. [1000, 750, 500, 250]
+    boundary: Optional[float] = None  # Wan2.2 A14B: expert switch at t = boundary * 1000
+    boundary_step: Optional[int] = None  # Wan2.2 A14B: or at this step index
 
 
 @dataclass

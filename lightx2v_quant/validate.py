@@ -199,6 +199,9 @@ def validate(cfg: Any, detected: HardwareSpec | None = None) -> Plan:
         problems.append(f"offload={cfg.offload.mode} moves weights to a CUDA GPU; {hw.label()} has none: use offload=none")
     used = components_in_use(cfg)
     plans = {c: _plan_component(cfg, c, hw, problems) for c in used}
+    from lightx2v_quant.pipeline_checks import pipeline_problems  # sampler, sizes, image, offload, attention
+
+    problems.extend(pipeline_problems(cfg))
     offload = check_offload(cfg, hw, plans, problems) if cfg.offload.mode in OFFLOAD_MODES else None
     notes = [p.note for p in plans.values() if p.note]
     if offload is not None and offload.requested == "auto":
