@@ -10,7 +10,8 @@ Why it stays accurate:
   V is fp8 with one scale per (batch, head, channel). The softmax statistics (max, sum) stay fp32.
 
 Layouts: q, k, v, out are [B, L, H, D] (the DIT's natural layout, no transpose); the quantized copies
-are [B, H, L, D] so that the main loop reads contiguous tiles.
+are [B, H, L, D] so that the main loop reads contiguous tiles, except fp8 V, stored transposed
+[B, H, D, L] because Hopper's fp8 wgmma needs both operands K-major.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _quant_rows_int8(
 @triton.jit
 def _quant_rows_fp8(
     x_ptr, mean_ptr, scale_ptr, out_ptr,
-    L, H, stride_xb, stride_xl, stride_xh,
+    L, LP, H, stride_xb, stride_xl, stride_xh,
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """(V - mean) to fp8 with per-(batch, head, channel) mean and scale computed beforehand."""
@@ -75,7 +76,8 @@ def _quant_rows_fp8(
     x = x - tl.load(mean_ptr + bh * D + cols)[None, :]
     inv = 1.0 / tl.load(scale_ptr + bh * D + cols)
     q = tl.minimum(tl.maximum(x * inv[None, :], -FP8_MAX), FP8_MAX).to(tl.float8e4nv)
-    tl.store(out_ptr + bh * L * D + rows[:, None] * D + cols[None, :], q, mask=mask)
+    # stored transposed, [D, LP] per (batch, head): fp8 wgmma wants P.V's B operand K-major
+    tl.store(out_ptr + bh * D * LP + cols[None, :] * LP + rows[:, None], q, mask=mask)
 
 
 def _configs():
@@ -90,7 +92,7 @@ def _configs():
 @triton.jit
 def _attn_fwd(
     q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, vm_ptr, o_ptr,
-    L_Q, L_K, H, stride_ob, stride_ol, stride_oh,
+    L_Q, L_K, LKP, H, stride_ob, stride_ol, stride_oh,
     NQB, NKB,  # number of Q / K quantization blocks per (batch, head)
     D: tl.constexpr, QB: tl.constexpr, PV_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -110,22 +112,23 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     k_base = k_ptr + bh * L_K * D
-    v_base = v_ptr + bh * L_K * D
+    v_base = v_ptr + bh * LKP * D
     for start_n in range(0, L_K, BLOCK_N):
         cols = start_n + offs_n
-        kt = tl.load(k_base + cols[None, :] * D + offs_d[:, None], mask=cols[None, :] < L_K, other=0)  # [D, BN]
+        k = tl.load(k_base + cols[:, None] * D + offs_d[None, :], mask=cols[:, None] < L_K, other=0)  # [BN, D]
         k_scale = tl.load(ks_ptr + bh * NKB + start_n // QB)
-        s = tl.dot(q, kt).to(tl.float32) * (q_scale * k_scale)  # logits already in log2 units
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * (q_scale * k_scale)  # logits already in log2 units
         s = tl.where(cols[None, :] < L_K, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=cols[:, None] < L_K, other=0.0)
-        if PV_FP8:
+        if PV_FP8:  # V^T stored [D, LKP]: load the [BN, D] tile with the token axis contiguous
+            v = tl.load(v_base + cols[:, None] + offs_d[None, :] * LKP, mask=cols[:, None] < L_K, other=0.0)
             acc = tl.dot((p * FP8_MAX).to(tl.float8e4nv), v, acc)
         else:
+            v = tl.load(v_base + cols[:, None] * D + offs_d[None, :], mask=cols[:, None] < L_K, other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
 
@@ -158,9 +161,10 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool
         vm = vf.mean(dim=1)  # [B, H, D]: V smoothing, like K's
         vs = ((vf - vm[:, None]).abs().amax(dim=1).clamp(min=1e-8) / FP8_MAX).contiguous()
         del vf
-        vq = torch.empty(B, H, Lk, D, device=q.device, dtype=torch.float8_e4m3fn)
-        _quant_rows_fp8[(nkb, B * H)](v, vm.contiguous(), vs, vq, Lk, H, v.stride(0), v.stride(1), v.stride(2),
-                                      D=D, BLOCK=QBLOCK)
+        lkp = triton.cdiv(Lk, 16) * 16  # 16-byte aligned rows
+        vq = torch.empty(B, H, D, lkp, device=q.device, dtype=torch.float8_e4m3fn)
+        _quant_rows_fp8[(nkb, B * H)](v, vm.contiguous(), vs, vq, Lk, lkp, H, v.stride(0), v.stride(1),
+                                      v.stride(2), D=D, BLOCK=QBLOCK)
     else:
         vm = vs = torch.zeros(1, device=q.device, dtype=torch.float32)  # unused
         vq = v.transpose(1, 2).contiguous()  # P.V in the input dtype (bf16 / fp16)
@@ -180,7 +184,8 @@ def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bo
         raise ValueError(f"lowp_attention supports head_dim 64 or 128, got {D}")
     q8, qs, k8, ks, vq, vs, vm = quantize_qkv(q, k, v, pv_fp8)
     out = torch.empty_like(q)
-    args = (q8, qs, k8, ks, vq, vs, vm, out, Lq, k.shape[1], H,
+    lkp = vq.shape[-1] if pv_fp8 else k.shape[1]
+    args = (q8, qs, k8, ks, vq, vs, vm, out, Lq, k.shape[1], lkp, H,
             out.stride(0), out.stride(1), out.stride(2), qs.shape[1], ks.shape[1])
     if q.is_cuda:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
