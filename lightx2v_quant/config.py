@@ -52,6 +52,8 @@ class OffloadConfig:
 
 @dataclass
 class DitArch:
+    """The DIT architecture; fields equal those of ``lightx2v_quant.models.wan.WanDiTConfig``."""
+
     dim: int = 1536
     ffn_dim: int = 8960
     num_heads: int = 12
@@ -64,6 +66,37 @@ class DitArch:
     eps: float = 1e-6
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
     image_dim: Optional[int] = None  # 1280 for Wan2.1 I2V (CLIP tokens in cross-attention)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+
+
+@dataclass
+class T5Arch:
+    """umT5 text encoder architecture; fields = models.wan.t5.T5Config (defaults: umT5-XXL)."""
+
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096
+    dim_ffn: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    max_dist: int = 128
+    eps: float = 1e-6
+
+
+@dataclass
+class ClipArch:
+    """CLIP vision tower architecture; fields = models.wan.clip.ClipConfig (defaults: ViT-H/14)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1280
+    num_layers: int = 32
+    num_heads: int = 16
+    mlp_dim: int = 5120
+    out_dim: int = 1024
+    eps: float = 1e-5
 
 
 @dataclass
@@ -75,6 +108,8 @@ class ModelConfig:
     dtype: str = "bf16"  # run dtype: bf16 | fp16 | fp32
     sensitive_fp32: bool = False  # keep norms / embeddings / modulation in fp32
     dit: DitArch = field(default_factory=DitArch)
+    t5: T5Arch = field(default_factory=T5Arch)
+    clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only
     extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
 
 

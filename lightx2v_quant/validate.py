@@ -75,6 +75,14 @@ def linear_shapes(cfg: Any, component: str) -> set[tuple[int, int]]:
     if component == "dit":
         d, f = cfg.model.dit.dim, cfg.model.dit.ffn_dim
         return {(d, d), (f, d), (d, f)}
+    if component == "t5" and cfg.model.get("t5") is not None:
+        from lightx2v_quant.models.wan.t5 import T5Config
+
+        return T5Config.from_mapping(cfg.model.t5).linear_shapes()
+    if component == "clip" and cfg.model.get("clip") is not None:
+        from lightx2v_quant.models.wan.clip import ClipConfig
+
+        return ClipConfig.from_mapping(cfg.model.clip).linear_shapes()
     arch = (cfg.model.get("extra") or {}).get(component) or {}
     dim, ffn = arch.get("dim"), arch.get("ffn_dim")
     if not dim or not ffn:
@@ -93,6 +101,8 @@ def choose_auto(hw: HardwareSpec) -> tuple[Scheme | None, str]:
         prefs = ["w8a8-int8-channel", "w8a8-fp8-channel"]  # int8 is the fast path on CPUs (oneDNN)
     for fmt in prefs:
         for scheme in schemes_for_format(fmt):
+            if not hw.is_cuda and not scheme.native:
+                continue  # on a CPU the libraries add nothing over PyTorch's own ops
             ok, _ = get_kernel(scheme.kernel).availability(fmt, hw)
             if ok:
                 return scheme, f"auto chose {scheme.name} for {hw.label()}"

@@ -130,7 +130,7 @@ class TorchSource(TensorSource):
         if not path.is_file():
             raise CheckpointError(f"checkpoint file {path} does not exist")
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            obj = _torch_load(path)
         except Exception as exc:
             raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc}); the file may be truncated") from exc
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -154,6 +154,15 @@ class TorchSource(TensorSource):
 
     def get(self, key: str) -> torch.Tensor:
         return self._sd[key]
+
+
+def _torch_load(path: Path):
+    """Memory-mapped load (zip format, torch >= 1.6); files in the legacy pickle format cannot be mapped
+    and are read whole instead."""
+    import zipfile
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def safetensors_shards(index_file: Path) -> list[Path]:

@@ -72,6 +72,10 @@ class Kernel:
         """Why a linear of this shape cannot use the kernel (e.g. K % 16), or None."""
         return fmt.shape_problem(out_features, in_features)
 
+    def notes(self, fmt: str) -> str:
+        """For reports: what else the kernel relies on here (which activation quantizer, library path)."""
+        return ""
+
     # -- what it does ---------------------------------------------------------------------------
     def prepare(self, layer: QuantLinear) -> None:
         """Re-lay out ``layer``'s tensors for this kernel, once, after loading on the compute device.

@@ -129,9 +129,11 @@ class TorchKernel(Kernel):
         xq, xs = _quantize_per_token(x, _INT8)
         xq, m = pad_rows(xq, 17) if x.is_cuda else (xq, xq.shape[0])
         acc = torch._int_mm(xq, layer.weight.t())[:m]  # int32 [M, N]
-        y = acc.float() * xs * layer.k_scale_w
+        # Epilogue in eager ops, fp32, in place: int32 * fp32 promotes to fp32 without a separate cast.
+        y = acc * xs  # [M, N] * [M, 1]
+        y.mul_(layer.k_scale_w)  # * [1, N]
         if layer.bias is not None:
-            y = y + layer.bias.float()
+            y.add_(layer.bias)
         return y.to(x.dtype)
 
     def _int4(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:

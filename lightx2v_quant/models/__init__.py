@@ -1,0 +1,1 @@
+"""Model implementations (Wan family) that load the official checkpoints by their original key names."""
