@@ -49,7 +49,7 @@ def _attn_cases():
 
 def _extra_cases():
     """Other modules expose ``SASS_CASES()`` yielding (name, fn, signature, constexprs, options, div16)."""
-    for mod in ("lightx2v_quant.attention.lowp_quant", "lightx2v_quant.kernels.fused"):
+    for mod in ("lightx2v_quant.attention.lowp_quant", "lightx2v_quant.fused.norm", "lightx2v_quant.fused.rope"):
         try:
             module = __import__(mod, fromlist=["SASS_CASES"])
         except ImportError:

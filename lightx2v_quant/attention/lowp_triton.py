@@ -158,6 +158,12 @@ def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bo
     No mask (Wan attends to every key). ``pv_fp8=False`` keeps P.V in the input dtype.
     """
     check_inputs(q, k, v)
+    return _lowp_op(q, k, v, pv_fp8)
+
+
+@torch.library.custom_op("lightx2v_quant::lowp_attention", mutates_args=())
+def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) -> torch.Tensor:
+    # a custom op: torch.compile treats it as one opaque call (no tracing into autotuning / TMA descriptors)
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
     qq = quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
@@ -181,3 +187,8 @@ def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bo
     else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
         _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64)
     return out
+
+
+@_lowp_op.register_fake
+def _(q, k, v, pv_fp8):
+    return q.new_empty(q.shape)

@@ -1,0 +1,57 @@
+"""The DIT block's fast path: the same three phases as ``WanAttentionBlock`` with the elementwise work in
+fused Triton kernels (``lightx2v_quant.fused``). Same math in fp32 as the official path (docs/speed.md).
+
+Each phase reads the fp32 residual stream once for its norm and once for its residual add; phases are not
+fused across their boundaries so that phase offload (which moves one phase's weights at a time) still
+holds every weight a phase touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
+
+
+def self_attn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor], rope) -> torch.Tensor:
+    """x + self_attn(LN(x) * (1 + scale) + shift) * gate; the norm output may come pre-quantized."""
+    from lightx2v_quant import fused
+
+    h = fused.layer_norm_modulate(x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1],
+                                  quant=block.prequant[0])
+    return fused.gated_residual(x, block.self_attn(h, rope), mod[2])
+
+
+def cross_attn_phase(block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor,
+                     context_img: torch.Tensor | None) -> torch.Tensor:
+    """x + cross_attn(norm3(x)) (no gate); norm3 is an affine LayerNorm (or none)."""
+    from lightx2v_quant import fused
+
+    norm3 = block.norm3
+    if getattr(norm3, "weight", None) is not None:
+        h = fused.layer_norm_modulate(x, norm3.eps, block.run_dtype, weight=norm3.weight, bias=norm3.bias,
+                                      quant=block.prequant[1])
+    else:  # cross_attn_norm=False: no norm before cross-attention
+        h = x
+    return fused.gated_residual(x, block.cross_attn(h, context, context_img))
+
+
+def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:
+    """x + FFN(LN(x) * (1 + scale) + shift) * gate."""
+    from lightx2v_quant import fused
+
+    h = fused.layer_norm_modulate(x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4],
+                                  quant=block.prequant[2])
+    return fused.gated_residual(x, block.ffn(h), mod[5])
+
+
+def qk_norm_rope(attn: WanSelfAttention, x, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """q, k [B, L, D] after their RMSNorm and RoPE, in one pass over each."""
+    from lightx2v_quant import fused
+
+    return fused.qk_norm_rope(attn.q(x), attn.k(x), attn.norm_q.weight, attn.norm_k.weight, rope[0], rope[1],
+                              attn.num_heads, attn.norm_q.eps)

@@ -1,0 +1,44 @@
+"""The DIT's fused path against its official path, run in Triton's CPU interpreter by the tests (a
+subprocess with TRITON_INTERPRET=1) or on CUDA. fp16 on the interpreter (it truncates fp32 -> bf16)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from lightx2v_quant.models.wan import random_dit
+from lightx2v_quant.models.wan.speed import configure_dit
+from lightx2v_quant.quant.apply import prepare_model
+from tests.models.dit_util import inputs, tiny
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: bool = False) -> dict[str, float]:
+    cfg = tiny(i2v=i2v, num_layers=2)
+    model = random_dit(cfg, dtype, device, seed=0, quant=quant)
+    prepare_model(model)
+    inp = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=2).items()}
+    res = {}
+    with torch.no_grad():
+        configure_dit(model, fused=False)
+        ref = model(**inp)
+        rep = configure_dit(model, fused=True, prequant=False)
+        assert rep["fused"] is True
+        res["fused"] = rel(model(**inp), ref)
+        if quant is not None:
+            rep = configure_dit(model, fused=True, prequant=True)
+            assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep
+            res["fused_prequant"] = rel(model(**inp), ref)
+    return res
+
+
+if __name__ == "__main__":
+    out = {f"none:{k}": v for k, v in fused_vs_official("cpu", torch.float16, None).items()}
+    out.update({f"int8:{k}": v for k, v in fused_vs_official("cpu", torch.float16, "int8-torch", i2v=True).items()})
+    print(json.dumps(out))
+    sys.stdout.flush()
