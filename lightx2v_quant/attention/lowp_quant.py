@@ -183,3 +183,20 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: fl
                                          v.stride(2), nsplit, NSPLIT_P2=triton.next_power_of_2(nsplit), D=D,
                                          BLOCK=QBLOCK, num_warps=8)
     return QuantizedQKV(q8, qs, k8, ks, v8, vm, vs)
+
+
+def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
+    ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h", "NSPLIT")}
+    div16 = ["LP", "stride_b", "stride_l", "stride_h"]
+    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "min_ptr": "*fp32", "max_ptr": "*fp32", "out_ptr": "*fp8e4nv",
+           "mean_ptr": "*fp32", "scale_ptr": "*fp32", **ints}
+    yield ("quant_v_128", _quant_v_kernel, sig, {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
+    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
+    yield ("quant_k_128", _quant_k_kernel, sig, {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
+    sig = {"x_ptr": "*bf16", "out_ptr": "*i8", "scale_ptr": "*fp32", "mul": "fp32",
+           **{k: v for k, v in ints.items() if k != "NSPLIT"}}
+    yield ("quant_q_128", _quant_q_kernel, sig, {"D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
+    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "min_ptr": "*fp32", "max_ptr": "*fp32",
+           **{n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")}}
+    yield ("stats_minmax_128", _stats_kernel, sig, {"D": 128, "BLOCK": 64, "MINMAX": True}, {"num_warps": 4},
+           ["stride_b", "stride_l", "stride_h", "ROWS"])

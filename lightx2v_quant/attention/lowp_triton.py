@@ -164,6 +164,18 @@ def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bo
 @torch.library.custom_op("lightx2v_quant::lowp_attention", mutates_args=())
 def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) -> torch.Tensor:
     # a custom op: torch.compile treats it as one opaque call (no tracing into autotuning / TMA descriptors)
+    return _launch(q, k, v, pv_fp8)
+
+
+def lowp_attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool,
+                          config: tuple[int, int, int, int, int]) -> torch.Tensor:
+    """For benchmarks: one pinned (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg) config, no autotuning."""
+    check_inputs(q, k, v)
+    return _launch(q, k, v, pv_fp8, config)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool,
+            config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
     qq = quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
@@ -181,7 +193,15 @@ def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) ->
         vs = vm = qq.q_scale  # unused on this path
     args = (desc_q, qq.q_scale, desc_k, qq.k_scale, desc_v, vs, vm, out, Lq, Lk, lqp, lkp, H,
             out.stride(0), out.stride(1), out.stride(2))
-    if q.is_cuda:
+    if q.is_cuda and config is not None:
+        bm, bn, warps, stages, maxnreg = config
+        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "D": D, "PV_FP8": pv_fp8, "desc_q": desc_q, "desc_k": desc_k,
+                "desc_v": desc_v}
+        _set_block_shapes(meta)
+        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=bm, BLOCK_N=bn,
+                                                      num_warps=warps, num_stages=stages,
+                                                      **({"maxnreg": maxnreg} if maxnreg else {}))
+    elif q.is_cuda:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8)
     else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config

@@ -111,7 +111,9 @@ class WanSelfAttention(nn.Module):
             q = apply_rope(q, *rope).to(self.run_dtype)
             k = apply_rope(k, *rope).to(self.run_dtype)
         v = _heads(self.v(x), self.num_heads)
+        del x  # drop references as soon as possible: at 480p each of these is 0.3 GB
         out = attention(q, k, v.to(self.run_dtype), self.attention_backend)
+        del q, k, v
         return self.o(out.flatten(2))
 
 

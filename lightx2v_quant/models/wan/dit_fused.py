@@ -1,7 +1,8 @@
 """The DIT block's fast path: the same three phases as ``WanAttentionBlock`` with the elementwise work in
 fused Triton kernels (``lightx2v_quant.fused``). Same math in fp32 as the official path (docs/speed.md).
 
-Each phase reads the fp32 residual stream once for its norm and once for its residual add; phases are not
+Each phase reads the fp32 residual stream once for its norm and once for its residual add (the FFN runs
+in chunks of tokens to bound its hidden activations); phases are not
 fused across their boundaries so that phase offload (which moves one phase's weights at a time) still
 holds every weight a phase touches.
 """
@@ -13,6 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightx2v_quant.quant.activation import QuantizedActivation
+
+# Tokens per FFN chunk on the fused path: a 480p Wan-14B FFN hidden is [32760, 13824] (0.9 GB in bf16, more
+# with its GELU output and quantized copy); 8192-token chunks keep GEMMs large and cut that by 4x.
+FFN_CHUNK = 8192
+
 if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
 
@@ -21,9 +28,10 @@ def self_attn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[tor
     """x + self_attn(LN(x) * (1 + scale) + shift) * gate; the norm output may come pre-quantized."""
     from lightx2v_quant import fused
 
-    h = fused.layer_norm_modulate(x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1],
-                                  quant=block.prequant[0])
-    return fused.gated_residual(x, block.self_attn(h, rope), mod[2])
+    # the norm output is passed inline so that self_attn can drop it once q, k, v exist
+    y = block.self_attn(fused.layer_norm_modulate(x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1],
+                                                  quant=block.prequant[0]), rope)
+    return fused.gated_residual(x, y, mod[2])
 
 
 def cross_attn_phase(block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor,
@@ -46,7 +54,20 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
 
     h = fused.layer_norm_modulate(x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4],
                                   quant=block.prequant[2])
-    return fused.gated_residual(x, block.ffn(h), mod[5])
+    tokens = x.shape[1]
+    if tokens <= FFN_CHUNK:
+        y = block.ffn(h)
+    else:  # the [tokens, ffn_dim] hidden (and its GELU / quantized copies) one chunk at a time
+        y = torch.cat([block.ffn(_rows(h, i, FFN_CHUNK)) for i in range(0, tokens, FFN_CHUNK)], dim=1)
+    del h
+    return fused.gated_residual(x, y, mod[5])
+
+
+def _rows(h, start: int, size: int):
+    """Tokens [start, start + size) of a [B, L, D] activation (plain or pre-quantized)."""
+    if isinstance(h, QuantizedActivation):
+        return QuantizedActivation(h.data[:, start:start + size], h.scale[:, start:start + size], h.dtype)
+    return h[:, start:start + size]
 
 
 def qk_norm_rope(attn: WanSelfAttention, x, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -8,6 +8,7 @@ machine (validation calls it), and ``configure_dit(model, ...)`` applies the set
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,11 @@ def configure_dit(model: WanDiT, *, attention: str = "sdpa", cross_attention: st
     if fused is True and why:
         raise ValueError(f"fused=True: {why}")
     use_fused = why is None if fused is None else bool(fused)
+    # import lazily-loaded kernel modules now, outside any torch.compile trace
+    if use_fused:
+        importlib.import_module("lightx2v_quant.fused")
+    if {attention, cross_attention} & {"int8qk-fp8pv", "int8qk"}:
+        importlib.import_module("lightx2v_quant.attention.lowp_triton")
     sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0}
     for block in model.blocks:
         _configure_block(block, use_fused, prequant, sites)
