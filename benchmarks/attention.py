@@ -38,7 +38,8 @@ def _reference(q, k, v) -> torch.Tensor:
     for h in range(0, HEADS, 8):
         sl = slice(h, h + 8)
         o = torch.nn.functional.scaled_dot_product_attention(
-            *(t[:, :, sl].transpose(1, 2).float() for t in (q, k, v)))
+            *(t[:, :, sl].transpose(1, 2).float() for t in (q, k, v))
+        )
         outs.append(o.transpose(1, 2))
     return torch.cat(outs, dim=2)
 
@@ -47,61 +48,96 @@ def _err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref).norm() / ref.norm())
 
 
+def _measure(name: str, fn, ref: torch.Tensor, ops: float, args: argparse.Namespace) -> dict:
+    """Time ``fn`` (median ms) and its error against ``ref``; a config that fails is reported, not fatal."""
+    import triton
+
+    try:
+        out = fn()
+        ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
+    except Exception as exc:
+        return {"backend": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    err = _err(out, ref) if isinstance(out, torch.Tensor) else None
+    return {
+        "backend": name,
+        "ms": round(ms, 3),
+        "tops": round(ops / ms / 1e9, 1),
+        "rel_err": None if err is None else round(err, 5),
+    }
+
+
+def _one_shape(lq: int, lk: int, data: str, landscape: bool, runnable: list[str], args) -> list[dict]:
+    from lightx2v_quant.attention.lowp_quant import quantize_qkv
+    from lightx2v_quant.attention.lowp_triton import CONFIGS, LOG2E, lowp_attention_config
+    from lightx2v_quant.models.wan.attention import get_backend
+
+    q, k, v = _inputs(lq, lk, args.seed, data == "dit-like")
+    ref = _reference(q, k, v)
+    ops = 4 * HEADS * lq * lk * HEAD_DIM
+    cases = [(b, lambda b=b: get_backend(b)(q, k, v)) for b in runnable]
+    if landscape:  # our kernel per tile config: what the autotuner chooses from
+        for pv in (True, False):
+            for cfg in CONFIGS:
+                name = f"{'int8qk-fp8pv' if pv else 'int8qk'} {cfg}"
+                cases.append((name, lambda pv=pv, cfg=cfg: lowp_attention_config(q, k, v, pv, cfg)))
+        cases.append(("quantize q/k/v only (fp8 V)", lambda: quantize_qkv(q, k, v, LOG2E / HEAD_DIM**0.5)))
+    rows = []
+    for name, fn in cases:
+        rows.append(_measure(name, fn, ref, ops, args))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     import triton
 
-    from lightx2v_quant.attention.lowp_quant import quantize_qkv
-    from lightx2v_quant.attention.lowp_triton import CONFIGS, LOG2E, lowp_attention_config
-    from lightx2v_quant.models.wan.attention import backend_problem, backends, get_backend
+    from lightx2v_quant.models.wan.attention import backend_problem, backends
 
     major, minor = torch.cuda.get_device_capability()
     sm = major * 10 + minor
-    rows = []
     skipped = {b: why for b in backends() if (why := backend_problem(b, "cuda", sm))}
     runnable = [b for b in backends() if b not in skipped]
+    rows = []
     for res in args.res:
         for kind, lk in (("self", SHAPES[res]), ("cross", TEXT)):
-            lq = SHAPES[res]
-            ops = 4 * HEADS * lq * lk * HEAD_DIM
             for data in ("random", "dit-like"):
-                q, k, v = _inputs(lq, lk, args.seed, data == "dit-like")
-                ref = _reference(q, k, v)
-                cases = [(b, lambda b=b: get_backend(b)(q, k, v)) for b in runnable]
-                if kind == "self" and data == "random":  # the tile landscape, once per resolution
-                    for pv in (True, False):
-                        for cfg in CONFIGS:
-                            cases.append((f"{'int8qk-fp8pv' if pv else 'int8qk'} {cfg}",
-                                          lambda pv=pv, cfg=cfg: lowp_attention_config(q, k, v, pv, cfg)))
-                    cases.append(("quantize q/k/v only (fp8 V)", lambda: quantize_qkv(q, k, v, LOG2E / 11.3)))
-                for name, fn in cases:
-                    try:
-                        out = fn()
-                        ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
-                        err = _err(out, ref) if isinstance(out, torch.Tensor) else None
-                        rows.append({"res": res, "kind": kind, "data": data, "backend": name, "ms": round(ms, 3),
-                                     "tops": round(ops / ms / 1e9, 1), "rel_err": None if err is None else round(err, 5)})
-                    except Exception as exc:  # a config that fails to compile or launch is reported, not fatal
-                        rows.append({"res": res, "kind": kind, "data": data, "backend": name,
-                                     "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                    print(rows[-1], flush=True)
-                del q, k, v, ref
+                landscape = kind == "self" and data == "random"
+                for row in _one_shape(SHAPES[res], lk, data, landscape, runnable, args):
+                    rows.append({"res": res, "kind": kind, "data": data, **row})
                 torch.cuda.empty_cache()
     props = torch.cuda.get_device_properties(0)
-    return {"benchmark": "attention", "heads": HEADS, "head_dim": HEAD_DIM, "rows": rows, "skipped": skipped,
-            "device": props.name, "capability": f"{major}.{minor}", "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda}
+    return {
+        "benchmark": "attention",
+        "heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "rows": rows,
+        "skipped": skipped,
+        "device": props.name,
+        "capability": f"{major}.{minor}",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Attention at Wan-14B shapes (40 heads x 128), {r['device']}", "",
-             "| res | kind | data | backend | ms | TOPS | rel err vs fp32 |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Attention at Wan-14B shapes (40 heads x 128), {r['device']}",
+        "",
+        "| res | kind | data | backend | ms | TOPS | rel err vs fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
         if "error" in row:
-            lines.append(f"| {row['res']} | {row['kind']} | {row['data']} | {row['backend']} | failed: "
-                         f"{row['error'][:80]} | | |")
+            lines.append(
+                f"| {row['res']} | {row['kind']} | {row['data']} | {row['backend']} | failed: "
+                f"{row['error'][:80]} | | |"
+            )
         else:
-            lines.append(f"| {row['res']} | {row['kind']} | {row['data']} | {row['backend']} | {row['ms']} | "
-                         f"{row['tops']} | {row['rel_err']} |")
+            lines.append(
+                f"| {row['res']} | {row['kind']} | {row['data']} | {row['backend']} | {row['ms']} | "
+                f"{row['tops']} | {row['rel_err']} |"
+            )
     lines += ["", "Not run here: " + ("; ".join(f"{k} ({v})" for k, v in r["skipped"].items()) or "none"), ""]
     return "\n".join(lines)
 

@@ -18,9 +18,17 @@ def diffusers_from_ours(model: WanDiT) -> nn.Module:
     c = model.cfg
     with torch.device("meta"):
         peer = WanTransformer3DModel(
-            patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
-            in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim,
-            ffn_dim=c.ffn_dim, num_layers=c.num_layers, eps=c.eps, image_dim=c.image_dim,
+            patch_size=c.patch_size,
+            num_attention_heads=c.num_heads,
+            attention_head_dim=c.head_dim,
+            in_channels=c.in_dim,
+            out_channels=c.out_dim,
+            text_dim=c.text_dim,
+            freq_dim=c.freq_dim,
+            ffn_dim=c.ffn_dim,
+            num_layers=c.num_layers,
+            eps=c.eps,
+            image_dim=c.image_dim,
             added_kv_proj_dim=c.dim if c.image_dim is not None else None,
         )
     sd = official_state_dict_to_diffusers(model.state_dict())
@@ -39,11 +47,18 @@ def torchao_float8(peer: nn.Module) -> None:
     """torchao float8 dynamic activations + weights, per-row scales, on the linears of the blocks."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    quantize_(peer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn.startswith("blocks."))
+    quantize_(
+        peer,
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn.startswith("blocks."),
+    )
 
 
 def peer_forward(peer: nn.Module, inp: dict) -> torch.Tensor:
-    out = peer(hidden_states=inp["x"].to(torch.bfloat16), timestep=inp["t"],
-               encoder_hidden_states=inp["context"].to(torch.bfloat16), return_dict=False)[0]
+    out = peer(
+        hidden_states=inp["x"].to(torch.bfloat16),
+        timestep=inp["t"],
+        encoder_hidden_states=inp["context"].to(torch.bfloat16),
+        return_dict=False,
+    )[0]
     return out.float()

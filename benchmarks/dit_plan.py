@@ -44,8 +44,15 @@ class Entry:
 
 
 def _ours(name, quant=None, attention="sdpa", fused=True, **kw) -> Entry:
-    return Entry(name, "ours", quant, attention, kw.pop("cross_attention", "sdpa" if attention == LOWP else None),
-                 fused, **kw)
+    return Entry(
+        name,
+        "ours",
+        quant,
+        attention,
+        kw.pop("cross_attention", "sdpa" if attention == LOWP else None),
+        fused,
+        **kw,
+    )
 
 
 def _plan(kind: str) -> list[Entry]:
@@ -69,19 +76,35 @@ def _plan(kind: str) -> list[Entry]:
         *quick[4:],
         _ours(f"ours int8-torch {LOWP} fused", "int8-torch", LOWP),
         replace(ref, name="ours bf16 sdpa (official path) 720p", res="720p", iters=1),
-        _ours(f"ours fp8-torch {LOWP} fused compiled 720p", "fp8-torch", LOWP, compile=True, res="720p", warmup=2,
-              iters=1),
+        _ours(f"ours fp8-torch {LOWP} fused 720p", "fp8-torch", LOWP, res="720p", iters=1),
     ]
     if kind == "default":
         return default
     full = default + [
+        _ours(
+            f"ours fp8-torch {LOWP} fused compiled 720p",
+            "fp8-torch",
+            LOWP,
+            compile=True,
+            res="720p",
+            warmup=2,
+            iters=1,
+        ),
         _ours("ours bf16 sdpa fused compiled", compile=True, warmup=2),
         _ours(f"ours fp8-torch {LOWP} (cross-attention too) fused", "fp8-torch", LOWP, cross_attention=LOWP),
         _ours("ours fp8-torch int8qk fused", "fp8-torch", "int8qk"),
         Entry("diffusers bf16 eager", "diffusers"),
     ]
-    for scheme in ("fp8-triton", "int8-triton", "fp8-vllm", "fp8-sgl", "int8-vllm", "fp8-b128-deepgemm",
-                   "int8-torchao", "fp8-torchao"):
+    for scheme in (
+        "fp8-triton",
+        "int8-triton",
+        "fp8-vllm",
+        "fp8-sgl",
+        "int8-vllm",
+        "fp8-b128-deepgemm",
+        "int8-torchao",
+        "fp8-torchao",
+    ):
         full.append(_ours(f"ours {scheme} {LOWP} fused", scheme, LOWP))
     return full
 
@@ -112,12 +135,16 @@ def quality(out: torch.Tensor, ref: torch.Tensor | None) -> dict[str, Any]:
     peak = float(ref.double().abs().max())
     if mse == 0:
         return {"rel_err": 0.0, "snr_db": None, "psnr_db": None}
-    return {"rel_err": round(err, 6), "snr_db": round(-20 * math.log10(err), 2),
-            "psnr_db": round(10 * math.log10(peak**2 / mse), 2)}
+    return {
+        "rel_err": round(err, 6),
+        "snr_db": round(-20 * math.log10(err), 2),
+        "psnr_db": round(10 * math.log10(peak**2 / mse), 2),
+    }
 
 
-def _time(fn: Callable[[], torch.Tensor], warmup: int, iters: int, cuda: bool
-          ) -> tuple[list[float], float | None, torch.Tensor, float]:
+def _time(
+    fn: Callable[[], torch.Tensor], warmup: int, iters: int, cuda: bool
+) -> tuple[list[float], float | None, torch.Tensor, float]:
     """(times ms, peak GiB over the timed calls or None off CUDA, last output, warm-up seconds)."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
@@ -151,9 +178,20 @@ def _free() -> None:
     torch._dynamo.reset()
 
 
-def run_plan(kind: str, model_name: str, seed: int, out_dir: Path, make_inputs, latent_shape, forward_flops,
-             device_info: dict, only: list[str] | None = None, device: str = "cuda", frames: int = 81,
-             entries: list[Entry] | None = None) -> list[dict]:
+def run_plan(
+    kind: str,
+    model_name: str,
+    seed: int,
+    out_dir: Path,
+    make_inputs,
+    latent_shape,
+    forward_flops,
+    device_info: dict,
+    only: list[str] | None = None,
+    device: str = "cuda",
+    frames: int = 81,
+    entries: list[Entry] | None = None,
+) -> list[dict]:
     """Run plan ``kind`` (or the given ``entries``); JSON to out_dir after every entry; the result rows."""
     from benchmarks.dit_peer import diffusers_from_ours, peer_forward, torchao_float8
 
@@ -167,17 +205,36 @@ def run_plan(kind: str, model_name: str, seed: int, out_dir: Path, make_inputs, 
 
     def record(e: Entry, **fields) -> None:
         results.append({"entry": asdict(e), **fields})
-        (out_dir / f"dit_plan_{kind}.json").write_text(json.dumps(
-            {"plan": kind, "model": model_name, "seed": seed, **device_info, "torch": torch.__version__,
-             "elapsed_s": round(time.perf_counter() - t_start, 1), "results": results}, indent=2))
+        (out_dir / f"dit_plan_{kind}.json").write_text(
+            json.dumps(
+                {
+                    "plan": kind,
+                    "model": model_name,
+                    "seed": seed,
+                    **device_info,
+                    "torch": torch.__version__,
+                    "elapsed_s": round(time.perf_counter() - t_start, 1),
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         r = results[-1]
-        print(f"[{time.perf_counter() - t_start:6.0f}s] {e.name}: " + (
-            f"{r['median_ms']:.0f} ms, peak {r['peak_gib']} GiB, {r.get('psnr_db', '-')} dB PSNR"
-            if "median_ms" in r else f"FAILED {r.get('error', '')[:200]}"), flush=True)
+        print(
+            f"[{time.perf_counter() - t_start:6.0f}s] {e.name}: "
+            + (
+                f"{r['median_ms']:.0f} ms, peak {r['peak_gib']} GiB, {r.get('psnr_db', '-')} dB PSNR"
+                if "median_ms" in r
+                else f"FAILED {r.get('error', '')[:200]}"
+            ),
+            flush=True,
+        )
 
     def inp(res: str) -> dict:
         if res not in inputs:
-            inputs[res] = make_inputs(cfg, latent_shape(res, frames), torch.bfloat16, seed, torch.device(device))
+            inputs[res] = make_inputs(
+                cfg, latent_shape(res, frames), torch.bfloat16, seed, torch.device(device)
+            )
         return inputs[res]
 
     bf16_model = None
@@ -204,8 +261,13 @@ def run_plan(kind: str, model_name: str, seed: int, out_dir: Path, make_inputs, 
             try:
                 x = inp(e.res)
                 if e.impl == "ours":
-                    report = configure_dit(model, attention=e.attention, cross_attention=e.cross_attention,
-                                           fused=e.fused, compile=e.compile)
+                    report = configure_dit(
+                        model,
+                        attention=e.attention,
+                        cross_attention=e.cross_attention,
+                        fused=e.fused,
+                        compile=e.compile,
+                    )
                     with torch.inference_mode():
                         times, peak, out, warm_s = _time(lambda: model(**x), e.warmup, e.iters, cuda)
                     extra = {"speed": report, "kernels": kernels_used(model)}
@@ -222,18 +284,28 @@ def run_plan(kind: str, model_name: str, seed: int, out_dir: Path, make_inputs, 
                     if e.compile:
                         peer.compile_repeated_blocks(fullgraph=True)
                     with torch.inference_mode():
-                        times, peak, out, warm_s = _time(lambda: peer_forward(peer, x), e.warmup, e.iters, cuda)
+                        times, peak, out, warm_s = _time(
+                            lambda: peer_forward(peer, x), e.warmup, e.iters, cuda
+                        )
                     extra = {}
                 if e.reference:
                     refs[e.res] = out.float().clone()
                 med = statistics.median(times)
                 tokens = math.prod(s // p for s, p in zip(latent_shape(e.res, frames), cfg.patch_size))
                 flops = forward_flops(cfg, tokens, cfg.text_len)
-                record(e, median_ms=round(med, 1), times_ms=[round(t, 1) for t in times],
-                       peak_gib=None if peak is None else round(peak, 2),
-                       warmup_s=round(warm_s, 1), build_s=round(build_s, 1), tokens=tokens,
-                       tflops_est=round(flops / med / 1e9, 1), output_finite=bool(torch.isfinite(out).all()),
-                       **quality(out.float(), refs.get(e.res)), **extra)
+                record(
+                    e,
+                    median_ms=round(med, 1),
+                    times_ms=[round(t, 1) for t in times],
+                    peak_gib=None if peak is None else round(peak, 2),
+                    warmup_s=round(warm_s, 1),
+                    build_s=round(build_s, 1),
+                    tokens=tokens,
+                    tflops_est=round(flops / med / 1e9, 1),
+                    output_finite=bool(torch.isfinite(out).all()),
+                    **quality(out.float(), refs.get(e.res)),
+                    **extra,
+                )
             except Exception as exc:
                 record(e, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
             finally:
@@ -244,12 +316,21 @@ def run_plan(kind: str, model_name: str, seed: int, out_dir: Path, make_inputs, 
 
 
 def table(results: list[dict], device: str) -> str:
-    base = {r["entry"]["res"]: r["median_ms"] for r in results if r["entry"]["reference"] and "median_ms" in r}
-    peers = {r["entry"]["impl"]: r["median_ms"] for r in results
-             if r["entry"]["impl"] != "ours" and r["entry"]["compile"] and "median_ms" in r}
-    lines = [f"# Wan2.1-14B DIT, one forward, random weights - {device}", "",
-             "| configuration | res | median ms | x ours bf16 | x diffusers bf16 c. | x diffusers fp8 c. | peak GiB "
-             "| rel err | PSNR dB |", "|---|---|---|---|---|---|---|---|---|"]
+    base = {
+        r["entry"]["res"]: r["median_ms"] for r in results if r["entry"]["reference"] and "median_ms" in r
+    }
+    peers = {
+        r["entry"]["impl"]: r["median_ms"]
+        for r in results
+        if r["entry"]["impl"] != "ours" and r["entry"]["compile"] and "median_ms" in r
+    }
+    lines = [
+        f"# Wan2.1-14B DIT, one forward, random weights - {device}",
+        "",
+        "| configuration | res | median ms | x ours bf16 | x diffusers bf16 c. | x diffusers fp8 c. "
+        "| peak GiB | rel err | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         e = r["entry"]
         if "median_ms" not in r:
@@ -261,10 +342,15 @@ def table(results: list[dict], device: str) -> str:
             return f"{ref / ms:.2f}" if ref else "-"
 
         same_res = e["res"] == "480p"
-        lines.append(f"| {e['name']} | {e['res']} | {ms:.0f} | {ratio(base.get(e['res']))} | "
-                     f"{ratio(peers.get('diffusers')) if same_res else '-'} | "
-                     f"{ratio(peers.get('diffusers-fp8')) if same_res else '-'} | {r['peak_gib']} | "
-                     f"{r.get('rel_err', '-')} | {r.get('psnr_db', '-')} |")
-    lines += ["", "Ratios are speed-ups (reference time / this time). Quality: output vs ours bf16 SDPA official "
-              "path, same input and weights; PSNR peak = max |reference|."]
+        lines.append(
+            f"| {e['name']} | {e['res']} | {ms:.0f} | {ratio(base.get(e['res']))} | "
+            f"{ratio(peers.get('diffusers')) if same_res else '-'} | "
+            f"{ratio(peers.get('diffusers-fp8')) if same_res else '-'} | {r['peak_gib']} | "
+            f"{r.get('rel_err', '-')} | {r.get('psnr_db', '-')} |"
+        )
+    lines += [
+        "",
+        "Ratios are speed-ups (reference time / this time). Quality: output vs ours bf16 SDPA official "
+        "path, same input and weights; PSNR peak = max |reference|.",
+    ]
     return "\n".join(lines) + "\n"

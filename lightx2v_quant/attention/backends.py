@@ -36,8 +36,10 @@ class BackendSpec:
             try:
                 importlib.import_module(self.library)
             except Exception as exc:  # ImportError, or a broken binary raising OSError / RuntimeError
-                return (f"attention backend '{self.name}' needs the Python package '{self.library}', which does "
-                        f"not import here ({exc}); {self.install_hint}")
+                return (
+                    f"attention backend '{self.name}' needs the Python package '{self.library}', which does "
+                    f"not import here ({exc}); {self.install_hint}"
+                )
         return None
 
 
@@ -73,16 +75,49 @@ def _int8qk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 SPECS: tuple[BackendSpec, ...] = (
-    BackendSpec("flash_attn2", _flash2, "flash_attn", 80, None, "pip install flash-attn --no-build-isolation",
-                "FlashAttention-2 (bf16/fp16)"),
-    BackendSpec("flash_attn3", _flash3, "flash_attn_interface", 90, 90,
-                "build FlashAttention-3 from flash-attention/hopper (python setup.py install)",
-                "FlashAttention-3 for Hopper (bf16/fp16)"),
-    BackendSpec("sage_attn2", _sage2, "sageattention", 80, None,
-                "pip install sageattention==2.2.0 --no-build-isolation (CUDA build)",
-                "SageAttention 2 (int8 Q.K, fp8 P.V; CUDA kernels)"),
-    BackendSpec("int8qk-fp8pv", _int8qk_fp8pv, "triton", 89, None, "pip install triton",
-                "ours, Triton: int8 Q.K (K smoothing), fp8 P.V (V smoothing)"),
-    BackendSpec("int8qk", _int8qk, "triton", 80, None, "pip install triton",
-                "ours, Triton: int8 Q.K (K smoothing), P.V in bf16 / fp16"),
+    BackendSpec(
+        "flash_attn2",
+        _flash2,
+        "flash_attn",
+        80,
+        None,
+        "pip install flash-attn --no-build-isolation",
+        "FlashAttention-2 (bf16/fp16)",
+    ),
+    BackendSpec(
+        "flash_attn3",
+        _flash3,
+        "flash_attn_interface",
+        90,
+        90,
+        "build FlashAttention-3 from flash-attention/hopper (python setup.py install)",
+        "FlashAttention-3 for Hopper (bf16/fp16)",
+    ),
+    BackendSpec(
+        "sage_attn2",
+        _sage2,
+        "sageattention",
+        80,
+        None,
+        "pip install sageattention==2.2.0 --no-build-isolation (CUDA build)",
+        "SageAttention 2 (int8 Q.K, fp8 P.V; CUDA kernels)",
+    ),
+    BackendSpec(
+        "int8qk-fp8pv",
+        _int8qk_fp8pv,
+        "triton",
+        89,
+        None,
+        "pip install triton",
+        "ours, Triton: int8 Q.K (K smoothing), fp8 P.V (V smoothing)",
+    ),
+    BackendSpec(
+        "int8qk",
+        _int8qk,
+        "triton",
+        80,
+        None,
+        "pip install triton",
+        "ours, Triton: int8 Q.K (K smoothing), P.V in bf16 / fp16",
+    ),
 )

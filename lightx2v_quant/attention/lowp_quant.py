@@ -28,8 +28,21 @@ def _load_tile(x_ptr, b, h, rows, L, stride_b, stride_l, stride_h, D: tl.constex
 
 
 @triton.jit
-def _stats_kernel(x_ptr, sum_ptr, min_ptr, max_ptr, L, H, stride_b, stride_l, stride_h, ROWS,
-                  D: tl.constexpr, BLOCK: tl.constexpr, MINMAX: tl.constexpr):
+def _stats_kernel(
+    x_ptr,
+    sum_ptr,
+    min_ptr,
+    max_ptr,
+    L,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    ROWS,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    MINMAX: tl.constexpr,
+):
     """Partial per-channel sum (and min / max) over ROWS tokens of one (batch, head): [BH, NSPLIT, D]."""
     split = tl.program_id(0)
     bh = tl.program_id(1)
@@ -64,8 +77,20 @@ def _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2: tl.constexpr, D: tl.constex
 
 
 @triton.jit
-def _quant_q_kernel(x_ptr, out_ptr, scale_ptr, L, LP, H, stride_b, stride_l, stride_h, mul,
-                    D: tl.constexpr, BLOCK: tl.constexpr):
+def _quant_q_kernel(
+    x_ptr,
+    out_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    mul,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """int8 Q with one scale per token; ``mul`` (softmax scale * log2 e) is folded in first."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -80,8 +105,22 @@ def _quant_q_kernel(x_ptr, out_ptr, scale_ptr, L, LP, H, stride_b, stride_l, str
 
 
 @triton.jit
-def _quant_k_kernel(x_ptr, sum_ptr, out_ptr, scale_ptr, L, LP, H, stride_b, stride_l, stride_h, NSPLIT,
-                    NSPLIT_P2: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+def _quant_k_kernel(
+    x_ptr,
+    sum_ptr,
+    out_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    NSPLIT,
+    NSPLIT_P2: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """int8 (K - channel mean of K) with one scale per block of BLOCK keys."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -97,9 +136,25 @@ def _quant_k_kernel(x_ptr, sum_ptr, out_ptr, scale_ptr, L, LP, H, stride_b, stri
 
 
 @triton.jit
-def _quant_v_kernel(x_ptr, sum_ptr, min_ptr, max_ptr, out_ptr, mean_ptr, scale_ptr, L, LP, H,
-                    stride_b, stride_l, stride_h, NSPLIT, NSPLIT_P2: tl.constexpr, D: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _quant_v_kernel(
+    x_ptr,
+    sum_ptr,
+    min_ptr,
+    max_ptr,
+    out_ptr,
+    mean_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    NSPLIT,
+    NSPLIT_P2: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """fp8 (V - channel mean) / channel scale, stored transposed [BH, D, LP]; program 0 of each
     (batch, head) also writes the mean and scale for the attention epilogue."""
     pid = tl.program_id(0)
@@ -147,15 +202,32 @@ def _splits(length: int, bh: int) -> tuple[int, int]:
 def _stats(x: torch.Tensor, minmax: bool) -> tuple[torch.Tensor, ...]:
     B, L, H, D = x.shape
     rows, nsplit = _splits(L, B * H)
-    parts = [torch.empty(B * H, nsplit, D, device=x.device, dtype=torch.float32) for _ in range(3 if minmax else 1)]
+    parts = [
+        torch.empty(B * H, nsplit, D, device=x.device, dtype=torch.float32) for _ in range(3 if minmax else 1)
+    ]
     lo, hi = (parts[1], parts[2]) if minmax else (parts[0], parts[0])
-    _stats_kernel[(nsplit, B * H)](x, parts[0], lo, hi, L, H, x.stride(0), x.stride(1), x.stride(2), rows,
-                                   D=D, BLOCK=64, MINMAX=minmax, num_warps=4)
+    _stats_kernel[(nsplit, B * H)](
+        x,
+        parts[0],
+        lo,
+        hi,
+        L,
+        H,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        rows,
+        D=D,
+        BLOCK=64,
+        MINMAX=minmax,
+        num_warps=4,
+    )
     return (nsplit, *parts)
 
 
-def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
-                 pv_fp8: bool = True) -> QuantizedQKV:
+def quantize_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, pv_fp8: bool = True
+) -> QuantizedQKV:
     """[B, L, H, D] q / k / v (any strides with a contiguous head dim) -> QuantizedQKV.
 
     ``sm_scale`` multiplies the logits in log2 units (1/sqrt(D) * log2(e) for softmax attention).
@@ -166,37 +238,108 @@ def quantize_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: fl
     lqp, lkp = triton.cdiv(Lq, QBLOCK) * QBLOCK, triton.cdiv(Lk, QBLOCK) * QBLOCK
     q8 = torch.empty(bh, lqp, D, device=dev, dtype=torch.int8)
     qs = torch.empty(bh, lqp, device=dev, dtype=torch.float32)
-    _quant_q_kernel[(lqp // QBLOCK, bh)](q, q8, qs, Lq, lqp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale,
-                                         D=D, BLOCK=QBLOCK, num_warps=8)
+    _quant_q_kernel[(lqp // QBLOCK, bh)](
+        q, q8, qs, Lq, lqp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale, D=D, BLOCK=QBLOCK, num_warps=8
+    )
     nsplit, ksum = _stats(k, minmax=False)
     k8 = torch.empty(bh, lkp, D, device=dev, dtype=torch.int8)
     ks = torch.empty(bh, lkp // QBLOCK, device=dev, dtype=torch.float32)
-    _quant_k_kernel[(lkp // QBLOCK, bh)](k, ksum, k8, ks, Lk, lkp, H, k.stride(0), k.stride(1), k.stride(2), nsplit,
-                                         NSPLIT_P2=triton.next_power_of_2(nsplit), D=D, BLOCK=QBLOCK, num_warps=8)
+    _quant_k_kernel[(lkp // QBLOCK, bh)](
+        k,
+        ksum,
+        k8,
+        ks,
+        Lk,
+        lkp,
+        H,
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        nsplit,
+        NSPLIT_P2=triton.next_power_of_2(nsplit),
+        D=D,
+        BLOCK=QBLOCK,
+        num_warps=8,
+    )
     if not pv_fp8:
         return QuantizedQKV(q8, qs, k8, ks, None, None, None)
     nsplit, vsum, vmin, vmax = _stats(v, minmax=True)
     v8 = torch.empty(bh, D, lkp, device=dev, dtype=torch.float8_e4m3fn)
     vm = torch.empty(bh, D, device=dev, dtype=torch.float32)
     vs = torch.empty(bh, D, device=dev, dtype=torch.float32)
-    _quant_v_kernel[(lkp // QBLOCK, bh)](v, vsum, vmin, vmax, v8, vm, vs, Lk, lkp, H, v.stride(0), v.stride(1),
-                                         v.stride(2), nsplit, NSPLIT_P2=triton.next_power_of_2(nsplit), D=D,
-                                         BLOCK=QBLOCK, num_warps=8)
+    _quant_v_kernel[(lkp // QBLOCK, bh)](
+        v,
+        vsum,
+        vmin,
+        vmax,
+        v8,
+        vm,
+        vs,
+        Lk,
+        lkp,
+        H,
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        nsplit,
+        NSPLIT_P2=triton.next_power_of_2(nsplit),
+        D=D,
+        BLOCK=QBLOCK,
+        num_warps=8,
+    )
     return QuantizedQKV(q8, qs, k8, ks, v8, vm, vs)
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
     ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h", "NSPLIT")}
     div16 = ["LP", "stride_b", "stride_l", "stride_h"]
-    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "min_ptr": "*fp32", "max_ptr": "*fp32", "out_ptr": "*fp8e4nv",
-           "mean_ptr": "*fp32", "scale_ptr": "*fp32", **ints}
-    yield ("quant_v_128", _quant_v_kernel, sig, {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
+    sig = {
+        "x_ptr": "*bf16",
+        "sum_ptr": "*fp32",
+        "min_ptr": "*fp32",
+        "max_ptr": "*fp32",
+        "out_ptr": "*fp8e4nv",
+        "mean_ptr": "*fp32",
+        "scale_ptr": "*fp32",
+        **ints,
+    }
+    yield (
+        "quant_v_128",
+        _quant_v_kernel,
+        sig,
+        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
+        {"num_warps": 8},
+        div16,
+    )
     sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
-    yield ("quant_k_128", _quant_k_kernel, sig, {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
-    sig = {"x_ptr": "*bf16", "out_ptr": "*i8", "scale_ptr": "*fp32", "mul": "fp32",
-           **{k: v for k, v in ints.items() if k != "NSPLIT"}}
+    yield (
+        "quant_k_128",
+        _quant_k_kernel,
+        sig,
+        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
+        {"num_warps": 8},
+        div16,
+    )
+    sig = {
+        "x_ptr": "*bf16",
+        "out_ptr": "*i8",
+        "scale_ptr": "*fp32",
+        "mul": "fp32",
+        **{k: v for k, v in ints.items() if k != "NSPLIT"},
+    }
     yield ("quant_q_128", _quant_q_kernel, sig, {"D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
-    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "min_ptr": "*fp32", "max_ptr": "*fp32",
-           **{n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")}}
-    yield ("stats_minmax_128", _stats_kernel, sig, {"D": 128, "BLOCK": 64, "MINMAX": True}, {"num_warps": 4},
-           ["stride_b", "stride_l", "stride_h", "ROWS"])
+    sig = {
+        "x_ptr": "*bf16",
+        "sum_ptr": "*fp32",
+        "min_ptr": "*fp32",
+        "max_ptr": "*fp32",
+        **{n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")},
+    }
+    yield (
+        "stats_minmax_128",
+        _stats_kernel,
+        sig,
+        {"D": 128, "BLOCK": 64, "MINMAX": True},
+        {"num_warps": 4},
+        ["stride_b", "stride_l", "stride_h", "ROWS"],
+    )

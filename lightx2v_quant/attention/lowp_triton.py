@@ -26,7 +26,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.attention.lowp_quant import QBLOCK, quantize_qkv
@@ -39,8 +38,23 @@ MASKED_LOGIT = tl.constexpr(-4194304)  # -2^22: below any int8 x int8 x 128 dot 
 
 
 @triton.jit
-def _softmax_pv(acc, m_i, l_i, s, q_sc, ks_ptr, desc_v, v_row, v_col, start, L_K,
-                QB: tl.constexpr, PV_FP8: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+def _softmax_pv(
+    acc,
+    m_i,
+    l_i,
+    s,
+    q_sc,
+    ks_ptr,
+    desc_v,
+    v_row,
+    v_col,
+    start,
+    L_K,
+    QB: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """Online-softmax update of (acc, m_i, l_i) with the int32 logits ``s`` of the key block at ``start``."""
     sc = q_sc * tl.load(ks_ptr + start // QB)  # [BM]: log2 units per integer unit
     if MASKED:
@@ -67,9 +81,27 @@ def _softmax_pv(acc, m_i, l_i, s, q_sc, ks_ptr, desc_v, v_row, v_col, start, L_K
 
 @triton.jit
 def _attn_fwd_kernel(
-    desc_q, qs_ptr, desc_k, ks_ptr, desc_v, vs_ptr, vm_ptr, o_ptr,
-    L_Q, L_K, LQP, LKP, H, stride_ob, stride_ol, stride_oh,
-    D: tl.constexpr, QB: tl.constexpr, PV_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    desc_q,
+    qs_ptr,
+    desc_k,
+    ks_ptr,
+    desc_v,
+    vs_ptr,
+    vm_ptr,
+    o_ptr,
+    L_Q,
+    L_K,
+    LQP,
+    LKP,
+    H,
+    stride_ob,
+    stride_ol,
+    stride_oh,
+    D: tl.constexpr,
+    QB: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -93,12 +125,42 @@ def _attn_fwd_kernel(
     n_full = L_K // BLOCK_N
     for j in range(0, n_full):
         s = tl.dot(q, desc_k.load([k_row + j * BLOCK_N, 0]).T)  # int32 [BM, BN], exact
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, q_sc, ks_base, desc_v, v_row, v_col, j * BLOCK_N, L_K,
-                                    QB, PV_FP8, BLOCK_N, False)
+        acc, m_i, l_i = _softmax_pv(
+            acc,
+            m_i,
+            l_i,
+            s,
+            q_sc,
+            ks_base,
+            desc_v,
+            v_row,
+            v_col,
+            j * BLOCK_N,
+            L_K,
+            QB,
+            PV_FP8,
+            BLOCK_N,
+            False,
+        )
     if n_full * BLOCK_N < L_K:  # ragged last block: the only one with masks
         s = tl.dot(q, desc_k.load([k_row + n_full * BLOCK_N, 0]).T)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, q_sc, ks_base, desc_v, v_row, v_col, n_full * BLOCK_N, L_K,
-                                    QB, PV_FP8, BLOCK_N, True)
+        acc, m_i, l_i = _softmax_pv(
+            acc,
+            m_i,
+            l_i,
+            s,
+            q_sc,
+            ks_base,
+            desc_v,
+            v_row,
+            v_col,
+            n_full * BLOCK_N,
+            L_K,
+            QB,
+            PV_FP8,
+            BLOCK_N,
+            True,
+        )
 
     out = acc / l_i[:, None]
     offs_d = tl.arange(0, D)
@@ -113,8 +175,14 @@ def _attn_fwd_kernel(
 # another (Triton does not warp-specialize this loop on Hopper). From ptxas for sm_90a (Triton 3.6,
 # benchmarks/triton_sass.py): 128x64/8 warps fits 128 registers without spills -> 2 programs (16 warps)
 # per SM; 64x128/4 warps at 168 -> 3 per SM; BLOCK_N=128 does not fit 128 registers (spills).
-CONFIGS = [(128, 64, 8, 3, 128), (128, 64, 8, 2, 128), (64, 128, 4, 2, 168), (64, 128, 4, 3, 0),
-           (64, 64, 4, 3, 128), (128, 128, 8, 2, 0)]
+CONFIGS = [
+    (128, 64, 8, 3, 128),
+    (128, 64, 8, 2, 128),
+    (64, 128, 4, 2, 168),
+    (64, 128, 4, 3, 0),
+    (64, 64, 4, 3, 128),
+    (128, 128, 8, 2, 0),
+]
 _ENV_CONFIG = "LIGHTX2V_QUANT_ATTN_CONFIG"  # "BM,BN,warps,stages,maxnreg": pin one config, skip autotuning
 
 
@@ -129,8 +197,16 @@ def _set_block_shapes(nargs: dict) -> None:
 def _configs() -> list[triton.Config]:
     pinned = os.environ.get(_ENV_CONFIG)
     chosen = [tuple(int(v) for v in pinned.split(","))] if pinned else CONFIGS
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, maxnreg=r or None,
-                          pre_hook=_set_block_shapes) for bm, bn, w, s, r in chosen]
+    return [
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn},
+            num_warps=w,
+            num_stages=s,
+            maxnreg=r or None,
+            pre_hook=_set_block_shapes,
+        )
+        for bm, bn, w, s, r in chosen
+    ]
 
 
 _attn_fwd = triton.autotune(configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8"])(_attn_fwd_kernel)
@@ -138,14 +214,24 @@ _attn_fwd = triton.autotune(configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8"
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """One clear error for shapes / dtypes the kernel does not take."""
-    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"low-precision attention wants q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q "
-                         f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    if (
+        q.dim() != 4
+        or k.shape != v.shape
+        or k.dim() != 4
+        or q.shape[0] != k.shape[0]
+        or q.shape[2:] != k.shape[2:]
+    ):
+        raise ValueError(
+            f"low-precision attention wants q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q "
+            f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
+        )
     if q.shape[-1] not in (64, 128):
         raise ValueError(f"low-precision attention supports head_dim 64 or 128, got {q.shape[-1]}")
     if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"low-precision attention takes bf16 or fp16 q, k, v of one dtype; got {q.dtype}, "
-                         f"{k.dtype}, {v.dtype}")
+        raise ValueError(
+            f"low-precision attention takes bf16 or fp16 q, k, v of one dtype; got {q.dtype}, "
+            f"{k.dtype}, {v.dtype}"
+        )
     if any(t.stride(-1) != 1 for t in (q, k, v)):
         raise ValueError("low-precision attention needs a contiguous head dim (stride(-1) == 1)")
     if k.shape[1] == 0 or q.shape[1] == 0:
@@ -167,15 +253,21 @@ def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) ->
     return _launch(q, k, v, pv_fp8)
 
 
-def lowp_attention_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool,
-                          config: tuple[int, int, int, int, int]) -> torch.Tensor:
+def lowp_attention_config(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool, config: tuple[int, int, int, int, int]
+) -> torch.Tensor:
     """For benchmarks: one pinned (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg) config, no autotuning."""
     check_inputs(q, k, v)
     return _launch(q, k, v, pv_fp8, config)
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool,
-            config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pv_fp8: bool,
+    config: tuple[int, int, int, int, int] | None = None,
+) -> torch.Tensor:
     B, Lq, H, D = q.shape
     Lk = k.shape[1]
     qq = quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
@@ -191,21 +283,54 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool,
         v2 = v.reshape(B * Lk, H * D)  # a view for the DIT's [B, L, H*D] projections, else one copy
         desc_v = TensorDescriptor.from_tensor(v2, [64, D])
         vs = vm = qq.q_scale  # unused on this path
-    args = (desc_q, qq.q_scale, desc_k, qq.k_scale, desc_v, vs, vm, out, Lq, Lk, lqp, lkp, H,
-            out.stride(0), out.stride(1), out.stride(2))
+    args = (
+        desc_q,
+        qq.q_scale,
+        desc_k,
+        qq.k_scale,
+        desc_v,
+        vs,
+        vm,
+        out,
+        Lq,
+        Lk,
+        lqp,
+        lkp,
+        H,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+    )
     if q.is_cuda and config is not None:
         bm, bn, warps, stages, maxnreg = config
-        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "D": D, "PV_FP8": pv_fp8, "desc_q": desc_q, "desc_k": desc_k,
-                "desc_v": desc_v}
+        meta = {
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "D": D,
+            "PV_FP8": pv_fp8,
+            "desc_q": desc_q,
+            "desc_k": desc_k,
+            "desc_v": desc_v,
+        }
         _set_block_shapes(meta)
-        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=bm, BLOCK_N=bn,
-                                                      num_warps=warps, num_stages=stages,
-                                                      **({"maxnreg": maxnreg} if maxnreg else {}))
+        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](
+            *args,
+            D=D,
+            QB=QBLOCK,
+            PV_FP8=pv_fp8,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            num_warps=warps,
+            num_stages=stages,
+            **({"maxnreg": maxnreg} if maxnreg else {}),
+        )
     elif q.is_cuda:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8)
     else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
-        _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64)
+        _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](
+            *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64
+        )
     return out
 
 

@@ -27,9 +27,26 @@ ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (x + M) - M rounds to near
 
 @triton.jit
 def _norm_kernel(
-    x_ptr, out_ptr, qscale_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr,
-    L, D, stride_xb, stride_xl, stride_mb, stride_ml, stride_ob, stride_ol, eps,
-    BLOCK_D: tl.constexpr, AFFINE: tl.constexpr, MODULATE: tl.constexpr, QUANT: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    qscale_ptr,
+    shift_ptr,
+    scale_ptr,
+    w_ptr,
+    b_ptr,
+    L,
+    D,
+    stride_xb,
+    stride_xl,
+    stride_mb,
+    stride_ml,
+    stride_ob,
+    stride_ol,
+    eps,
+    BLOCK_D: tl.constexpr,
+    AFFINE: tl.constexpr,
+    MODULATE: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
     """One token (row) per program: LN in fp32, optional affine, optional (1 + scale) / shift, then the
     run dtype (QUANT=0), or fp8 (1) / int8 (2) with one scale per token."""
@@ -69,8 +86,24 @@ def _norm_kernel(
 
 
 @triton.jit
-def _gated_residual_kernel(x_ptr, y_ptr, gate_ptr, out_ptr, L, D, stride_xb, stride_xl, stride_yb, stride_yl,
-                           stride_gb, stride_gl, stride_ob, stride_ol, BLOCK_D: tl.constexpr, GATE: tl.constexpr):
+def _gated_residual_kernel(
+    x_ptr,
+    y_ptr,
+    gate_ptr,
+    out_ptr,
+    L,
+    D,
+    stride_xb,
+    stride_xl,
+    stride_yb,
+    stride_yl,
+    stride_gb,
+    stride_gl,
+    stride_ob,
+    stride_ol,
+    BLOCK_D: tl.constexpr,
+    GATE: tl.constexpr,
+):
     """out = x + y * gate in fp32 (gate omitted: out = x + y), one token per program."""
     row = tl.program_id(0)
     b = row // L
@@ -94,16 +127,24 @@ def _warps(block: int) -> int:
 def _mod_strides(m: torch.Tensor, batch: int, tokens: int) -> tuple[int, int]:
     """Strides of a modulation tensor [B or 1, Lt, D] with Lt = 1 (broadcast over tokens) or L."""
     if m.dim() != 3 or m.shape[1] not in (1, tokens) or m.shape[0] not in (1, batch) or m.stride(-1) != 1:
-        raise ValueError(f"modulation tensors must be [B, 1 or L, D] with a contiguous last dim, got "
-                         f"{list(m.shape)} strides {m.stride()} for B={batch}, L={tokens}")
+        raise ValueError(
+            f"modulation tensors must be [B, 1 or L, D] with a contiguous last dim, got "
+            f"{list(m.shape)} strides {m.stride()} for B={batch}, L={tokens}"
+        )
     if m.dtype != torch.float32:
         raise ValueError(f"modulation tensors are fp32 (the official precision), got {m.dtype}")
     return (m.stride(0) if m.shape[0] > 1 else 0), (m.stride(1) if m.shape[1] > 1 else 0)
 
 
 def layer_norm_modulate(
-    x: torch.Tensor, eps: float, out_dtype: torch.dtype, *, weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+    x: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
     quant: str | None = None,
 ) -> torch.Tensor | QuantizedActivation:
     """Triton: ``LN(x) [* weight + bias] [* (1 + scale) + shift]`` over the last dim of x [B, L, D], in fp32,
@@ -122,9 +163,16 @@ def layer_norm_modulate(
 
 
 @torch.library.custom_op("lightx2v_quant::layer_norm_modulate", mutates_args=())
-def _ln_op(x: torch.Tensor, eps: float, out_dtype: torch.dtype, weight: torch.Tensor | None,
-           bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
-           quant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _ln_op(
+    x: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    shift: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    quant: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     # a custom op: opaque to torch.compile (no graph break, no tracing into the launch)
     B, L, D = x.shape
     modulate, affine = shift is not None, weight is not None
@@ -134,10 +182,27 @@ def _ln_op(x: torch.Tensor, eps: float, out_dtype: torch.dtype, weight: torch.Te
     block = triton.next_power_of_2(D)
     dummy = x  # pointer arguments a flag turns off are never read
     _norm_kernel[(B * L,)](
-        x, out, qscale if quant else dummy, shift if modulate else dummy, scale if modulate else dummy,
-        weight if affine else dummy, bias if affine else dummy,
-        L, D, x.stride(0), x.stride(1), smb, sml, out.stride(0), out.stride(1), eps,
-        BLOCK_D=block, AFFINE=affine, MODULATE=modulate, QUANT=QUANT_CODES[quant or None], num_warps=_warps(block),
+        x,
+        out,
+        qscale if quant else dummy,
+        shift if modulate else dummy,
+        scale if modulate else dummy,
+        weight if affine else dummy,
+        bias if affine else dummy,
+        L,
+        D,
+        x.stride(0),
+        x.stride(1),
+        smb,
+        sml,
+        out.stride(0),
+        out.stride(1),
+        eps,
+        BLOCK_D=block,
+        AFFINE=affine,
+        MODULATE=modulate,
+        QUANT=QUANT_CODES[quant or None],
+        num_warps=_warps(block),
     )
     return out, qscale
 
@@ -154,8 +219,14 @@ def _out_dtype(out_dtype: torch.dtype, quant: str) -> torch.dtype:
 
 
 def layer_norm_modulate_reference(
-    x: torch.Tensor, eps: float, out_dtype: torch.dtype, *, weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+    x: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype,
+    *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
     quant: str | None = None,
 ) -> torch.Tensor | QuantizedActivation:
     """The official numerics with PyTorch ops (what the unfused DIT block computes)."""
@@ -175,8 +246,10 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
     """Triton: fp32 ``x + y * gate`` (or ``x + y``) for x, y [B, L, D] and gate [B, 1 or L, D] fp32."""
     B, L, D = x.shape
     if y.shape != x.shape or x.stride(-1) != 1 or y.stride(-1) != 1:
-        raise ValueError(f"gated_residual wants x and y of one shape with a contiguous last dim, got "
-                         f"{list(x.shape)} and {list(y.shape)}")
+        raise ValueError(
+            f"gated_residual wants x and y of one shape with a contiguous last dim, got "
+            f"{list(x.shape)} and {list(y.shape)}"
+        )
     if gate is not None:
         _mod_strides(gate, B, L)
     return _gated_residual_op(x, y, gate)
@@ -189,8 +262,23 @@ def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | No
     out = torch.empty(B, L, D, device=x.device, dtype=torch.float32)
     block = triton.next_power_of_2(D)
     _gated_residual_kernel[(B * L,)](
-        x, y, gate if gate is not None else x, out, L, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-        sgb, sgl, out.stride(0), out.stride(1), BLOCK_D=block, GATE=gate is not None, num_warps=_warps(block),
+        x,
+        y,
+        gate if gate is not None else x,
+        out,
+        L,
+        D,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        sgb,
+        sgl,
+        out.stride(0),
+        out.stride(1),
+        BLOCK_D=block,
+        GATE=gate is not None,
+        num_warps=_warps(block),
     )
     return out
 
@@ -200,14 +288,27 @@ def _(x, y, gate):
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
-def gated_residual_reference(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+def gated_residual_reference(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None
+) -> torch.Tensor:
     return x + y * gate if gate is not None else x + y
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
-    sig = {"x_ptr": "*fp32", "out_ptr": "*fp8e4nv", "qscale_ptr": "*fp32", "shift_ptr": "*fp32",
-           "scale_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32", **{n: "i32" for n in (
-               "L", "D", "stride_xb", "stride_xl", "stride_mb", "stride_ml", "stride_ob", "stride_ol")}, "eps": "fp32"}
+    sig = {
+        "x_ptr": "*fp32",
+        "out_ptr": "*fp8e4nv",
+        "qscale_ptr": "*fp32",
+        "shift_ptr": "*fp32",
+        "scale_ptr": "*fp32",
+        "w_ptr": "*fp32",
+        "b_ptr": "*fp32",
+        **{
+            n: "i32"
+            for n in ("L", "D", "stride_xb", "stride_xl", "stride_mb", "stride_ml", "stride_ob", "stride_ol")
+        },
+        "eps": "fp32",
+    }
     div16 = ["D", "stride_xb", "stride_xl", "stride_mb", "stride_ob", "stride_ol"]
     for quant, out in ((0, "*bf16"), (1, "*fp8e4nv"), (2, "*i8")):
         const = {"BLOCK_D": 8192, "AFFINE": False, "MODULATE": True, "QUANT": quant}

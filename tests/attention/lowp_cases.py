@@ -113,7 +113,9 @@ def quant_cases(device: str, dtype: torch.dtype, shape) -> dict[str, float]:
         "ks_rel": rel_err(qq.k_scale.cpu().view(b, h, -1), r["ks"].transpose(1, 2)),
         "v_rel": rel_err(vdq, vref),
         "v_mismatch": float((v8[:, :lk].double() != r["v8"]).double().mean()),
-        "pad_nonzero": float(q8[:, lq:].abs().sum() + k8[:, lk:].abs().sum() + v8[:, lk:].float().abs().sum()),
+        "pad_nonzero": float(
+            q8[:, lq:].abs().sum() + k8[:, lk:].abs().sum() + v8[:, lk:].float().abs().sum()
+        ),
     }
 
 
@@ -122,6 +124,8 @@ INTERP_SHAPES = [(1, 200, 200, 2, 64), (2, 130, 70, 1, 128), (1, 64, 40, 1, 128)
 
 if __name__ == "__main__":
     res = attention_cases("cpu", torch.float16, INTERP_SHAPES)
-    res.update({f"quant:{k}": val for k, val in quant_cases("cpu", torch.float16, (2, 150, 300, 2, 64)).items()})
+    res.update(
+        {f"quant:{k}": val for k, val in quant_cases("cpu", torch.float16, (2, 150, 300, 2, 64)).items()}
+    )
     print(json.dumps(res))
     sys.stdout.flush()

@@ -45,8 +45,14 @@ def _check_quant(res: dict[str, float], bars: dict[str, float]) -> None:
 
 def test_lowp_attention_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("lowp_cases.py"))], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("lowp_cases.py"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     _check_attention({k: v for k, v in res.items() if not k.startswith("quant:")}, INTERP)
@@ -69,7 +75,9 @@ def test_lowp_attention_cuda_matches_sdpa_on_dit_like_shape():
     from tests.attention.lowp_cases import rel_err
 
     gen = torch.Generator("cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, 32760, 2, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (
+        torch.randn(1, 32760, 2, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3)
+    )
     ref = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2).float() for t in (q, k, v)))
     ref = ref.transpose(1, 2)
     assert rel_err(lowp_attention(q, k, v, pv_fp8=False).float(), ref) < 0.03

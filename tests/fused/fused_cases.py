@@ -44,13 +44,22 @@ def norm_cases(device: str, dtype: torch.dtype, B: int, L: int, D: int, Lt: int)
         res[f"q{quant}_mismatch"] = _mismatch(out.data, ref.data)
         res[f"q{quant}_deq_err"] = _err(out.dequantize().float(), ref.dequantize().float())
     x16 = x.to(dtype)  # block 0: the residual stream is still in the run dtype
-    res["res_gate_err"] = _err(fused.gated_residual(x16, y, gate), fused.gated_residual_reference(x16, y, gate))
+    res["res_gate_err"] = _err(
+        fused.gated_residual(x16, y, gate), fused.gated_residual_reference(x16, y, gate)
+    )
     res["res_plain_err"] = _err(fused.gated_residual(x, y), fused.gated_residual_reference(x, y))
     return res
 
 
-def rope_cases(device: str, dtype: torch.dtype, B: int, grid: tuple[int, int, int], heads: int, hd: int,
-               w_dtype: torch.dtype) -> dict[str, float]:
+def rope_cases(
+    device: str,
+    dtype: torch.dtype,
+    B: int,
+    grid: tuple[int, int, int],
+    heads: int,
+    hd: int,
+    w_dtype: torch.dtype,
+) -> dict[str, float]:
     g = torch.Generator().manual_seed(1)
     L, D = grid[0] * grid[1] * grid[2], heads * hd
     q = (torch.randn(B, L, D, generator=g) * 2).to(dtype).to(device)
@@ -60,8 +69,12 @@ def rope_cases(device: str, dtype: torch.dtype, B: int, grid: tuple[int, int, in
     cos, sin = rope_tables(grid, hd, device, torch.float32)
     qo, ko = fused.qk_norm_rope(q, k, wq, wk, cos, sin, heads, 1e-6)
     qr, kr = fused.qk_norm_rope_reference(q, k, wq, wk, cos, sin, heads, 1e-6)
-    return {"q_err": _err(qo, qr), "k_err": _err(ko, kr), "q_mismatch": _mismatch(qo, qr),
-            "k_mismatch": _mismatch(ko, kr)}
+    return {
+        "q_err": _err(qo, qr),
+        "k_err": _err(ko, kr),
+        "q_mismatch": _mismatch(qo, qr),
+        "k_mismatch": _mismatch(ko, kr),
+    }
 
 
 if __name__ == "__main__":
@@ -69,9 +82,17 @@ if __name__ == "__main__":
     # power of two, per-sample and per-token modulation, weights in the run dtype and in fp32
     out = {f"norm1:{k}": v for k, v in norm_cases("cpu", torch.float16, 2, 9, 320, 1).items()}
     out.update({f"norm2:{k}": v for k, v in norm_cases("cpu", torch.float16, 1, 7, 256, 7).items()})
-    out.update({f"rope1:{k}": v for k, v in rope_cases("cpu", torch.float16, 2, (2, 3, 2), 3, 64,
-                                                         torch.float16).items()})
-    out.update({f"rope2:{k}": v for k, v in rope_cases("cpu", torch.float16, 1, (1, 2, 3), 2, 128,
-                                                         torch.float32).items()})
+    out.update(
+        {
+            f"rope1:{k}": v
+            for k, v in rope_cases("cpu", torch.float16, 2, (2, 3, 2), 3, 64, torch.float16).items()
+        }
+    )
+    out.update(
+        {
+            f"rope2:{k}": v
+            for k, v in rope_cases("cpu", torch.float16, 1, (1, 2, 3), 2, 128, torch.float32).items()
+        }
+    )
     print(json.dumps(out))
     sys.stdout.flush()

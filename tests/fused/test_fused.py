@@ -39,8 +39,14 @@ def _check(res: dict[str, float], bars: dict[str, float]) -> None:
 
 def test_fused_kernels_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("fused_cases.py"))], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fused_cases.py"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check(json.loads(proc.stdout.strip().splitlines()[-1]), INTERP)
 
@@ -51,10 +57,18 @@ def test_fused_kernels_cuda():
 
     res = {f"a:{k}": v for k, v in norm_cases("cuda", torch.bfloat16, 2, 333, 5120, 1).items()}
     res.update({f"b:{k}": v for k, v in norm_cases("cuda", torch.bfloat16, 1, 64, 1536, 64).items()})
-    res.update({f"c:{k}": v for k, v in rope_cases("cuda", torch.bfloat16, 1, (3, 6, 10), 40, 128,
-                                                     torch.bfloat16).items()})
-    res.update({f"d:{k}": v for k, v in rope_cases("cuda", torch.bfloat16, 2, (2, 4, 4), 12, 128,
-                                                     torch.float32).items()})
+    res.update(
+        {
+            f"c:{k}": v
+            for k, v in rope_cases("cuda", torch.bfloat16, 1, (3, 6, 10), 40, 128, torch.bfloat16).items()
+        }
+    )
+    res.update(
+        {
+            f"d:{k}": v
+            for k, v in rope_cases("cuda", torch.bfloat16, 2, (2, 4, 4), 12, 128, torch.float32).items()
+        }
+    )
     _check(res, CUDA)
 
 
@@ -63,7 +77,9 @@ def test_fused_kernels_reject_bad_inputs():
 
     x = torch.randn(1, 4, 64)
     with pytest.raises(ValueError, match="modulation tensors"):
-        fused.layer_norm_modulate(x, 1e-6, torch.bfloat16, shift=torch.randn(1, 3, 64), scale=torch.randn(1, 3, 64))
+        fused.layer_norm_modulate(
+            x, 1e-6, torch.bfloat16, shift=torch.randn(1, 3, 64), scale=torch.randn(1, 3, 64)
+        )
     with pytest.raises(ValueError, match="fp32"):
         fused.gated_residual(x, x, torch.randn(1, 1, 64, dtype=torch.float64))
     q = torch.randn(1, 4, 64, dtype=torch.bfloat16)

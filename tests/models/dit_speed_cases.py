@@ -18,7 +18,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: bool = False) -> dict[str, float]:
+def fused_vs_official(
+    device: str, dtype: torch.dtype, quant: str | None, i2v: bool = False
+) -> dict[str, float]:
     chunk, dit_fused.FFN_CHUNK = dit_fused.FFN_CHUNK, 7  # 18 test tokens -> 3 FFN chunks, a ragged last one
     try:
         return _fused_vs_official(device, dtype, quant, i2v)
@@ -47,6 +49,8 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
 
 if __name__ == "__main__":
     out = {f"none:{k}": v for k, v in fused_vs_official("cpu", torch.float16, None).items()}
-    out.update({f"int8:{k}": v for k, v in fused_vs_official("cpu", torch.float16, "int8-torch", i2v=True).items()})
+    out.update(
+        {f"int8:{k}": v for k, v in fused_vs_official("cpu", torch.float16, "int8-torch", i2v=True).items()}
+    )
     print(json.dumps(out))
     sys.stdout.flush()

@@ -59,7 +59,9 @@ def test_validation_rejects_backends_that_cannot_run():
     validate(_cfg("hardware=h100", "speed.attention=int8qk-fp8pv"), detected=H100)
     with pytest.raises(ConfigError) as err:
         validate(_cfg("hardware=cpu", "speed.attention=int8qk-fp8pv", "dit_quant=none"), detected=CPU)
-    assert "speed.attention=int8qk-fp8pv" in str(err.value) and "Backends that run here: sdpa" in str(err.value)
+    assert "speed.attention=int8qk-fp8pv" in str(err.value) and "Backends that run here: sdpa" in str(
+        err.value
+    )
     with pytest.raises(ConfigError, match="speed.fused=true"):
         validate(_cfg("hardware=cpu", "speed.fused=true", "dit_quant=none"), detected=CPU)
     with pytest.raises(ConfigError, match="hardware.attention=nope"):
@@ -84,8 +86,14 @@ def test_configure_dit_on_cpu_keeps_official_path():
 
 def test_fused_path_matches_official_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("dit_speed_cases.py"))], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("dit_speed_cases.py"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["none:fused"] < 2e-3, res  # fp16 rounding ties only
@@ -119,7 +127,10 @@ def test_fused_and_compiled_dit_cuda(quant):
     cfg = tiny(num_layers=2, dim=512, num_heads=4)
     model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=quant)
     prepare_model(model)
-    inp = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=1, latent=(4, 16, 16)).items()}
+    inp = {
+        k: (v.cuda() if torch.is_tensor(v) else v)
+        for k, v in inputs(cfg, batch=1, latent=(4, 16, 16)).items()
+    }
     with torch.no_grad():
         configure_dit(model, fused=False)
         ref = model(**inp)

@@ -24,25 +24,33 @@ if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
 
 
-def self_attn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor], rope) -> torch.Tensor:
+def self_attn_phase(
+    block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor], rope
+) -> torch.Tensor:
     """x + self_attn(LN(x) * (1 + scale) + shift) * gate; the norm output may come pre-quantized."""
     from lightx2v_quant import fused
 
     # the norm output is passed inline so that self_attn can drop it once q, k, v exist
-    y = block.self_attn(fused.layer_norm_modulate(x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1],
-                                                  quant=block.prequant[0]), rope)
+    y = block.self_attn(
+        fused.layer_norm_modulate(
+            x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1], quant=block.prequant[0]
+        ),
+        rope,
+    )
     return fused.gated_residual(x, y, mod[2])
 
 
-def cross_attn_phase(block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor,
-                     context_img: torch.Tensor | None) -> torch.Tensor:
+def cross_attn_phase(
+    block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
+) -> torch.Tensor:
     """x + cross_attn(norm3(x)) (no gate); norm3 is an affine LayerNorm (or none)."""
     from lightx2v_quant import fused
 
     norm3 = block.norm3
     if getattr(norm3, "weight", None) is not None:
-        h = fused.layer_norm_modulate(x, norm3.eps, block.run_dtype, weight=norm3.weight, bias=norm3.bias,
-                                      quant=block.prequant[1])
+        h = fused.layer_norm_modulate(
+            x, norm3.eps, block.run_dtype, weight=norm3.weight, bias=norm3.bias, quant=block.prequant[1]
+        )
     else:  # cross_attn_norm=False: no norm before cross-attention
         h = x
     return fused.gated_residual(x, block.cross_attn(h, context, context_img))
@@ -52,8 +60,9 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
     """x + FFN(LN(x) * (1 + scale) + shift) * gate."""
     from lightx2v_quant import fused
 
-    h = fused.layer_norm_modulate(x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4],
-                                  quant=block.prequant[2])
+    h = fused.layer_norm_modulate(
+        x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4], quant=block.prequant[2]
+    )
     tokens = x.shape[1]
     if tokens <= FFN_CHUNK:
         y = block.ffn(h)
@@ -66,13 +75,23 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
 def _rows(h, start: int, size: int):
     """Tokens [start, start + size) of a [B, L, D] activation (plain or pre-quantized)."""
     if isinstance(h, QuantizedActivation):
-        return QuantizedActivation(h.data[:, start:start + size], h.scale[:, start:start + size], h.dtype)
-    return h[:, start:start + size]
+        return QuantizedActivation(h.data[:, start : start + size], h.scale[:, start : start + size], h.dtype)
+    return h[:, start : start + size]
 
 
-def qk_norm_rope(attn: WanSelfAttention, x, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def qk_norm_rope(
+    attn: WanSelfAttention, x, rope: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, ...]:
     """q, k [B, L, D] after their RMSNorm and RoPE, in one pass over each."""
     from lightx2v_quant import fused
 
-    return fused.qk_norm_rope(attn.q(x), attn.k(x), attn.norm_q.weight, attn.norm_k.weight, rope[0], rope[1],
-                              attn.num_heads, attn.norm_q.eps)
+    return fused.qk_norm_rope(
+        attn.q(x),
+        attn.k(x),
+        attn.norm_q.weight,
+        attn.norm_k.weight,
+        rope[0],
+        rope[1],
+        attn.num_heads,
+        attn.norm_q.eps,
+    )

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from lightx2v_quant.models.wan.attention import backend_problem, backends
-from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanCrossAttention, WanDiT, WanRMSNorm, WanSelfAttention
+from lightx2v_quant.models.wan.dit import (
+    WanAttentionBlock,
+    WanCrossAttention,
+    WanDiT,
+    WanRMSNorm,
+    WanSelfAttention,
+)
 from lightx2v_quant.quant.linear import QuantLinear
 
 
@@ -41,8 +47,11 @@ def speed_settings(cfg: Any) -> SpeedSettings:
 
 def fused_problem(device: str, run_dtype: torch.dtype | str) -> str | None:
     """Why the fused kernels cannot run here, or None."""
-    name = run_dtype if isinstance(run_dtype, str) else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        run_dtype, str(run_dtype))
+    name = (
+        run_dtype
+        if isinstance(run_dtype, str)
+        else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run_dtype, str(run_dtype))
+    )
     if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":  # the interpreter runs them (tests)
         return f"the fused Triton kernels run on CUDA GPUs, not on {device}"
     if importlib.util.find_spec("triton") is None:
@@ -79,8 +88,15 @@ def _prequant_format(consumers: list[torch.nn.Module]) -> str | None:
     return formats.pop() if len(formats) == 1 and None not in formats else None
 
 
-def configure_dit(model: WanDiT, *, attention: str = "sdpa", cross_attention: str | None = None,
-                  fused: bool | None = None, prequant: bool = True, compile: bool = False) -> dict[str, Any]:
+def configure_dit(
+    model: WanDiT,
+    *,
+    attention: str = "sdpa",
+    cross_attention: str | None = None,
+    fused: bool | None = None,
+    prequant: bool = True,
+    compile: bool = False,
+) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
 
     ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms emit fp8 /
