@@ -42,12 +42,16 @@ class HardwareConfig:
 
 @dataclass
 class OffloadConfig:
-    mode: str = "none"  # none | model | block | phase | disk | auto
+    mode: str = "none"  # none | model | block | phase | disk | auto (the least offload that fits; see docs/offload.md)
     granularity: str = "block"  # unit moved by `disk`: block | phase
     lazy_load: bool = False  # read block weights from per-block files on demand
     num_disk_workers: int = 4
     pin_memory: bool = True
     t5_cpu: bool = False  # run the text encoder on the CPU
+    slots: int = 2  # device buffers the units stream through (2 = double buffer; more = deeper prefetch)
+    host_buffers: int = 3  # disk: pinned host buffers the reader threads fill ahead (host RAM = this many units)
+    check_memory: bool = True  # fail before loading when the estimate says the mode does not fit
+    gpu_memory_gb: Optional[float] = None  # plan for this much GPU memory (None: the card's)
 
 
 @dataclass

@@ -52,6 +52,7 @@ class Plan:
     detected: HardwareSpec
     components: dict[str, ComponentPlan]
     notes: list[str] = field(default_factory=list)
+    offload: Any = None  # offload.memory.OffloadPlan: the mode that runs (auto resolved) and the estimates
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class Plan:
             "components": {c: {"requested": p.requested, "runs": p.label, "note": p.note}
                            for c, p in self.components.items()},
             "notes": self.notes,
+            "offload": self.offload.summary() if self.offload is not None else None,
         }
 
 
@@ -205,10 +207,20 @@ def validate(cfg: Any, detected: HardwareSpec | None = None) -> Plan:
     problems += _speed_problems(cfg, hw)
     used = components_in_use(cfg)
     plans = {c: _plan_component(cfg, c, hw, problems) for c in used}
+    offload = check_offload(cfg, hw, plans, problems) if cfg.offload.mode in OFFLOAD_MODES else None
     notes = [p.note for p in plans.values() if p.note]
+    if offload is not None and offload.requested == "auto":
+        notes.append(offload.note)
     unused = [COMPONENTS[c] for c in COMPONENTS if c not in used and cfg[COMPONENTS[c]].scheme != NONE]
     if unused:
         notes.append(f"{', '.join(unused)} set but not used by task {cfg.model.task} of model {cfg.model.name}")
     if problems:
         raise ConfigError(problems, context=f"this machine: {detected.label()}")
-    return Plan(hardware=hw, detected=detected, components=plans, notes=notes)
+    return Plan(hardware=hw, detected=detected, components=plans, notes=notes, offload=offload)
+
+
+def check_offload(cfg: Any, hw: HardwareSpec, plans: dict[str, ComponentPlan], problems: list[str]) -> Any:
+    """Memory estimate of the chosen offload mode (or auto's choice); see lightx2v_quant.offload.memory."""
+    from lightx2v_quant.offload.memory import plan_offload
+
+    return plan_offload(cfg, hw, {c: p.scheme for c, p in plans.items()}, problems)

@@ -5,6 +5,9 @@ expected (after the caller's key map and ignore rule); shapes must match. Float 
 dtype the model was built with. ``QuantLinear`` layers take either pre-quantized tensors (``.weight`` +
 ``.weight_scale``, LightX2V's layout) or a high-precision ``.weight`` that is quantized while loading
 (online quantization), so the full-precision model never exists in memory at once.
+
+Online quantization uses ``numerics.checkpoint_quantizer`` by default: the converter's own numerics
+(LightX2V's for fp8/int8), so loading an original equals converting it and loading the result.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lightx2v_quant.checkpoints.inspect import layer_format
+from lightx2v_quant.checkpoints.numerics import checkpoint_quantizer
 from lightx2v_quant.checkpoints.reader import CheckpointError, TensorSource
 from lightx2v_quant.quant.linear import QuantLinear
 
@@ -38,7 +43,8 @@ def _listing(keys: list[str]) -> str:
 
 
 def default_quantizer(layer: QuantLinear, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    return layer.format.quantize_weight(weight)
+    """The converter's numerics (see numerics.py): online quantization == convert, save, load."""
+    return checkpoint_quantizer(layer, weight)
 
 
 def _assign(model: nn.Module, key: str, value: torch.Tensor) -> None:
@@ -61,9 +67,13 @@ def load_into(
     quantizer: Quantizer = default_quantizer,
     what: str = "model",
     progress: bool = False,
+    scale_dtype: torch.dtype | None = None,
 ) -> LoadReport:
     """Load ``source`` into ``model`` (usually built on meta). ``key_map`` maps file keys to model keys
-    (None drops a key). Raises CheckpointError listing missing / unexpected / mismatched tensors."""
+    (None drops a key). Raises CheckpointError listing missing / unexpected / mismatched tensors.
+
+    ``scale_dtype`` rounds every weight scale through that dtype (``torch.bfloat16`` reproduces
+    LightX2V's DIT loader, which casts a file's float tensors to bf16); None keeps them exact."""
     expected = {k: (tuple(t.shape), t.dtype) for k, t in model.state_dict(keep_vars=True).items()}
     qlayers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     file_of: dict[str, str] = {}
@@ -88,7 +98,8 @@ def load_into(
         layer = qlayers.get(prefix)
         if layer is not None:
             if prefix not in done_quant:
-                _load_quant_layer(layer, prefix, source, file_of, prefix in online, device, quantizer, report)
+                _load_quant_layer(layer, prefix, source, file_of, prefix in online, device, quantizer, report,
+                                  scale_dtype)
                 done_quant.add(prefix)
             continue
         t = source.get(file_of[key])
@@ -111,13 +122,15 @@ def load_into(
 
 def _key_error(what: str, source: TensorSource, missing: list[str], unexpected: list[str]) -> str:
     lines = [f"{what} checkpoint {source.describe()} does not match the model:"]
+    gone = set(missing)  # a layer missing altogether: its weight_scale need not be listed too
+    missing = [k for k in missing if not (k.endswith(".weight_scale") and k[: -len("_scale")] in gone)]
     if missing:
         lines.append(f"  missing {len(missing)} tensor(s): {_listing(missing)}")
     if unexpected:
         lines.append(f"  unexpected {len(unexpected)} tensor(s): {_listing(unexpected)}")
     if any(k.endswith(".weight_scale") for k in unexpected):
         lines.append("  the file is quantized (it has *.weight_scale): choose a scheme of the file's format")
-    elif any(k.endswith(".weight_scale") for k in missing):
+    elif missing and all(k.endswith(".weight_scale") for k in missing):
         lines.append("  the model expects quantized tensors the file lacks: is this the right file for the scheme?")
     else:
         lines.append("  is this the right model size / variant for the file?")
@@ -125,29 +138,63 @@ def _key_error(what: str, source: TensorSource, missing: list[str], unexpected: 
 
 
 def _check_shapes(model, source, file_of, expected, qlayers, online, what) -> None:
-    problems = []
+    """Header-only checks of every tensor before anything is read (one error for all problems)."""
+    problems, scale_missing, wrong_format = [], [], []
     for key, (shape, _) in expected.items():
         prefix, _, name = key.rpartition(".")
         if prefix in qlayers and (name != "bias"):
-            continue  # checked against the format when the layer is loaded
+            continue  # quantized tensors: checked against the format below
         fshape, _ = source.meta(file_of[key])
         if fshape != shape:
             problems.append(f"{key}: file has {list(fshape)}, model expects {list(shape)}")
-    for prefix in online:
+    for prefix, layer in qlayers.items():
+        wmeta = source.meta(file_of[f"{prefix}.weight"])
+        if prefix in online:
+            fshape, fdtype = wmeta
+            if not fdtype.is_floating_point or fdtype.itemsize == 1:
+                scale_missing.append(
+                    f"scale key missing: {prefix}.weight is {str(fdtype).replace('torch.', '')} (quantized) "
+                    "but "
+                    f"{prefix}.weight_scale is not in "
+                    f"{source.where(file_of[f'{prefix}.weight'])}; the file is incomplete: "
+                    "re-download or re-convert it"
+                )
+            elif fshape != (layer.out_features, layer.in_features):
+                problems.append(f"{prefix}.weight: file has {list(fshape)}, model expects "
+                                f"{[layer.out_features, layer.in_features]}")
+            continue
+        smeta = source.meta(file_of[f"{prefix}.weight_scale"])
+        specs = layer.format.tensor_specs(layer.out_features, layer.in_features)
+        found = layer_format(wmeta, smeta)
+        if found is not None and found != layer.format.name:
+            wrong_format.append((prefix, found))
+        elif wmeta[1] != specs["weight"].dtype:
+            wrong_format.append((prefix, str(wmeta[1])))
+        elif wmeta[0] != specs["weight"].shape or _numel(smeta[0]) != _numel(specs["weight_scale"].shape):
+            problems.append(f"{prefix}: file has weight {list(wmeta[0])} + weight_scale {list(smeta[0])}, "
+                            "scheme "
+                            f"{layer.scheme.name} expects {list(specs['weight'].shape)} + "
+                            f"{list(specs['weight_scale'].shape)}")
+    if scale_missing:
+        raise CheckpointError(f"{what} checkpoint {source.describe()}: " + "\n  ".join(scale_missing[:SHOW]))
+    if wrong_format:
+        prefix, found = wrong_format[0]
         layer = qlayers[prefix]
-        fshape, fdtype = source.meta(file_of[f"{prefix}.weight"])
-        if fshape != (layer.out_features, layer.in_features):
-            problems.append(f"{prefix}.weight: file has {list(fshape)}, model expects "
-                            f"{[layer.out_features, layer.in_features]}")
-        elif not fdtype.is_floating_point or fdtype.itemsize == 1:
-            problems.append(f"{prefix}.weight is {fdtype} without a weight_scale: not a usable high-precision weight")
+        raise CheckpointError(
+            f"{what} checkpoint {source.describe()} holds {found} weights (e.g. {prefix}), but scheme "
+            f"{layer.scheme.name} needs {layer.format.name} ({layer.format.weight_dtype}): the file's dtype "
+            "does not "
+            f"match the scheme; choose a scheme of the file's format or convert the original to "
+            f"{layer.format.short}"
+        )
     if problems:
         raise CheckpointError(f"{what} checkpoint {source.describe()} has tensors of the wrong shape:\n  "
                               + "\n  ".join(problems[:SHOW]))
 
 
 def _load_quant_layer(layer: QuantLinear, prefix: str, source: TensorSource, file_of: dict[str, str],
-                      is_online: bool, device, quantizer: Quantizer, report: LoadReport) -> None:
+                      is_online: bool, device, quantizer: Quantizer, report: LoadReport,
+                      scale_dtype: torch.dtype | None = None) -> None:
     bias = source.get(file_of[f"{prefix}.bias"]).to(device) if layer.bias is not None else None
     if is_online:
         weight = source.get(file_of[f"{prefix}.weight"]).to(device)
@@ -172,6 +219,8 @@ def _load_quant_layer(layer: QuantLinear, prefix: str, source: TensorSource, fil
             t = t.reshape(spec.shape)
             tensors[name] = t.to(device=device, dtype=spec.dtype) if name != "weight" else t.to(device)
         report.prequantized.append(prefix)
+    if scale_dtype is not None:
+        tensors["weight_scale"] = tensors["weight_scale"].to(scale_dtype).to(tensors["weight_scale"].dtype)
     layer.load_quantized(tensors, bias)
     report.tensors += len(tensors) + (bias is not None)
     report.bytes += layer.weight_bytes()

@@ -7,6 +7,7 @@ Nothing here loads a whole model into memory at once: safetensors are read tenso
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -132,7 +133,10 @@ class TorchSource(TensorSource):
         try:
             obj = _torch_load(path)
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc}); the file may be truncated") from exc
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint ({exc}); the file may be truncated or corrupt: "
+                "re-download or re-convert it"
+            ) from exc
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -165,6 +169,64 @@ def _torch_load(path: Path):
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
+BLOCK_FILE = re.compile(r"block_(\d+)\.safetensors$")
+NON_BLOCK_FILE = "non_block.safetensors"
+
+
+class BlockFilesSource(SafetensorsSource):
+    """A per-block checkpoint folder: ``non_block.safetensors`` + ``block_{i}.safetensors``, i = 0..n-1
+    (LightX2V's converter ``--save_by_block`` and ours). Headers are read up front; tensors on demand,
+    so an offload manager can read one block's tensors at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        blocks = block_files(folder)
+        if blocks is None:
+            raise CheckpointError(f"{folder} is not a per-block checkpoint folder (no {NON_BLOCK_FILE})")
+        self.num_blocks = len(blocks)
+        super().__init__([folder / NON_BLOCK_FILE, *blocks])
+        self._block_keys: list[list[str]] = [[] for _ in blocks]
+        self._non_block_keys: list[str] = []
+        position = {p: i for i, p in enumerate(blocks)}
+        for key, path in self._index.items():
+            if path in position:
+                self._block_keys[position[path]].append(key)
+            else:
+                self._non_block_keys.append(key)
+
+    def block_keys(self, i: int) -> list[str]:
+        """Keys stored in ``block_{i}.safetensors``."""
+        return list(self._block_keys[i])
+
+    def non_block_keys(self) -> list[str]:
+        return list(self._non_block_keys)
+
+    def read_block(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: self.get(k) for k in self._block_keys[i]}
+
+    def describe(self) -> str:
+        return f"{self.folder} (per-block: {NON_BLOCK_FILE} + {self.num_blocks} block files)"
+
+
+def block_files(folder: Path) -> list[Path] | None:
+    """``block_0..n-1.safetensors`` of a per-block folder in order; None if it has no non_block file.
+    A gap in the numbering is an error (a missing block file)."""
+    if not (folder / NON_BLOCK_FILE).is_file():
+        return None
+    found = {}
+    for p in folder.iterdir():
+        m = BLOCK_FILE.fullmatch(p.name)
+        if m:
+            found[int(m.group(1))] = p
+    missing = [i for i in range(max(found, default=-1) + 1) if i not in found]
+    if missing:
+        raise CheckpointError(
+            f"per-block checkpoint {folder} lacks " + ", ".join(f"block_{i}.safetensors" for i in missing[:8])
+            + ": the conversion was incomplete; re-convert it"
+        )
+    return [found[i] for i in sorted(found)]
+
+
 def safetensors_shards(index_file: Path) -> list[Path]:
     """The shard files named by a ``*.safetensors.index.json``, in order of first appearance."""
     try:
@@ -183,7 +245,8 @@ def safetensors_shards(index_file: Path) -> list[Path]:
 
 
 def open_checkpoint(path: str | Path | list[str | Path]) -> TensorSource:
-    """Open a checkpoint: a .safetensors file, an index .json of shards, a list of shards, or a .pth file."""
+    """Open a checkpoint: a .safetensors file, an index .json of shards, a list of shards, a per-block
+    folder (non_block.safetensors + block_{i}.safetensors) or a .pth file."""
     if isinstance(path, list):
         paths = [Path(p) for p in path]
         if all(p.name.endswith(SAFETENSORS_SUFFIX) for p in paths):
@@ -191,7 +254,12 @@ def open_checkpoint(path: str | Path | list[str | Path]) -> TensorSource:
         raise CheckpointError(f"a list of checkpoint files must all be .safetensors: {paths}")
     p = Path(path)
     if p.is_dir():
-        raise CheckpointError(f"{p} is a folder; give a file (folders are searched by the checkpoint discovery)")
+        if (p / NON_BLOCK_FILE).is_file():
+            return BlockFilesSource(p)
+        raise CheckpointError(
+            f"{p} is a folder; give a file, an index .json or a per-block folder (other folders are "
+            "searched by the checkpoint discovery)"
+        )
     if p.name.endswith(".index.json"):
         return SafetensorsSource(safetensors_shards(p))
     if p.name.endswith(SAFETENSORS_SUFFIX):

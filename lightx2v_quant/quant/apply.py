@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 from typing import Iterable, Iterator
 
-import torch
 from torch import nn
 
 from lightx2v_quant.quant.linear import QuantLinear
@@ -57,17 +56,7 @@ def quantize_model(
         raise ValueError(f"no nn.Linear in {type(model).__name__} matches {list(patterns)}")
     for name, linear in targets:
         if empty:
-            has_bias = linear.bias is not None
-            new = QuantLinear(
-                linear.in_features,
-                linear.out_features,
-                has_bias,
-                scheme,
-                kernel=kernel,
-                bias_dtype=linear.bias.dtype if has_bias else torch.bfloat16,
-                device="meta",
-                fast_accum=fast_accum,
-            )
+            new = QuantLinear.shell_for(linear, scheme, kernel=kernel, fast_accum=fast_accum)
         else:
             new = QuantLinear.from_linear(linear, scheme, kernel=kernel, fast_accum=fast_accum)
         _set_submodule(model, name, new)

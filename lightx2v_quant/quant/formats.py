@@ -12,6 +12,8 @@ from typing import Mapping
 
 import torch
 
+from lightx2v_quant.quant import lightx2v_numerics as lx
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0
@@ -51,7 +53,14 @@ class Format:
 
     # -- reference numerics ---------------------------------------------------------------------
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[N, K] float weight -> on-disk tensors (fp32 scales)."""
+        """[N, K] float weight -> tensors in the layer's dtypes (fp32 scales). The same bytes on any device."""
+        tensors = self.checkpoint_tensors(weight)
+        tensors["weight_scale"] = tensors["weight_scale"].float()
+        return tensors
+
+    def checkpoint_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores for one linear (per-channel scales keep the source dtype, as
+        LightX2V's files do; our formats use fp32)."""
         raise NotImplementedError
 
     def dequantize_weight(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -116,10 +125,13 @@ class _PerChannel(Format):
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        w = weight.float()
-        scale = _row_amax(w) / self.qmax  # [N, 1]
-        return {"weight": self._cast(w / scale), "weight_scale": scale}
+    def _lightx2v(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def checkpoint_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        # LightX2V's converter numerics (math in the source dtype, its rounding): files interchange.
+        q, scale = self._lightx2v(weight)  # scale [N, 1]
+        return {"weight": q, "weight_scale": scale}
 
     def dequantize_weight(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return tensors["weight"].float() * tensors["weight_scale"].float().reshape(-1, 1)
@@ -143,6 +155,9 @@ class Fp8Channel(_PerChannel):
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         return fp8_cast(x)
 
+    def _lightx2v(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lx.lightx2v_fp8_channel(w)
+
 
 class Int8Channel(_PerChannel):
     name = "w8a8-int8-channel"
@@ -153,6 +168,9 @@ class Int8Channel(_PerChannel):
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         return int8_cast(x)
+
+    def _lightx2v(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lx.lightx2v_int8_channel(w)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -189,13 +207,15 @@ class Int4G128(Format):
             return f"int4-g128 needs in_features % {GROUP} == 0, got {in_features}"
         return None
 
-    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    def checkpoint_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        lx.check_weight(weight)
         n, k = weight.shape
         problem = self.shape_problem(n, k)
         if problem:
             raise ValueError(problem)
         w = weight.float().reshape(n, k // GROUP, GROUP)
-        scale = w.abs().amax(dim=-1).clamp(min=AMAX_EPS) / INT4_MAX  # [N, K/128]
+        amax = lx.no_nan(w.abs().amax(dim=-1)).clamp(min=AMAX_EPS)
+        scale = (amax.cpu() / INT4_MAX).to(w.device)  # [N, K/128]; divided on the CPU: same bytes anywhere
         q = torch.round(w / scale.unsqueeze(-1)).clamp(-8, 7).to(torch.int8).reshape(n, k)
         return {"weight": pack_int4(q), "weight_scale": scale}
 
@@ -240,10 +260,15 @@ class Fp8Block128(Format):
         padded[:n, :k] = w
         return padded.reshape(nb, GROUP, kb, GROUP)
 
-    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    def checkpoint_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        lx.check_weight(weight)
         n, k = weight.shape
+        problem = self.shape_problem(n, k)
+        if problem:
+            raise ValueError(problem)
         blocks = self._blocks(weight.float())
-        scale = blocks.abs().amax(dim=(1, 3)).clamp(min=AMAX_EPS) / FP8_MAX  # [N/128, K/128]
+        amax = lx.no_nan(blocks.abs().amax(dim=(1, 3))).clamp(min=AMAX_EPS)
+        scale = (amax.cpu() / FP8_MAX).to(weight.device)  # [N/128, K/128]; divided on the CPU
         q = fp8_cast(blocks / scale[:, None, :, None])
         q = q.reshape(scale.shape[0] * GROUP, scale.shape[1] * GROUP)[:n, :k].contiguous()
         return {"weight": q, "weight_scale": scale}

@@ -56,12 +56,12 @@ class QuantLinear(nn.Module):
         return get_kernel(self.kernel_name)
 
     @classmethod
-    def from_linear(
+    def shell_for(
         cls, linear: nn.Linear, scheme: Scheme | str, *, kernel: str | None = None, fast_accum: bool = False
     ) -> QuantLinear:
-        """Quantize an existing ``nn.Linear`` (online quantization) with the format's reference quantizer."""
+        """An empty layer on ``meta`` with the shape and bias dtype of ``linear``, to be loaded."""
         has_bias = linear.bias is not None
-        layer = cls(
+        return cls(
             linear.in_features,
             linear.out_features,
             has_bias,
@@ -71,6 +71,13 @@ class QuantLinear(nn.Module):
             device="meta",
             fast_accum=fast_accum,
         )
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, scheme: Scheme | str, *, kernel: str | None = None, fast_accum: bool = False
+    ) -> QuantLinear:
+        """Quantize an existing ``nn.Linear`` (online quantization) with the format's reference quantizer."""
+        layer = cls.shell_for(linear, scheme, kernel=kernel, fast_accum=fast_accum)
         layer.load_quantized(layer.format.quantize_weight(linear.weight.detach()), linear.bias)
         return layer
 

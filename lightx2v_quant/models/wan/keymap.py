@@ -93,3 +93,8 @@ def diffusers_state_dict_to_official(sd: Mapping[str, T]) -> dict[str, T]:
 
 def official_state_dict_to_diffusers(sd: Mapping[str, T]) -> dict[str, T]:
     return {official_to_diffusers(k): v for k, v in sd.items()}
+
+
+def looks_like_diffusers(keys) -> bool:
+    """True when a DIT state dict uses diffusers names (``condition_embedder.*`` / ``blocks.N.attn1.*``)."""
+    return any(k.startswith("condition_embedder.") or ".attn1." in k or k == "proj_out.weight" for k in keys)

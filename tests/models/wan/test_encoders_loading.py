@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from lightx2v_quant.checkpoints.numerics import checkpoint_tensors
 from lightx2v_quant.checkpoints.reader import CheckpointError
 from lightx2v_quant.models.wan import (
     CLIP_QUANTIZABLE,
@@ -22,7 +23,6 @@ from lightx2v_quant.models.wan import (
 )
 from lightx2v_quant.models.wan.encoders_loading import CLIP_FILE, T5_FILE
 from lightx2v_quant.quant.apply import matches
-from lightx2v_quant.quant.formats import FORMATS
 from lightx2v_quant.quant.linear import QuantLinear
 
 
@@ -131,14 +131,15 @@ def test_clip_quantized_online_stays_close(scheme, min_db):
 
 
 def test_lightx2v_prequantized_t5_file_loads(tmp_path):
-    """LightX2V's int8 T5 .pth: quantized linears as int8 weight + bf16 weight_scale [N, 1]."""
+    """LightX2V's int8 T5 .pth: quantized linears as int8 weight + bf16 weight_scale [N, 1] (its converter
+    computes in the bf16 source dtype: checkpoint_tensors reproduces it byte for byte)."""
     path, sd = _t5_file(tmp_path)
-    fmt = FORMATS["w8a8-int8-channel"]
     qsd = {}
     for key, t in sd.items():
         if key.endswith(".weight") and matches(key[: -len(".weight")], T5_QUANTIZABLE):
-            q = fmt.quantize_weight(t)
-            qsd[key], qsd[key + "_scale"] = q["weight"], q["weight_scale"].to(torch.bfloat16)
+            q = checkpoint_tensors("w8a8-int8-channel", t)
+            assert q["weight_scale"].dtype == torch.bfloat16
+            qsd[key], qsd[key + "_scale"] = q["weight"], q["weight_scale"]
         else:
             qsd[key] = t
     qpath = tmp_path / "models_t5_umt5-xxl-enc-int8.pth"
@@ -152,12 +153,13 @@ def test_lightx2v_prequantized_t5_file_loads(tmp_path):
         assert torch.equal(layer.weight_scale, qsd[f"{name}.weight_scale"].float())
     online = load_t5(path, T5_TINY, dtype="fp32", quant="int8-torch")
     online_layer = online.blocks[1].ffn.fc2
-    assert torch.equal(online_layer.weight, model.blocks[1].ffn.fc2.weight)  # same int8, scales differ by bf16
+    assert torch.equal(online_layer.weight, model.blocks[1].ffn.fc2.weight)  # online == LightX2V's converter
+    assert torch.equal(online_layer.weight_scale, model.blocks[1].ffn.fc2.weight_scale)
     with torch.no_grad():
         assert sqnr_db(model(*_tokens()), online(*_tokens())) > 30.0
     with pytest.raises(CheckpointError, match="the file is quantized"):
         load_t5(qpath, T5_TINY, dtype="fp32")
-    with pytest.raises(CheckpointError, match="expects torch.float8_e4m3fn"):
+    with pytest.raises(CheckpointError, match=r"holds w8a8-int8-channel weights .* needs w8a8-fp8-channel"):
         load_t5(qpath, T5_TINY, dtype="fp32", quant="fp8-torch")
 
 

@@ -1,0 +1,393 @@
+"""Our Triton kernels as plain functions: activation quantizers, the three GEMMs, and fused linears.
+
+``quantize_per_token(x, fmt)`` is also what the `torch` kernel uses for its activations on CUDA. The
+GEMM functions take an explicit ``config`` (tests, benchmarks) or ask the tuner (``triton_tuning``) for
+the fastest tile config of this shape. They check their inputs and raise ``ValueError`` naming the
+problem; the ``linear_*`` functions are what ``native_triton.TritonKernel.apply`` calls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from lightx2v_quant.quant import formats as qf
+from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
+from lightx2v_quant.quant.kernels.triton_quant import (
+    INTERPRETING,
+    cdiv,
+    pdl_enabled,
+    quantize_per_token,
+    quantize_per_token_group,
+)
+from lightx2v_quant.quant.kernels.triton_tuning import (
+    FP8_BLOCK,
+    INTERPRETER_CONFIG,
+    TUNER,
+    W4A16,
+    W8A8,
+    TileConfig,
+    candidates,
+    m_bucket,
+)
+
+__all__ = [
+    "quantize_per_token",
+    "quantize_per_token_group",
+    "w8a8_matmul",
+    "fp8_block_matmul",
+    "w4a16_matmul",
+    "linear_w8a8",
+    "linear_fp8_block",
+    "linear_w4a16",
+    "TileConfig",
+]
+
+_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+INTERPRETER_SMS = 3  # persistent grid size under the interpreter: small, so tests see multi-tile loops
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(device: torch.device) -> tuple[int, int, int]:
+    """(sm as an integer, multiprocessor count, shared memory per block in bytes) of a CUDA device."""
+    if device.type != "cuda":
+        return 0, INTERPRETER_SMS, 1 << 30
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0)
+    if not smem:
+        import triton
+
+        smem = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
+    return props.major * 10 + props.minor, props.multi_processor_count, int(smem)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors need unit inner stride and 16-byte aligned base and row pitch."""
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+        for t in tensors
+    )
+
+
+def _tuned(
+    kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch
+) -> TileConfig:
+    """The tile config for a GEMM key seen for the first time: the tuner times the candidates."""
+    if INTERPRETING:
+        return INTERPRETER_CONFIG
+    sm, _, max_smem = _device_info(a.device)
+    cands = candidates(kind, a.shape[0], sm, max_smem, a_bytes, out.element_size())
+    if not tma:
+        cands = [c for c in cands if not c.tma] or [TileConfig(64, 64, 64, 4, 3)]
+    # Candidates were benchmarked into `out`: restore "never written" so the real run is checked alone.
+    return TUNER.choose(key, cands, launch, lambda: out.fill_(float("nan")))
+
+
+# -- W8A8 (per-channel and block-128) --------------------------------------------------------------
+_META: dict[tuple, dict] = {}  # launch keyword arguments per (config, flags): built once, not per call
+
+
+def _w8a8_meta(
+    cfg: TileConfig, has_bias: bool, block_scaled: bool, is_int8: bool, even_k: bool, num_sms: int, pdl: bool
+) -> dict:
+    key = (cfg, has_bias, block_scaled, is_int8, even_k, num_sms, pdl)
+    meta = _META.get(key)
+    if meta is None:
+        meta = dict(
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            GROUP_M=cfg.group_m,
+            HAS_BIAS=has_bias,
+            BLOCK_SCALED=block_scaled,
+            IS_INT8=is_int8,
+            USE_PDL=pdl,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        if pdl:
+            meta["launch_pdl"] = True
+        if cfg.tma:
+            meta.update(NUM_SMS=num_sms, SUBTILE=cfg.subtile)
+        else:
+            meta["EVEN_K"] = even_k
+        _META[key] = meta
+    return meta
+
+
+def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh):
+    """Launch without input checks (callers validate). sa/sb/bias are read as contiguous vectors (or
+    [K/128, M] / [N/128, K/128] with the given row strides in block mode). ``fresh``: A and out were
+    just allocated by us, so only their shapes decide TMA alignment."""
+    m, k = a.shape
+    n = w.shape[0]
+    if m == 0:
+        return out
+    sm, num_sms, _ = _device_info(a.device)
+    pdl = pdl_enabled(a.device)
+    bias_arg = sb if bias is None else bias
+
+    def launch(cfg: TileConfig, warmup: bool = False):
+        meta = _w8a8_meta(
+            cfg, bias is not None, block_scaled, a.dtype == torch.int8, k % cfg.block_k == 0, num_sms, pdl
+        )
+        tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
+        if cfg.tma:
+            a_desc = TensorDescriptor(a, a.shape, a.stride(), [cfg.block_m, cfg.block_k])
+            b_desc = TensorDescriptor(w, w.shape, w.stride(), [cfg.block_n, cfg.block_k])
+            c_desc = TensorDescriptor(
+                out, out.shape, out.stride(), [cfg.block_m, cfg.block_n // (2 if cfg.subtile else 1)]
+            )
+            args = (a_desc, b_desc, c_desc, sa, sb, bias_arg, m, n, k, stride_sak, stride_sbn)
+            kernel, grid = w8a8_tma_kernel, (min(num_sms, tiles),)
+        else:
+            args = (
+                a,
+                w,
+                out,
+                sa,
+                sb,
+                bias_arg,
+                m,
+                n,
+                k,
+                a.stride(0),
+                w.stride(0),
+                out.stride(0),
+                stride_sak,
+                stride_sbn,
+            )
+            kernel, grid = w8a8_kernel, (tiles,)
+        if warmup:
+            return kernel.warmup(*args, grid=grid, **meta)
+        return kernel[grid](*args, **meta)
+
+    if config is None:
+        kind = FP8_BLOCK if block_scaled else W8A8
+        key = (kind, str(a.dtype), str(out.dtype), m_bucket(m), n, k)
+        tma = (
+            sm >= 90
+            and k % 16 == 0
+            and (n * out.element_size()) % 16 == 0
+            and _tma_ok(w)
+            and (fresh or _tma_ok(a, out))
+        )
+        if tma:
+            key += ("tma",)
+        config = TUNER.best.get(key) or _tuned(kind, key, a, out, 1, tma, launch)
+    else:
+        if block_scaled:
+            _check(
+                128 % config.block_k == 0, f"block-128 GEMM needs BLOCK_K dividing 128, got {config.block_k}"
+            )
+        if config.tma:
+            _check(
+                _tma_ok(a, w, out),
+                "a TMA config needs 16-byte aligned rows of A, W and the output "
+                f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}",
+            )
+    launch(config)
+    return out
+
+
+def _check_w8a8_inputs(a: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> None:
+    _check(
+        a.dim() == 2 and w.dim() == 2,
+        f"expected A [M, K] and W [N, K], got {tuple(a.shape)} and {tuple(w.shape)}",
+    )
+    _check(a.shape[1] == w.shape[1], f"K mismatch: A is {tuple(a.shape)}, W is {tuple(w.shape)}")
+    _check(
+        a.dtype == w.dtype and a.dtype in (torch.int8, qf.FP8_DTYPE),
+        f"A and W must both be int8 or both float8_e4m3fn, got {a.dtype} and {w.dtype}",
+    )
+    _check(a.stride(1) == 1 and w.stride(1) == 1, "A and W need unit stride along K (row-major, as stored)")
+    _check(out_dtype in _OUT_DTYPES, f"output dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+
+
+def w8a8_matmul(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """(a * a_scale) @ (w * w_scale)^T + bias. a [M, K], w [N, K] int8 or fp8; a_scale [M] or [M, 1] fp32;
+    w_scale [N] or [N, 1] fp32; bias [N] (any float dtype) -> [M, N] in ``out_dtype``."""
+    _check_w8a8_inputs(a, w, out_dtype)
+    m, n = a.shape[0], w.shape[0]
+    _check(a_scale.numel() == m and a_scale.dtype == torch.float32, f"a_scale must be {m} fp32 values")
+    _check(w_scale.numel() == n and w_scale.dtype == torch.float32, f"w_scale must be {n} fp32 values")
+    _check(bias is None or bias.numel() == n, f"bias must have {n} values")
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    sa = a_scale.reshape(m).contiguous()
+    sb = w_scale.reshape(n).contiguous()
+    bias = None if bias is None else bias.reshape(n).contiguous()
+    return _w8a8(a, w, sa, sb, bias, out, 0, 0, False, config, False)
+
+
+def fp8_block_matmul(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """Block-scaled fp8: a [M, K] with a_scale [M, K/128] (per token-group), w [N, K] with w_scale
+    [ceil(N/128), K/128]. An M-major a_scale (as ``quantize_per_token_group`` returns) is used in place."""
+    _check_w8a8_inputs(a, w, out_dtype)
+    _check(a.dtype == qf.FP8_DTYPE, "fp8-block128 needs float8_e4m3fn A and W")
+    (m, k), n = a.shape, w.shape[0]
+    g = qf.GROUP
+    _check(k % g == 0, f"fp8-block128 needs K % {g} == 0, got K={k}")
+    _check(
+        tuple(a_scale.shape) == (m, k // g) and a_scale.dtype == torch.float32,
+        f"a_scale must be fp32 [{m}, {k // g}], got {a_scale.dtype} {tuple(a_scale.shape)}",
+    )
+    nb = cdiv(n, g)
+    _check(
+        tuple(w_scale.shape) == (nb, k // g) and w_scale.dtype == torch.float32,
+        f"w_scale must be fp32 [{nb}, {k // g}], got {w_scale.dtype} {tuple(w_scale.shape)}",
+    )
+    _check(bias is None or bias.numel() == n, f"bias must have {n} values")
+    sa_t = a_scale.t()
+    if sa_t.stride(1) != 1:
+        sa_t = sa_t.contiguous()  # [K/128, M]
+    sb = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    bias = None if bias is None else bias.reshape(n).contiguous()
+    return _w8a8(a, w, sa_t, sb, bias, out, sa_t.stride(0), sb.stride(0), True, config, False)
+
+
+# -- W4A16 -----------------------------------------------------------------------------------------
+def w4a16_matmul(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    *,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """x [M, K] bf16/fp16/fp32 @ dequant(w_packed uint8 [N, K/2], w_scale fp32 [N, K/128])^T + bias."""
+    _check(x.dim() == 2 and w_packed.dim() == 2, "expected x [M, K] and packed W [N, K/2]")
+    k, n = x.shape[1], w_packed.shape[0]
+    out_dtype = out_dtype or x.dtype
+    _check(x.dtype in _OUT_DTYPES, f"int4-g128 activations must be bf16, fp16 or fp32, got {x.dtype}")
+    _check(k % qf.GROUP == 0, f"int4-g128 needs K % {qf.GROUP} == 0, got K={k}")
+    _check(
+        w_packed.dtype == torch.uint8 and w_packed.shape[1] * 2 == k,
+        f"packed W must be uint8 [{n}, {k // 2}], got {w_packed.dtype} {tuple(w_packed.shape)}",
+    )
+    _check(
+        tuple(w_scale.shape) == (n, k // qf.GROUP) and w_scale.dtype == torch.float32,
+        f"w_scale must be fp32 [{n}, {k // qf.GROUP}], got {w_scale.dtype} {tuple(w_scale.shape)}",
+    )
+    _check(bias is None or bias.numel() == n, f"bias must have {n} values")
+    _check(out_dtype in _OUT_DTYPES, f"output dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if config is not None:
+        _check(
+            128 % config.block_k == 0 and not config.tma,
+            f"W4A16 needs a pointer config with BLOCK_K | 128: {config}",
+        )
+    x = x if x.stride(1) == 1 else x.contiguous()
+    w_packed = w_packed if w_packed.stride(1) == 1 else w_packed.contiguous()
+    w_scale = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
+    bias = None if bias is None else bias.reshape(n).contiguous()
+    return _w4a16(x, w_packed, w_scale, bias, out_dtype, config)
+
+
+def _w4a16(x, w_packed, w_scale, bias, out_dtype, config):
+    """Launch without input checks (callers validate); rows of x, W and the scales have unit stride."""
+    (m, k), n = x.shape, w_packed.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    if m == 0:
+        return out
+    bias_arg = w_scale if bias is None else bias
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
+
+    def launch(cfg: TileConfig, warmup: bool = False):
+        grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
+        args = (
+            x,
+            w_packed,
+            w_scale,
+            bias_arg,
+            out,
+            m,
+            n,
+            k,
+            x.stride(0),
+            w_packed.stride(0),
+            w_scale.stride(0),
+            out.stride(0),
+        )
+        meta_key = (cfg, bias is not None, precision)
+        meta = _META.get(meta_key)
+        if meta is None:
+            meta = _META[meta_key] = dict(
+                BLOCK_M=cfg.block_m,
+                BLOCK_N=cfg.block_n,
+                BLOCK_K=cfg.block_k,
+                GROUP_M=cfg.group_m,
+                HAS_BIAS=bias is not None,
+                PRECISION=precision,
+                SWAP_AB=cfg.swap_ab,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+            )
+        if warmup:
+            return w4a16_kernel.warmup(*args, grid=grid, **meta)
+        return w4a16_kernel[grid](*args, **meta)
+
+    if config is None:
+        key = (W4A16, str(x.dtype), str(out_dtype), m_bucket(m), n, k)
+        config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), False, launch)
+    launch(config)
+    return out
+
+
+# -- fused linears (what the kernel's apply calls) ---------------------------------------------------
+# The layer's tensors were checked when loaded and in TritonKernel.prepare (dtypes, shapes, unit
+# strides, contiguous [N] scale and bias), so these skip the per-call validation of the public GEMMs:
+# small GEMMs (CLIP, T5) are short enough for Python overhead to show.
+def linear_w8a8(
+    x: torch.Tensor, fmt_name: str, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token quantization of x [M, K] (one pass), then the W8A8 GEMM; output in x.dtype.
+    w [N, K] int8/fp8 row-major, w_scale contiguous [N] fp32, bias contiguous [N] or None."""
+    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
+    q, s = quantize_per_token(x, fmt_name)  # s [M, 1] contiguous: read as [M]
+    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
+    return _w8a8(q, w, s, w_scale, bias, out, 0, 0, False, None, True)
+
+
+def linear_fp8_block(
+    x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-token-group quantization of x, then the block-scaled fp8 GEMM.
+    w_scale [N/128, K/128] contiguous."""
+    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
+    q, s = quantize_per_token_group(x)
+    s_t = s.t()  # the quantizer's M-major buffer [K/128, M]
+    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
+    return _w8a8(q, w, s_t, w_scale, bias, out, s_t.stride(0), w_scale.stride(0), True, None, True)
+
+
+def linear_w4a16(
+    x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    _check(x.dtype in _OUT_DTYPES, f"int4-g128 activations must be bf16, fp16 or fp32, got {x.dtype}")
+    return _w4a16(x if x.stride(1) == 1 else x.contiguous(), w_packed, w_scale, bias, x.dtype, None)
