@@ -75,6 +75,7 @@ def _plan(kind: str) -> list[Entry]:
         _ours("ours fp8-torch sdpa (official path)", "fp8-torch", fused=False),
         *quick[4:],
         _ours(f"ours int8-torch {LOWP} fused", "int8-torch", LOWP),
+        _ours(f"ours fp8-triton {LOWP} fused", "fp8-triton", LOWP),
         replace(ref, name="ours bf16 sdpa (official path) 720p", res="720p", iters=1),
         _ours(f"ours fp8-torch {LOWP} fused 720p", "fp8-torch", LOWP, res="720p", iters=1),
     ]
@@ -96,7 +97,6 @@ def _plan(kind: str) -> list[Entry]:
         Entry("diffusers bf16 eager", "diffusers"),
     ]
     for scheme in (
-        "fp8-triton",
         "int8-triton",
         "fp8-vllm",
         "fp8-sgl",

@@ -3,17 +3,14 @@ emulation of the same quantization; the quantization kernels vs their torch refe
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.interp_util import run_cases
+
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[2]
 
 # Bars. int8 Q.K alone: the emulation (same int8 values and scales, exact P) agrees to the rounding of P
 # to the P.V dtype (fp16 ~1e-4 relative, bf16 ~1e-3). fp8 P.V: 448*P is rounded to fp8 against a running
@@ -44,17 +41,7 @@ def _check_quant(res: dict[str, float], bars: dict[str, float]) -> None:
 
 
 def test_lowp_attention_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("lowp_cases.py"))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = run_cases(Path(__file__).with_name("lowp_cases.py"))
     _check_attention({k: v for k, v in res.items() if not k.startswith("quant:")}, INTERP)
     _check_quant({k[6:]: v for k, v in res.items() if k.startswith("quant:")}, INTERP)
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.interp_util import run_cases
+
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[2]
 
 # Outputs in the run dtype match the reference up to rare last-bit ties (fp32 summation order, one FMA).
 # Triton's CPU interpreter rounds fp32 -> fp8 wrongly when the rounding carries into the exponent (Triton
@@ -38,17 +35,7 @@ def _check(res: dict[str, float], bars: dict[str, float]) -> None:
 
 
 def test_fused_kernels_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("fused_cases.py"))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _check(json.loads(proc.stdout.strip().splitlines()[-1]), INTERP)
+    _check(run_cases(Path(__file__).with_name("fused_cases.py")), INTERP)
 
 
 @pytest.mark.gpu

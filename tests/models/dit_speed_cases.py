@@ -47,10 +47,35 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
     return res
 
 
+def prequant_linear(device: str, scheme: str) -> float:
+    """A QuantLinear fed the format's own per-token quantization of x (a QuantizedActivation) vs fed x."""
+    from torch import nn
+
+    from lightx2v_quant.quant import formats as qf
+    from lightx2v_quant.quant.activation import PER_TOKEN_FORMATS, QuantizedActivation
+    from lightx2v_quant.quant.linear import QuantLinear
+
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(256, 128)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(128, 256, generator=g) / 16)
+    layer = QuantLinear.from_linear(lin, scheme).to(device)
+    layer.prepare()
+    x = torch.randn(2, 33, 256, generator=g).to(torch.float16).to(device)
+    act = layer.kernel.prequantized_input(layer)
+    q, s = qf.FORMATS[PER_TOKEN_FORMATS[act]].quantize_activation(x.reshape(-1, 256))
+    with torch.no_grad():
+        y_pre = layer(QuantizedActivation(q.view(2, 33, 256), s.view(2, 33, 1), x.dtype))
+        y = layer(x)
+    assert y_pre.shape == y.shape and y_pre.dtype == y.dtype
+    return rel(y_pre, y)
+
+
 if __name__ == "__main__":
     out = {f"none:{k}": v for k, v in fused_vs_official("cpu", torch.float16, None).items()}
     out.update(
         {f"int8:{k}": v for k, v in fused_vs_official("cpu", torch.float16, "int8-torch", i2v=True).items()}
     )
+    out["int8-triton:prequant_linear"] = prequant_linear("cpu", "int8-triton")
     print(json.dumps(out))
     sys.stdout.flush()

@@ -3,10 +3,7 @@ the official path, and torch.compile of the blocks (CPU: no graph break; GPU: in
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from lightx2v_quant.models.wan.attention import attention, backend_problem, back
 from lightx2v_quant.models.wan.speed import compile_blocks, configure_dit, speed_settings
 from lightx2v_quant.quant.apply import prepare_model
 from lightx2v_quant.validate import ConfigError, validate
+from tests.interp_util import run_cases
 from tests.models.dit_util import inputs, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +69,13 @@ def test_validation_rejects_backends_that_cannot_run():
             validate(_cfg("hardware=h100", "speed.attention=flash_attn3"), detected=H100)
 
 
+@pytest.mark.parametrize("scheme", ["int8-torch", "fp8-torch"])
+def test_torch_kernel_takes_prequantized_activations(scheme):
+    from tests.models.dit_speed_cases import prequant_linear
+
+    assert prequant_linear("cpu", scheme) < 1e-3
+
+
 def test_configure_dit_on_cpu_keeps_official_path():
     model = random_dit(tiny(num_layers=2), torch.float32, "cpu", seed=0, quant="int8-torch")
     prepare_model(model)
@@ -85,19 +90,10 @@ def test_configure_dit_on_cpu_keeps_official_path():
 
 
 def test_fused_path_matches_official_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("dit_speed_cases.py"))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = run_cases(Path(__file__).with_name("dit_speed_cases.py"))
     assert res["none:fused"] < 2e-3, res  # fp16 rounding ties only
     assert res["int8:fused"] < 2e-2 and res["int8:fused_prequant"] < 2e-2, res  # int8 flips from those ties
+    assert res["int8-triton:prequant_linear"] < 1e-3, res  # the triton kernel's pre-quantized entry
 
 
 @pytest.mark.parametrize("quant", ["int8-torch", "fp8-torch"])
@@ -116,7 +112,7 @@ def test_compiled_blocks_have_no_graph_break_on_cpu(quant):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("quant", [None, "fp8-torch", "int8-torch"])
+@pytest.mark.parametrize("quant", [None, "fp8-torch", "int8-torch", "fp8-triton", "int8-triton"])
 def test_fused_and_compiled_dit_cuda(quant):
     from tests.models.dit_speed_cases import fused_vs_official, rel
 
