@@ -47,6 +47,31 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
     return res
 
 
+def offload_fused(scheme: str | None) -> float:
+    """Phase offload (CPU fake transport that defers copies, so a weight read before its phase arrives is
+    stale) on the fused path vs the fused path without offload; 0.0 when identical."""
+    import copy
+
+    from lightx2v_quant.config import OffloadConfig
+    from lightx2v_quant.offload.manager import wrap_for_offload
+    from tests.offload.fakes import FakeTransport
+
+    cfg = tiny(num_layers=2)
+    model = random_dit(cfg, torch.float16, "cpu", seed=0, quant=scheme)
+    prepare_model(model)
+    configure_dit(model, fused=True)
+    inp = inputs(cfg, batch=1)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(**inp)
+        handle = wrap_for_offload(
+            model, OffloadConfig(mode="phase", granularity="phase"), "cpu", transport=FakeTransport(lazy=True)
+        )
+        with handle:
+            out = model(**inp)
+        handle.close()
+    return rel(out, expected)
+
+
 def prequant_linear(device: str, scheme: str) -> float:
     """A QuantLinear fed the format's own per-token quantization of x (a QuantizedActivation) vs fed x."""
     from torch import nn
@@ -77,5 +102,6 @@ if __name__ == "__main__":
         {f"int8:{k}": v for k, v in fused_vs_official("cpu", torch.float16, "int8-torch", i2v=True).items()}
     )
     out["int8-triton:prequant_linear"] = prequant_linear("cpu", "int8-triton")
+    out["offload:fused_phase"] = offload_fused("int8-torch")
     print(json.dumps(out))
     sys.stdout.flush()

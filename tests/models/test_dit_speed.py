@@ -94,6 +94,7 @@ def test_fused_path_matches_official_in_triton_interpreter():
     assert res["none:fused"] < 2e-3, res  # fp16 rounding ties only
     assert res["int8:fused"] < 2e-2 and res["int8:fused_prequant"] < 2e-2, res  # int8 flips from those ties
     assert res["int8-triton:prequant_linear"] < 1e-3, res  # the triton kernel's pre-quantized entry
+    assert res["offload:fused_phase"] == 0.0, res  # phase offload sees the fused path's weight reads
 
 
 @pytest.mark.parametrize("quant", ["int8-torch", "fp8-torch"])
@@ -134,3 +135,27 @@ def test_fused_and_compiled_dit_cuda(quant):
         out = model(**inp)
     torch._dynamo.reset()
     assert torch.isfinite(out).all() and rel(out, ref) < 0.1, rel(out, ref)
+
+
+@pytest.mark.gpu
+def test_fused_path_with_phase_offload_cuda():
+    """Phase offload brings each phase's weights to the GPU when one of its modules starts: the fused path
+    must read weights only inside those modules' forwards (norm3 included)."""
+    from lightx2v_quant.config import OffloadConfig
+    from lightx2v_quant.offload.manager import wrap_for_offload
+    from tests.models.dit_speed_cases import rel
+
+    cfg = tiny(num_layers=3)
+    model = random_dit(cfg, torch.bfloat16, "cpu", seed=0, quant="fp8-torch")
+    ref_model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant="fp8-torch")
+    prepare_model(ref_model)
+    inp = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=1).items()}
+    with torch.no_grad():
+        configure_dit(ref_model, fused=True)
+        expected = ref_model(**inp)
+        configure_dit(model, fused=True, device="cuda")
+        handle = wrap_for_offload(model, OffloadConfig(mode="phase", granularity="phase"), "cuda")
+        with handle:
+            out = model(**inp)
+        handle.close()
+    assert rel(out, expected) < 1e-3

@@ -78,8 +78,13 @@ class WanLayerNorm(nn.Module):
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype)) if affine else None
         self.bias = nn.Parameter(torch.zeros(dim, dtype=dtype)) if affine else None
+        # Fast path (models.wan.speed): (output dtype, per-token quant or None) of a fused Triton kernel.
+        # It stays a forward of this module, so hooks on it (phase offload) still fire.
+        self.fused_to: tuple[torch.dtype, str | None] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedActivation:
+        if self.fused_to is not None:
+            return dit_fused.layer_norm(self, x)
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).type_as(x)

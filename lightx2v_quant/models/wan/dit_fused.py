@@ -43,17 +43,19 @@ def self_attn_phase(
 def cross_attn_phase(
     block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
 ) -> torch.Tensor:
-    """x + cross_attn(norm3(x)) (no gate); norm3 is an affine LayerNorm (or none)."""
+    """x + cross_attn(norm3(x)) (no gate). norm3 runs as a module call (its fused_to set by configure_dit),
+    so an offload hook on it still brings its weights in before they are read."""
     from lightx2v_quant import fused
 
-    norm3 = block.norm3
-    if getattr(norm3, "weight", None) is not None:
-        h = fused.layer_norm_modulate(
-            x, norm3.eps, block.run_dtype, weight=norm3.weight, bias=norm3.bias, quant=block.prequant[1]
-        )
-    else:  # cross_attn_norm=False: no norm before cross-attention
-        h = x
-    return fused.gated_residual(x, block.cross_attn(h, context, context_img))
+    return fused.gated_residual(x, block.cross_attn(block.norm3(x), context, context_img))
+
+
+def layer_norm(norm, x: torch.Tensor):
+    """WanLayerNorm.forward on the fast path: affine (or plain) LN in one pass, in norm.fused_to's dtype."""
+    from lightx2v_quant import fused
+
+    dtype, quant = norm.fused_to
+    return fused.layer_norm_modulate(x, norm.eps, dtype, weight=norm.weight, bias=norm.bias, quant=quant)
 
 
 def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:

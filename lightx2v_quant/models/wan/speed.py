@@ -21,6 +21,7 @@ from lightx2v_quant.models.wan.dit import (
     WanAttentionBlock,
     WanCrossAttention,
     WanDiT,
+    WanLayerNorm,
     WanRMSNorm,
     WanSelfAttention,
 )
@@ -96,14 +97,17 @@ def configure_dit(
     fused: bool | None = None,
     prequant: bool = True,
     compile: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
 
     ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms emit fp8 /
     int8 activations when every GEMM that reads them takes pre-quantized input. ``compile`` compiles each
-    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph.
+    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph. ``device`` is the
+    compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
+    whose weights live on the host between uses).
     """
-    device = next(model.parameters()).device.type
+    device = device or next(model.parameters()).device.type
     for name in (attention, cross_attention or attention):
         why = backend_problem(name, device, _sm(device))
         if why:
@@ -139,6 +143,9 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
     block.fused = fused
     sa = block.self_attn
     sa.fused = fused and isinstance(sa.norm_q, WanRMSNorm) and isinstance(sa.norm_k, WanRMSNorm)
+    norm3 = block.norm3 if isinstance(block.norm3, WanLayerNorm) else None
+    if norm3 is not None:
+        norm3.fused_to = (block.run_dtype, None) if fused else None
     if not (fused and prequant):
         block.prequant = (None, None, None)
         return
@@ -149,6 +156,8 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
         _prequant_format([block.ffn[0]]),
     )
     block.prequant = fmts
+    if norm3 is not None:
+        norm3.fused_to = (block.run_dtype, fmts[1])
     for key, fmt in zip(sites, fmts):
         sites[key] += fmt is not None
 
