@@ -114,13 +114,21 @@ def test_compiled_blocks_have_no_graph_break_on_cpu(quant):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("quant", [None, "fp8-torch", "int8-torch", "fp8-triton", "int8-triton"])
-def test_fused_and_compiled_dit_cuda(quant):
-    from tests.models.dit_speed_cases import fused_vs_official, rel
+def test_fused_path_matches_official_cuda(quant):
+    from tests.models.dit_speed_cases import fused_vs_official
 
     res = fused_vs_official("cuda", torch.bfloat16, quant)
     assert res["fused"] < 2e-2, res
     if quant:
         assert res["fused_prequant"] < 3e-2, res
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant", ["fp8-torch", "fp8-triton"])
+def test_compiled_fused_dit_with_lowp_attention_cuda(quant):
+    """Inductor, fullgraph (a graph break raises), fused kernels + pre-quantized inputs + our attention."""
+    from tests.models.dit_speed_cases import rel
+
     cfg = tiny(num_layers=2, dim=512, num_heads=4)
     model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=quant)
     prepare_model(model)
@@ -131,9 +139,10 @@ def test_fused_and_compiled_dit_cuda(quant):
     with torch.no_grad():
         configure_dit(model, fused=False)
         ref = model(**inp)
-        configure_dit(model, attention="int8qk-fp8pv", cross_attention="sdpa", fused=True, compile=True)
+        rep = configure_dit(model, attention="int8qk-fp8pv", cross_attention="sdpa", fused=True, compile=True)
         out = model(**inp)
     torch._dynamo.reset()
+    assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep
     assert torch.isfinite(out).all() and rel(out, ref) < 0.1, rel(out, ref)
 
 
