@@ -4,6 +4,11 @@ Weights are seeded random (``random_dit``), built directly on the GPU in the run
 the block linears are quantized online from the same random weights. Example (H100, ~1 minute):
 
     PYTHONPATH=. python benchmarks/dit.py --model wan2.1-t2v-14b --res 480p --out benchmarks/results
+
+Speed options (docs/speed.md): ``--attention``, ``--cross-attention``, ``--fused on|off|auto``, ``--compile``.
+``--plan quick|default|full`` runs many configurations in one process (benchmarks/dit_plan.py): ours in
+bf16 and quantized, each attention backend, fused / compiled, and the diffusers peer (bf16 and torchao
+float8, compiled), with one-step quality against our bf16 forward; ``default`` fits ~8 minutes on an H100.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from lightx2v_quant.models.wan import WanDiTConfig, random_dit
 from lightx2v_quant.models.wan.dit_config import PRESETS
+from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import kernels_used, prepare_model
 
 # video size -> latent H, W (VAE stride 8); 81 frames -> 21 latent frames
@@ -96,6 +102,8 @@ def run(args: argparse.Namespace) -> dict:
     model = random_dit(cfg, dtype, device, seed=args.seed, quant=args.quant,
                        sensitive_fp32=args.sensitive_fp32, attention_backend=args.attention)
     prepare_model(model)
+    speed = configure_dit(model, attention=args.attention, cross_attention=args.cross_attention,
+                          fused={"on": True, "off": False, "auto": None}[args.fused], compile=args.compile)
     _sync(device)
     build_s = time.perf_counter() - t0
     weights_gib = torch.cuda.memory_allocated(device) / GIB if cuda else None
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
         "quant": args.quant,
         "kernels": kernels_used(model),
         "attention": args.attention,
+        "speed": speed,
         "warmup": args.warmup,
         "iters": args.iters,
         "times_ms": [round(t, 2) for t in times_ms],
@@ -171,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep norms / embeddings / modulation / head in fp32")
     p.add_argument("--quant", default=None,
                    help="scheme name, e.g. fp8-torch (online-quantized random weights)")
-    p.add_argument("--attention", default="sdpa")
+    p.add_argument("--attention", default="sdpa", help="self-attention backend (docs/speed.md)")
+    p.add_argument("--cross-attention", default=None, help="cross-attention backend (default: --attention)")
+    p.add_argument("--fused", default="auto", choices=["auto", "on", "off"],
+                   help="fused Triton norm / RoPE / residual kernels (auto: on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each DIT block (fullgraph)")
+    p.add_argument("--plan", default=None, choices=["quick", "default", "full"],
+                   help="run a plan of many configurations (benchmarks/dit_plan.py) instead of one")
+    p.add_argument("--only", nargs="*", default=None, help="with --plan: entries whose name contains one of these")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -181,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("benchmarks/dit.py: no CUDA GPU here (use --device cpu with a tiny model to try it)", file=sys.stderr)
         return 2
-    result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.plan:
+        return _run_plan(args, out)
+    result = run(args)
     stem = f"dit_{args.model}_{args.res}_{args.quant or args.dtype}"
     if args.frames != 81:
         stem += f"_{args.frames}f"
@@ -191,6 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(markdown(result))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _run_plan(args: argparse.Namespace, out: Path) -> int:
+    from benchmarks.dit_plan import run_plan, table
+
+    if not args.device.startswith("cuda"):
+        print("--plan runs on a CUDA GPU", file=sys.stderr)
+        return 2
+    info = _device_info(torch.device(args.device))
+    results = run_plan(args.plan, args.model, args.seed, out, make_inputs, latent_shape, forward_flops, info,
+                       only=args.only)
+    text = table(results, info["device"])
+    (out / f"dit_plan_{args.plan}.md").write_text(text)
+    print(text)
+    return 0 if all("median_ms" in r for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -178,6 +178,16 @@ class SamplerConfig:
 
 
 @dataclass
+class SpeedOptions:
+    """How the DIT runs fast (`speed.*`; docs/speed.md). Checked at launch by validate."""
+
+    attention: Optional[str] = None  # self-attention backend; None = hardware.attention
+    cross_attention: Optional[str] = None  # None = same as attention
+    fused: Optional[bool] = None  # fused Triton norm/modulation/RoPE/residual kernels; None = where they run
+    compile: bool = False  # torch.compile each DIT block (fullgraph; the blocks share one graph)
+
+
+@dataclass
 class ReportConfig:
     reference: bool = False  # also run the unquantized pipeline and report the error
 
@@ -193,6 +203,7 @@ class RunConfig:
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     quant: QuantOptions = field(default_factory=QuantOptions)
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
     report: ReportConfig = field(default_factory=ReportConfig)
     prompt: str = "A cat walks on the grass, realistic style."
     negative_prompt: Optional[str] = None  # None: the official default negative prompt

@@ -186,6 +186,13 @@ def resolve_hardware(cfg: Any, detected: HardwareSpec, problems: list[str]) -> H
                         f"{named.description} (detected {detected.name})")
 
 
+def _speed_problems(cfg: Any, hw: HardwareSpec) -> list[str]:
+    """Attention backends (speed.attention / hardware.attention) and speed.fused against this machine."""
+    from lightx2v_quant.models.wan.speed import speed_problems
+
+    return speed_problems(cfg, hw.device, hw.sm if hw.is_cuda else None)
+
+
 def validate(cfg: Any, detected: HardwareSpec | None = None) -> Plan:
     """Check ``cfg`` against the machine; return the plan or raise one ConfigError with every problem."""
     detected = detected or hwmod.detect()
@@ -197,6 +204,7 @@ def validate(cfg: Any, detected: HardwareSpec | None = None) -> Plan:
         problems.append(f"offload.mode={cfg.offload.mode}: expected one of {', '.join(OFFLOAD_MODES)}")
     elif cfg.offload.mode not in ("none", "auto") and not hw.is_cuda:
         problems.append(f"offload={cfg.offload.mode} moves weights to a CUDA GPU; {hw.label()} has none: use offload=none")
+    problems += _speed_problems(cfg, hw)
     used = components_in_use(cfg)
     plans = {c: _plan_component(cfg, c, hw, problems) for c in used}
     from lightx2v_quant.pipeline_checks import pipeline_problems  # sampler, sizes, image, offload, attention

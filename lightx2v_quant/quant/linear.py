@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightx2v_quant.quant.activation import QuantizedActivation
 from lightx2v_quant.quant.kernels import Kernel, get_kernel
 from lightx2v_quant.quant.schemes import Scheme, get_scheme
 
@@ -102,7 +103,14 @@ class QuantLinear(nn.Module):
         self.kernel.prepare(self)
         self.prepared_for = self.weight.device.type
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):  # quantized by a fused producer (kernel.prequantized_input)
+            if self.prepared_for != x.data.device.type:
+                self.prepare()
+            lead = x.data.shape[:-1]
+            y = self.kernel.apply_quantized(self, x.data.reshape(-1, self.in_features), x.scale.reshape(-1, 1),
+                                            x.dtype)
+            return y.reshape(*lead, self.out_features)
         if self.prepared_for != x.device.type:
             self.prepare()
         lead = x.shape[:-1]

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightx2v_quant.models.wan import dit_fused
 from lightx2v_quant.models.wan.attention import attention, get_backend
 from lightx2v_quant.models.wan.dit_config import WanDiTConfig
 from lightx2v_quant.models.wan.rope import apply_rope, rope_tables
+from lightx2v_quant.quant.activation import QuantizedActivation
 
 # The linears that may be quantized (fnmatch patterns for ``lightx2v_quant.quant.apply.quantize_model``).
 QUANTIZABLE: tuple[str, ...] = (
@@ -76,8 +78,13 @@ class WanLayerNorm(nn.Module):
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype)) if affine else None
         self.bias = nn.Parameter(torch.zeros(dim, dtype=dtype)) if affine else None
+        # Fast path (models.wan.speed): (output dtype, per-token quant or None) of a fused Triton kernel.
+        # It stays a forward of this module, so hooks on it (phase offload) still fire.
+        self.fused_to: tuple[torch.dtype, str | None] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedActivation:
+        if self.fused_to is not None:
+            return dit_fused.layer_norm(self, x)
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).type_as(x)
@@ -97,15 +104,21 @@ class WanSelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d, dtype=dtype) for _ in range(4))
         self.norm_q = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
+        self.fused = False  # q/k RMSNorm + RoPE in one Triton kernel (models.wan.speed turns it on)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x.to(self.run_dtype)
-        q = _heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
-        k = _heads(self.norm_k(self.k(x)), self.num_heads)
+    def forward(self, x: torch.Tensor | QuantizedActivation, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
+        if self.fused:
+            q, k = (_heads(t, self.num_heads) for t in dit_fused.qk_norm_rope(self, x, rope))
+        else:
+            q = _heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
+            k = _heads(self.norm_k(self.k(x)), self.num_heads)
+            q = apply_rope(q, *rope).to(self.run_dtype)
+            k = apply_rope(k, *rope).to(self.run_dtype)
         v = _heads(self.v(x), self.num_heads)
-        q = apply_rope(q, *rope).to(self.run_dtype)
-        k = apply_rope(k, *rope).to(self.run_dtype)
+        del x  # drop references as soon as possible: at 480p each of these is 0.3 GB
         out = attention(q, k, v.to(self.run_dtype), self.attention_backend)
+        del q, k, v
         return self.o(out.flatten(2))
 
 
@@ -130,9 +143,10 @@ class WanCrossAttention(nn.Module):
         return attention(q, k, v, self.attention_backend).flatten(2)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None = None
+        self, x: torch.Tensor | QuantizedActivation, context: torch.Tensor, context_img: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x, context = x.to(self.run_dtype), context.to(self.run_dtype)
+        x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
+        context = context.to(self.run_dtype)
         q = _heads(self.norm_q(self.q(x)), self.num_heads).to(self.run_dtype)
         out = self._attend(q, self.norm_k(self.k(context)), self.v(context))
         if self.has_image:
@@ -160,12 +174,18 @@ class WanAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim, dtype=dtype), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, d, dtype=dtype))
         self.modulation = nn.Parameter(torch.randn(1, 6, d, dtype=dtype) / d**0.5)
+        # Fast path (models.wan.speed): fused Triton norm / modulation / residual kernels, and per phase
+        # (self-attn, cross-attn, FFN) the per-token format ("fp8" / "int8" / None) their input is emitted in.
+        self.fused = False
+        self.prequant: tuple[str | None, str | None, str | None] = (None, None, None)
 
     def modulation_terms(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """e0 [B, Lt, 6, D] fp32 -> six fp32 [B, Lt, D]: shift/scale/gate of self-attn, then of the FFN."""
         return (self.modulation.unsqueeze(0) + e0).float().unbind(2)
 
     def run_self_attn(self, x: torch.Tensor, mod: Sequence[torch.Tensor], rope) -> torch.Tensor:
+        if self.fused:
+            return dit_fused.self_attn_phase(self, x, mod, rope)
         shift, scale, gate = mod[0], mod[1], mod[2]
         y = self.self_attn(self.norm1(x).float() * (1 + scale) + shift, rope)
         return x + y * gate  # fp32: the residual stream is fp32 from here on
@@ -173,9 +193,13 @@ class WanAttentionBlock(nn.Module):
     def run_cross_attn(
         self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
     ) -> torch.Tensor:
+        if self.fused:
+            return dit_fused.cross_attn_phase(self, x, context, context_img)
         return x + self.cross_attn(self.norm3(x), context, context_img)  # no gate
 
     def run_ffn(self, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.fused:
+            return dit_fused.ffn_phase(self, x, mod)
         shift, scale, gate = mod[3], mod[4], mod[5]
         y = self.ffn((self.norm2(x).float() * (1 + scale) + shift).to(self.run_dtype))
         return x + y * gate

@@ -88,6 +88,21 @@ class Kernel:
         """x [M, K] in the run dtype -> y [M, N] in x.dtype, bias included."""
         raise NotImplementedError
 
+    # -- optional: activations quantized by a fused producer ------------------------------------
+    def prequantized_input(self, layer: QuantLinear) -> str | None:
+        """The per-token activation format ("fp8" / "int8", keys of ``quant.activation.PER_TOKEN_FORMATS``)
+        that ``apply_quantized`` takes for ``layer``, or None when the kernel only takes the run dtype.
+
+        A producer (the DIT's fused LayerNorm + modulation + quantization) emits it only when every
+        consumer of its output says yes; the numerics are the format's own per-token quantization."""
+        return None
+
+    def apply_quantized(self, layer: QuantLinear, xq: torch.Tensor, x_scale: torch.Tensor,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+        """xq [M, K] (fp8 e4m3 / int8) with per-token scales x_scale [M, 1] fp32 -> y [M, N] in
+        ``out_dtype``, bias included."""
+        raise NotImplementedError(f"kernel '{self.name}' takes no pre-quantized activations")
+
 
 def pad_rows(x: torch.Tensor, min_rows: int) -> tuple[torch.Tensor, int]:
     """Pad a 2-D tensor with zero rows up to ``min_rows`` (for kernels that reject small M)."""

@@ -109,11 +109,13 @@ class TorchKernel(Kernel):
         return None if layer.bias is None else layer.bias.to(dtype)
 
     def _fp8(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = x.dtype
-        mm_dtype = out_dtype
-        if x.is_cuda and out_dtype == torch.float32:
-            mm_dtype = torch.bfloat16  # row-wise scaled_mm on CUDA writes bf16/fp16 only
         xq, xs = _quantize_per_token(x, _FP8)
+        return self._fp8_mm(layer, xq, xs, x.dtype)
+
+    def _fp8_mm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        mm_dtype = out_dtype
+        if xq.is_cuda and out_dtype == torch.float32:
+            mm_dtype = torch.bfloat16  # row-wise scaled_mm on CUDA writes bf16/fp16 only
         y = torch._scaled_mm(
             xq,
             layer.weight.t(),  # [K, N] column-major view of the [N, K] weight
@@ -121,20 +123,36 @@ class TorchKernel(Kernel):
             scale_b=layer.k_scale_w,
             bias=self._bias(layer, mm_dtype),
             out_dtype=mm_dtype,
-            use_fast_accum=layer.fast_accum and x.is_cuda,
+            use_fast_accum=layer.fast_accum and xq.is_cuda,
         )
         return y.to(out_dtype)
 
     def _int8(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         xq, xs = _quantize_per_token(x, _INT8)
-        xq, m = pad_rows(xq, 17) if x.is_cuda else (xq, xq.shape[0])
+        return self._int8_mm(layer, xq, xs, x.dtype)
+
+    def _int8_mm(self, layer: QuantLinear, xq: torch.Tensor, xs: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        xq, m = pad_rows(xq, 17) if xq.is_cuda else (xq, xq.shape[0])
         acc = torch._int_mm(xq, layer.weight.t())[:m]  # int32 [M, N]
         # Epilogue in eager ops, fp32, in place: int32 * fp32 promotes to fp32 without a separate cast.
         y = acc * xs  # [M, N] * [M, 1]
         y.mul_(layer.k_scale_w)  # * [1, N]
         if layer.bias is not None:
             y.add_(layer.bias)
-        return y.to(x.dtype)
+        return y.to(out_dtype)
+
+    # -- pre-quantized activations (fused producers) --------------------------------------------
+    def prequantized_input(self, layer: QuantLinear) -> str | None:
+        return {_FP8: "fp8", _INT8: "int8"}.get(layer.format.name)
+
+    def apply_quantized(self, layer: QuantLinear, xq: torch.Tensor, x_scale: torch.Tensor,
+                        out_dtype: torch.dtype) -> torch.Tensor:
+        fmt = layer.format.name
+        if fmt == _FP8 and xq.dtype == qf.FP8_DTYPE:
+            return self._fp8_mm(layer, xq, x_scale, out_dtype)
+        if fmt == _INT8 and xq.dtype == torch.int8:
+            return self._int8_mm(layer, xq, x_scale, out_dtype)
+        raise KernelUnavailable(f"kernel 'torch' takes no pre-quantized {xq.dtype} activations for {fmt}")
 
     def _int4(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:

@@ -91,5 +91,19 @@ class TritonKernel(Kernel):
             return triton_ops.linear_fp8_block(x, layer.weight, layer.weight_scale, layer.bias)
         raise KernelUnavailable(f"kernel 'triton' has no path for {fmt}")
 
+    # -- pre-quantized activations (the DIT's fused norm + quantization) -----------------------------
+    def prequantized_input(self, layer: QuantLinear) -> str | None:
+        return {_FP8: "fp8", _INT8: "int8"}.get(layer.format.name)
+
+    def apply_quantized(
+        self, layer: QuantLinear, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype
+    ) -> torch.Tensor:
+        want = {_FP8: torch.float8_e4m3fn, _INT8: torch.int8}.get(layer.format.name)
+        if xq.dtype != want:
+            raise KernelUnavailable(
+                f"kernel 'triton' takes no pre-quantized {xq.dtype} activations for {layer.format.name}"
+            )
+        return _ops().w8a8_matmul(xq, x_scale, layer.weight, layer.k_w_scale, layer.bias, out_dtype)
+
 
 KERNEL = TritonKernel()

@@ -1,0 +1,1 @@
+"""Attention kernels beyond torch SDPA (the model's attention interface selects them by name)."""

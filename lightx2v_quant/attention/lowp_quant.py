@@ -1,0 +1,345 @@
+"""Quantization prologue of the low-precision attention: int8 Q (per token), int8 K (smoothed, per block
+of 128 keys), fp8 V (smoothed, per channel, stored transposed). Triton kernels, one pass each after a
+statistics pass over K and V.
+
+Every output buffer is padded to a multiple of 128 tokens and fully written (zeros past the sequence),
+so the attention kernel loads whole tiles without masks and never meets a NaN bit pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+QBLOCK = 128  # tokens per K scale block and padding unit of every buffer
+FP8_MAX = tl.constexpr(448.0)
+AMAX_EPS = tl.constexpr(1e-8)
+
+
+@triton.jit
+def _load_tile(x_ptr, b, h, rows, L, stride_b, stride_l, stride_h, D: tl.constexpr):
+    """[BLOCK, D] fp32 rows of one (batch, head); zeros past L."""
+    cols = tl.arange(0, D)
+    ptrs = x_ptr + b * stride_b + h * stride_h + rows[:, None] * stride_l + cols[None, :]
+    return tl.load(ptrs, mask=rows[:, None] < L, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr,
+    sum_ptr,
+    min_ptr,
+    max_ptr,
+    L,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    ROWS,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+    MINMAX: tl.constexpr,
+):
+    """Partial per-channel sum (and min / max) over ROWS tokens of one (batch, head): [BH, NSPLIT, D]."""
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    nsplit = tl.num_programs(0)
+    b = bh // H
+    h = bh % H
+    start = split * ROWS
+    end = tl.minimum(start + ROWS, L)
+    acc = tl.zeros([D], tl.float32)
+    lo = tl.full([D], float("inf"), tl.float32)
+    hi = tl.full([D], float("-inf"), tl.float32)
+    for r in range(start, end, BLOCK):
+        rows = r + tl.arange(0, BLOCK)
+        x = _load_tile(x_ptr, b, h, rows, end, stride_b, stride_l, stride_h, D)
+        acc += tl.sum(x, 0)
+        if MINMAX:
+            valid = rows[:, None] < end
+            lo = tl.minimum(lo, tl.min(tl.where(valid, x, float("inf")), 0))
+            hi = tl.maximum(hi, tl.max(tl.where(valid, x, float("-inf")), 0))
+    out = (bh * nsplit + split) * D + tl.arange(0, D)
+    tl.store(sum_ptr + out, acc)
+    if MINMAX:
+        tl.store(min_ptr + out, lo)
+        tl.store(max_ptr + out, hi)
+
+
+@triton.jit
+def _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2: tl.constexpr, D: tl.constexpr):
+    s = tl.arange(0, NSPLIT_P2)
+    ptrs = sum_ptr + (bh * NSPLIT + s[:, None]) * D + tl.arange(0, D)[None, :]
+    return tl.sum(tl.load(ptrs, mask=s[:, None] < NSPLIT, other=0.0), 0) / L
+
+
+@triton.jit
+def _quant_q_kernel(
+    x_ptr,
+    out_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    mul,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """int8 Q with one scale per token; ``mul`` (softmax scale * log2 e) is folded in first."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D) * mul
+    amax = tl.maximum(tl.max(tl.abs(x), 1), AMAX_EPS)  # [BLOCK]
+    inv = 127.0 / amax
+    y = x * inv[:, None]
+    q = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)  # round half away from zero (truncating cast)
+    tl.store(out_ptr + (bh * LP + rows[:, None]) * D + tl.arange(0, D)[None, :], q)
+    tl.store(scale_ptr + bh * LP + rows, amax / 127.0)
+
+
+@triton.jit
+def _quant_k_kernel(
+    x_ptr,
+    sum_ptr,
+    out_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    NSPLIT,
+    NSPLIT_P2: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """int8 (K - channel mean of K) with one scale per block of BLOCK keys."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D)
+    mean = _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2, D)
+    x = tl.where(rows[:, None] < L, x - mean[None, :], 0.0)
+    amax = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), AMAX_EPS)
+    y = x * (127.0 / amax)
+    q = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)
+    tl.store(out_ptr + (bh * LP + rows[:, None]) * D + tl.arange(0, D)[None, :], q)
+    tl.store(scale_ptr + bh * (LP // BLOCK) + pid, amax / 127.0)
+
+
+@triton.jit
+def _quant_v_kernel(
+    x_ptr,
+    sum_ptr,
+    min_ptr,
+    max_ptr,
+    out_ptr,
+    mean_ptr,
+    scale_ptr,
+    L,
+    LP,
+    H,
+    stride_b,
+    stride_l,
+    stride_h,
+    NSPLIT,
+    NSPLIT_P2: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """fp8 (V - channel mean) / channel scale, stored transposed [BH, D, LP]; program 0 of each
+    (batch, head) also writes the mean and scale for the attention epilogue."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, D)
+    x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D)
+    mean = _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2, D)
+    s = tl.arange(0, NSPLIT_P2)
+    part = (bh * NSPLIT + s[:, None]) * D + cols[None, :]
+    pmask = s[:, None] < NSPLIT
+    lo = tl.min(tl.load(min_ptr + part, mask=pmask, other=float("inf")), 0)
+    hi = tl.max(tl.load(max_ptr + part, mask=pmask, other=float("-inf")), 0)
+    amax = tl.maximum(tl.maximum(hi - mean, mean - lo), AMAX_EPS)  # [D]
+    inv = 448.0 / amax
+    y = tl.where(rows[:, None] < L, (x - mean[None, :]) * inv[None, :], 0.0)
+    q = tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX).to(tl.float8e4nv)
+    # transposed: token axis contiguous, as Hopper's fp8 wgmma wants the B operand of P.V (K-major)
+    tl.store(out_ptr + (bh * D + cols[None, :]) * LP + rows[:, None], q)
+    if pid == 0:
+        tl.store(mean_ptr + bh * D + cols, mean)
+        tl.store(scale_ptr + bh * D + cols, amax / 448.0)
+
+
+@dataclass
+class QuantizedQKV:
+    """Quantized attention inputs, [B*H, tokens padded to 128, D] (V^T: [B*H, D, tokens padded])."""
+
+    q: torch.Tensor  # int8 [BH, LQP, D]; softmax scale * log2(e) folded in
+    q_scale: torch.Tensor  # fp32 [BH, LQP], one per token
+    k: torch.Tensor  # int8 [BH, LKP, D], channel mean removed
+    k_scale: torch.Tensor  # fp32 [BH, LKP / 128]
+    v: torch.Tensor | None  # fp8 e4m3 [BH, D, LKP] (None: P.V reads the original V)
+    v_mean: torch.Tensor | None  # fp32 [BH, D]
+    v_scale: torch.Tensor | None  # fp32 [BH, D]
+
+
+def _splits(length: int, bh: int) -> tuple[int, int]:
+    """(rows per split, number of splits) so that the statistics pass has ~4 programs per SM."""
+    want = max(1, -(-512 // bh))
+    rows = max(QBLOCK, triton.cdiv(triton.cdiv(length, want), QBLOCK) * QBLOCK)
+    return rows, triton.cdiv(length, rows)
+
+
+def _stats(x: torch.Tensor, minmax: bool) -> tuple[torch.Tensor, ...]:
+    B, L, H, D = x.shape
+    rows, nsplit = _splits(L, B * H)
+    parts = [
+        torch.empty(B * H, nsplit, D, device=x.device, dtype=torch.float32) for _ in range(3 if minmax else 1)
+    ]
+    lo, hi = (parts[1], parts[2]) if minmax else (parts[0], parts[0])
+    _stats_kernel[(nsplit, B * H)](
+        x,
+        parts[0],
+        lo,
+        hi,
+        L,
+        H,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        rows,
+        D=D,
+        BLOCK=64,
+        MINMAX=minmax,
+        num_warps=4,
+    )
+    return (nsplit, *parts)
+
+
+def quantize_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, pv_fp8: bool = True
+) -> QuantizedQKV:
+    """[B, L, H, D] q / k / v (any strides with a contiguous head dim) -> QuantizedQKV.
+
+    ``sm_scale`` multiplies the logits in log2 units (1/sqrt(D) * log2(e) for softmax attention).
+    """
+    B, Lq, H, D = q.shape
+    Lk = k.shape[1]
+    bh, dev = B * H, q.device
+    lqp, lkp = triton.cdiv(Lq, QBLOCK) * QBLOCK, triton.cdiv(Lk, QBLOCK) * QBLOCK
+    q8 = torch.empty(bh, lqp, D, device=dev, dtype=torch.int8)
+    qs = torch.empty(bh, lqp, device=dev, dtype=torch.float32)
+    _quant_q_kernel[(lqp // QBLOCK, bh)](
+        q, q8, qs, Lq, lqp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale, D=D, BLOCK=QBLOCK, num_warps=8
+    )
+    nsplit, ksum = _stats(k, minmax=False)
+    k8 = torch.empty(bh, lkp, D, device=dev, dtype=torch.int8)
+    ks = torch.empty(bh, lkp // QBLOCK, device=dev, dtype=torch.float32)
+    _quant_k_kernel[(lkp // QBLOCK, bh)](
+        k,
+        ksum,
+        k8,
+        ks,
+        Lk,
+        lkp,
+        H,
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        nsplit,
+        NSPLIT_P2=triton.next_power_of_2(nsplit),
+        D=D,
+        BLOCK=QBLOCK,
+        num_warps=8,
+    )
+    if not pv_fp8:
+        return QuantizedQKV(q8, qs, k8, ks, None, None, None)
+    nsplit, vsum, vmin, vmax = _stats(v, minmax=True)
+    v8 = torch.empty(bh, D, lkp, device=dev, dtype=torch.float8_e4m3fn)
+    vm = torch.empty(bh, D, device=dev, dtype=torch.float32)
+    vs = torch.empty(bh, D, device=dev, dtype=torch.float32)
+    _quant_v_kernel[(lkp // QBLOCK, bh)](
+        v,
+        vsum,
+        vmin,
+        vmax,
+        v8,
+        vm,
+        vs,
+        Lk,
+        lkp,
+        H,
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        nsplit,
+        NSPLIT_P2=triton.next_power_of_2(nsplit),
+        D=D,
+        BLOCK=QBLOCK,
+        num_warps=8,
+    )
+    return QuantizedQKV(q8, qs, k8, ks, v8, vm, vs)
+
+
+def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
+    ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h", "NSPLIT")}
+    div16 = ["LP", "stride_b", "stride_l", "stride_h"]
+    sig = {
+        "x_ptr": "*bf16",
+        "sum_ptr": "*fp32",
+        "min_ptr": "*fp32",
+        "max_ptr": "*fp32",
+        "out_ptr": "*fp8e4nv",
+        "mean_ptr": "*fp32",
+        "scale_ptr": "*fp32",
+        **ints,
+    }
+    yield (
+        "quant_v_128",
+        _quant_v_kernel,
+        sig,
+        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
+        {"num_warps": 8},
+        div16,
+    )
+    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
+    yield (
+        "quant_k_128",
+        _quant_k_kernel,
+        sig,
+        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
+        {"num_warps": 8},
+        div16,
+    )
+    sig = {
+        "x_ptr": "*bf16",
+        "out_ptr": "*i8",
+        "scale_ptr": "*fp32",
+        "mul": "fp32",
+        **{k: v for k, v in ints.items() if k != "NSPLIT"},
+    }
+    yield ("quant_q_128", _quant_q_kernel, sig, {"D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
+    sig = {
+        "x_ptr": "*bf16",
+        "sum_ptr": "*fp32",
+        "min_ptr": "*fp32",
+        "max_ptr": "*fp32",
+        **{n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")},
+    }
+    yield (
+        "stats_minmax_128",
+        _stats_kernel,
+        sig,
+        {"D": 128, "BLOCK": 64, "MINMAX": True},
+        {"num_warps": 4},
+        ["stride_b", "stride_l", "stride_h", "ROWS"],
+    )

@@ -1,0 +1,339 @@
+"""Low-precision attention in Triton (SageAttention-style): int8 Q.K^T, then fp8 (or bf16/fp16) P.V.
+
+Why it stays accurate:
+- K smoothing: subtracting the per-channel mean of K over the tokens changes every logit of a query row
+  by the same constant (q . mean_k), which softmax ignores; what is left is centred and quantizes well.
+- Q has one int8 scale per token (free in the kernel: the logit scale is a per-row factor anyway), K one
+  per block of 128 keys. The softmax scale and log2(e) are folded into Q, so the kernel works in exp2.
+- P = exp2(s - rowmax) lies in [0, 1]; the kernel computes 448 * P directly (log2(448) folded into the
+  exponent) and casts it to fp8 e4m3; the row sums carry the same factor, so the final division
+  cancels it. V is fp8 per channel after V smoothing (mean added back after: rows of P sum to 1).
+  ``pv_fp8=False`` keeps P.V in the input dtype (only Q.K is int8): slower, more accurate.
+
+Speed on Hopper (where the kernel is meant to run): both dots are 8-bit wgmma (int8 and fp8 need
+K-major operands, hence K row-major and V^T stored [D, tokens]); the int32 logits become fp32 by a
+magic-number add (an integer add and one FMA instead of a quarter-rate I2F per element); loads are
+unmasked (buffers padded to 128 tokens) and only the last key block is masked.
+
+Layouts: q, k, v, out are [B, L, H, D] (the DIT's natural layout, no transpose copies).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from lightx2v_quant.attention.lowp_quant import QBLOCK, quantize_qkv
+
+LOG2E = 1.4426950408889634
+MAGIC_I = tl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i for |i| < 2^22
+MAGIC_F = tl.constexpr(12582912.0)
+LOG2_PSCALE = tl.constexpr(math.log2(448.0))  # P is computed as 448 * exp2(.): fp8 e4m3's full range
+MASKED_LOGIT = tl.constexpr(-4194304)  # -2^22: below any int8 x int8 x 128 dot product
+
+
+@triton.jit
+def _softmax_pv(
+    acc,
+    m_i,
+    l_i,
+    s,
+    q_sc,
+    ks_ptr,
+    desc_v,
+    v_row,
+    v_col,
+    start,
+    L_K,
+    QB: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Online-softmax update of (acc, m_i, l_i) with the int32 logits ``s`` of the key block at ``start``."""
+    sc = q_sc * tl.load(ks_ptr + start // QB)  # [BM]: log2 units per integer unit
+    if MASKED:
+        valid = (start + tl.arange(0, BLOCK_N))[None, :] < L_K
+        s = tl.where(valid, s, MASKED_LOGIT)
+    m_new = tl.maximum(m_i, tl.max(s, 1).to(tl.float32) * sc)
+    # float(s) * sc - m_new + log2(448) as one FMA on the magic-number float of s
+    c = MAGIC_F * sc + m_new - LOG2_PSCALE
+    t = (s + MAGIC_I).to(tl.float32, bitcast=True) * sc[:, None] - c[:, None]
+    if MASKED:
+        t = tl.where(valid, t, float("-inf"))
+    p = tl.math.exp2(t)  # 448 * P
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if PV_FP8:
+        v = desc_v.load([v_row, start]).T  # fp8 [BN, D] from the V^T tile (tokens contiguous: K-major)
+        acc = tl.dot(p.to(tl.float8e4nv), v, acc)
+    else:
+        v = desc_v.load([v_row + start, v_col])  # [BN, D] of the original V (rows past L_K: p = 0)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    desc_q,
+    qs_ptr,
+    desc_k,
+    ks_ptr,
+    desc_v,
+    vs_ptr,
+    vm_ptr,
+    o_ptr,
+    L_Q,
+    L_K,
+    LQP,
+    LKP,
+    H,
+    stride_ob,
+    stride_ol,
+    stride_oh,
+    D: tl.constexpr,
+    QB: tl.constexpr,
+    PV_FP8: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = desc_q.load([bh * LQP + pid_m * BLOCK_M, 0])  # int8 [BM, D]
+    q_sc = tl.load(qs_ptr + bh * LQP + offs_m)  # [BM]
+    k_row = bh * LKP
+    ks_base = ks_ptr + bh * (LKP // QB)
+    if PV_FP8:
+        v_row = bh * D  # V^T is [BH * D, LKP]
+        v_col = 0
+    else:
+        v_row = b * L_K  # V is [B * L_K, H * D]
+        v_col = h * D
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    n_full = L_K // BLOCK_N
+    for j in range(0, n_full):
+        s = tl.dot(q, desc_k.load([k_row + j * BLOCK_N, 0]).T)  # int32 [BM, BN], exact
+        acc, m_i, l_i = _softmax_pv(
+            acc,
+            m_i,
+            l_i,
+            s,
+            q_sc,
+            ks_base,
+            desc_v,
+            v_row,
+            v_col,
+            j * BLOCK_N,
+            L_K,
+            QB,
+            PV_FP8,
+            BLOCK_N,
+            False,
+        )
+    if n_full * BLOCK_N < L_K:  # ragged last block: the only one with masks
+        s = tl.dot(q, desc_k.load([k_row + n_full * BLOCK_N, 0]).T)
+        acc, m_i, l_i = _softmax_pv(
+            acc,
+            m_i,
+            l_i,
+            s,
+            q_sc,
+            ks_base,
+            desc_v,
+            v_row,
+            v_col,
+            n_full * BLOCK_N,
+            L_K,
+            QB,
+            PV_FP8,
+            BLOCK_N,
+            True,
+        )
+
+    out = acc / l_i[:, None]
+    offs_d = tl.arange(0, D)
+    if PV_FP8:  # undo V's per-channel scale, add back its mean
+        out = out * tl.load(vs_ptr + bh * D + offs_d)[None, :] + tl.load(vm_ptr + bh * D + offs_d)[None, :]
+    o_ptrs = o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :]
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < L_Q)
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg or 0). Register footprints decide how many programs
+# share an SM, and co-resident programs are how the softmax of one overlaps the tensor-core work of
+# another (Triton does not warp-specialize this loop on Hopper). From ptxas for sm_90a (Triton 3.6,
+# benchmarks/triton_sass.py): 128x64/8 warps fits 128 registers without spills -> 2 programs (16 warps)
+# per SM; 64x128/4 warps at 168 -> 3 per SM; BLOCK_N=128 does not fit 128 registers (spills).
+CONFIGS = [
+    (128, 64, 8, 3, 128),
+    (128, 64, 8, 2, 128),
+    (64, 128, 4, 2, 168),
+    (64, 128, 4, 3, 0),
+    (64, 64, 4, 3, 128),
+    (128, 128, 8, 2, 0),
+]
+_ENV_CONFIG = "LIGHTX2V_QUANT_ATTN_CONFIG"  # "BM,BN,warps,stages,maxnreg": pin one config, skip autotuning
+
+
+def _set_block_shapes(nargs: dict) -> None:
+    """Autotune pre-hook: the TMA descriptors' block shapes follow the config's tile sizes."""
+    bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["D"]
+    nargs["desc_q"].block_shape = [bm, d]
+    nargs["desc_k"].block_shape = [bn, d]
+    nargs["desc_v"].block_shape = [d, bn] if nargs["PV_FP8"] else [bn, d]
+
+
+def _configs() -> list[triton.Config]:
+    pinned = os.environ.get(_ENV_CONFIG)
+    chosen = [tuple(int(v) for v in pinned.split(","))] if pinned else CONFIGS
+    return [
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn},
+            num_warps=w,
+            num_stages=s,
+            maxnreg=r or None,
+            pre_hook=_set_block_shapes,
+        )
+        for bm, bn, w, s, r in chosen
+    ]
+
+
+_attn_fwd = triton.autotune(configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8"])(_attn_fwd_kernel)
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """One clear error for shapes / dtypes the kernel does not take."""
+    if (
+        q.dim() != 4
+        or k.shape != v.shape
+        or k.dim() != 4
+        or q.shape[0] != k.shape[0]
+        or q.shape[2:] != k.shape[2:]
+    ):
+        raise ValueError(
+            f"low-precision attention wants q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q "
+            f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
+        )
+    if q.shape[-1] not in (64, 128):
+        raise ValueError(f"low-precision attention supports head_dim 64 or 128, got {q.shape[-1]}")
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            f"low-precision attention takes bf16 or fp16 q, k, v of one dtype; got {q.dtype}, "
+            f"{k.dtype}, {v.dtype}"
+        )
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        raise ValueError("low-precision attention needs a contiguous head dim (stride(-1) == 1)")
+    if k.shape[1] == 0 or q.shape[1] == 0:
+        raise ValueError("low-precision attention got an empty sequence")
+
+
+def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool = True) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v for q [B, Lq, H, D], k / v [B, Lk, H, D]; [B, Lq, H, D] in q.dtype.
+
+    No mask (Wan attends to every key). ``pv_fp8=False`` keeps P.V in the input dtype.
+    """
+    check_inputs(q, k, v)
+    return _lowp_op(q, k, v, pv_fp8)
+
+
+@torch.library.custom_op("lightx2v_quant::lowp_attention", mutates_args=())
+def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) -> torch.Tensor:
+    # a custom op: torch.compile treats it as one opaque call (no tracing into autotuning / TMA descriptors)
+    return _launch(q, k, v, pv_fp8)
+
+
+def lowp_attention_config(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool, config: tuple[int, int, int, int, int]
+) -> torch.Tensor:
+    """For benchmarks: one pinned (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg) config, no autotuning."""
+    check_inputs(q, k, v)
+    return _launch(q, k, v, pv_fp8, config)
+
+
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pv_fp8: bool,
+    config: tuple[int, int, int, int, int] | None = None,
+) -> torch.Tensor:
+    B, Lq, H, D = q.shape
+    Lk = k.shape[1]
+    qq = quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
+    out = torch.empty(B, Lq, H, D, device=q.device, dtype=q.dtype)
+    lqp, lkp = qq.q.shape[1], qq.k.shape[1]
+    # Tiles are read through TMA descriptors of 2-D views; block shapes are set per config (pre-hook).
+    desc_q = TensorDescriptor.from_tensor(qq.q.view(B * H * lqp, D), [64, D])
+    desc_k = TensorDescriptor.from_tensor(qq.k.view(B * H * lkp, D), [64, D])
+    if pv_fp8:
+        desc_v = TensorDescriptor.from_tensor(qq.v.view(B * H * D, lkp), [D, 64])
+        vs, vm = qq.v_scale, qq.v_mean
+    else:
+        v2 = v.reshape(B * Lk, H * D)  # a view for the DIT's [B, L, H*D] projections, else one copy
+        desc_v = TensorDescriptor.from_tensor(v2, [64, D])
+        vs = vm = qq.q_scale  # unused on this path
+    args = (
+        desc_q,
+        qq.q_scale,
+        desc_k,
+        qq.k_scale,
+        desc_v,
+        vs,
+        vm,
+        out,
+        Lq,
+        Lk,
+        lqp,
+        lkp,
+        H,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+    )
+    if q.is_cuda and config is not None:
+        bm, bn, warps, stages, maxnreg = config
+        meta = {
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "D": D,
+            "PV_FP8": pv_fp8,
+            "desc_q": desc_q,
+            "desc_k": desc_k,
+            "desc_v": desc_v,
+        }
+        _set_block_shapes(meta)
+        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](
+            *args,
+            D=D,
+            QB=QBLOCK,
+            PV_FP8=pv_fp8,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            num_warps=warps,
+            num_stages=stages,
+            **({"maxnreg": maxnreg} if maxnreg else {}),
+        )
+    elif q.is_cuda:
+        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8)
+    else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
+        _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](
+            *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64
+        )
+    return out
+
+
+@_lowp_op.register_fake
+def _(q, k, v, pv_fp8):
+    return q.new_empty(q.shape)

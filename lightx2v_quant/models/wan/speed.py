@@ -1,0 +1,176 @@
+"""Speed options of the DIT (config node ``speed``): attention backends, fused Triton kernels (with
+activations emitted pre-quantized for the GEMMs that take them), and ``torch.compile`` per block.
+
+``speed_settings(cfg)`` resolves the config, ``speed_problems(cfg, hw)`` lists what cannot run on the
+machine (validation calls it), and ``configure_dit(model, ...)`` applies the settings to a built model
+(the runner and benchmarks call it after ``prepare_model``). docs/speed.md explains each option.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from lightx2v_quant.models.wan.attention import backend_problem, backends
+from lightx2v_quant.models.wan.dit import (
+    WanAttentionBlock,
+    WanCrossAttention,
+    WanDiT,
+    WanLayerNorm,
+    WanRMSNorm,
+    WanSelfAttention,
+)
+from lightx2v_quant.quant.linear import QuantLinear
+
+
+@dataclass
+class SpeedSettings:
+    attention: str = "sdpa"  # self-attention backend
+    cross_attention: str = "sdpa"  # cross-attention backend
+    fused: bool | None = None  # None: on where the kernels run (CUDA, Triton, bf16 / fp16 run dtype)
+    compile: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def speed_settings(cfg: Any) -> SpeedSettings:
+    """The resolved settings of a composed run config: ``speed.attention`` (null: ``hardware.attention``),
+    ``speed.cross_attention`` (null: same as attention), ``speed.fused``, ``speed.compile``."""
+    sp = cfg.get("speed") or {}
+    attention = sp.get("attention") or cfg.hardware.get("attention") or "sdpa"
+    cross = sp.get("cross_attention") or attention
+    return SpeedSettings(str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)))
+
+
+def fused_problem(device: str, run_dtype: torch.dtype | str) -> str | None:
+    """Why the fused kernels cannot run here, or None."""
+    name = (
+        run_dtype
+        if isinstance(run_dtype, str)
+        else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run_dtype, str(run_dtype))
+    )
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":  # the interpreter runs them (tests)
+        return f"the fused Triton kernels run on CUDA GPUs, not on {device}"
+    if importlib.util.find_spec("triton") is None:
+        return "the fused kernels need the Python package 'triton' (pip install triton)"
+    if name not in ("bf16", "fp16"):
+        return f"the fused kernels run bf16 / fp16 models (model.dtype={name} computes RoPE in float64)"
+    return None
+
+
+def speed_problems(cfg: Any, device: str, sm: int | None) -> list[str]:
+    """One line per speed option that cannot run on this machine (for the launch-time ConfigError)."""
+    s = speed_settings(cfg)
+    problems = []
+    for key, name in (("attention", s.attention), ("cross_attention", s.cross_attention)):
+        why = backend_problem(name, device, sm)
+        if why:
+            where = "speed." + key if (cfg.get("speed") or {}).get(key) else "hardware.attention"
+            ok = [b for b in backends() if backend_problem(b, device, sm) is None]
+            problems.append(f"{where}={name}: {why}. Backends that run here: {', '.join(ok)}")
+    if s.fused is True:
+        why = fused_problem(device, str(cfg.model.dtype))
+        if why:
+            problems.append(f"speed.fused=true: {why}; use speed.fused=null (automatic) or false")
+    return problems
+
+
+def _prequant_format(consumers: list[torch.nn.Module]) -> str | None:
+    """The per-token format every consumer takes pre-quantized, or None (one consumer that cannot -> None)."""
+    formats = set()
+    for layer in consumers:
+        if not isinstance(layer, QuantLinear):
+            return None
+        formats.add(layer.kernel.prequantized_input(layer))
+    return formats.pop() if len(formats) == 1 and None not in formats else None
+
+
+def configure_dit(
+    model: WanDiT,
+    *,
+    attention: str = "sdpa",
+    cross_attention: str | None = None,
+    fused: bool | None = None,
+    prequant: bool = True,
+    compile: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
+
+    ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms emit fp8 /
+    int8 activations when every GEMM that reads them takes pre-quantized input. ``compile`` compiles each
+    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph. ``device`` is the
+    compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
+    whose weights live on the host between uses).
+    """
+    device = device or next(model.parameters()).device.type
+    for name in (attention, cross_attention or attention):
+        why = backend_problem(name, device, _sm(device))
+        if why:
+            raise ValueError(why)
+    for m in model.modules():
+        if isinstance(m, WanSelfAttention):
+            m.attention_backend = attention
+        elif isinstance(m, WanCrossAttention):
+            m.attention_backend = cross_attention or attention
+    why = fused_problem(device, model.run_dtype)
+    if fused is True and why:
+        raise ValueError(f"fused=True: {why}")
+    use_fused = why is None if fused is None else bool(fused)
+    # import lazily-loaded kernel modules now, outside any torch.compile trace
+    if use_fused:
+        importlib.import_module("lightx2v_quant.fused")
+    if {attention, cross_attention} & {"int8qk-fp8pv", "int8qk"}:
+        importlib.import_module("lightx2v_quant.attention.lowp_triton")
+    sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0}
+    for block in model.blocks:
+        _configure_block(block, use_fused, prequant, sites)
+    if compile:
+        compile_blocks(model)
+    report = asdict(SpeedSettings(attention, cross_attention or attention, use_fused, compile))
+    report.pop("notes")
+    report["prequantized_inputs"] = {k: f"{v}/{len(model.blocks)} blocks" for k, v in sites.items()}
+    if fused is None and why:
+        report["fused_off_because"] = why
+    return report
+
+
+def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, sites: dict[str, int]) -> None:
+    block.fused = fused
+    sa = block.self_attn
+    sa.fused = fused and isinstance(sa.norm_q, WanRMSNorm) and isinstance(sa.norm_k, WanRMSNorm)
+    norm3 = block.norm3 if isinstance(block.norm3, WanLayerNorm) else None
+    if norm3 is not None:
+        norm3.fused_to = (block.run_dtype, None) if fused else None
+    if not (fused and prequant):
+        block.prequant = (None, None, None)
+        return
+    affine_norm3 = getattr(block.norm3, "weight", None) is not None
+    fmts = (
+        _prequant_format([sa.q, sa.k, sa.v]),
+        _prequant_format([block.cross_attn.q]) if affine_norm3 else None,
+        _prequant_format([block.ffn[0]]),
+    )
+    block.prequant = fmts
+    if norm3 is not None:
+        norm3.fused_to = (block.run_dtype, fmts[1])
+    for key, fmt in zip(sites, fmts):
+        sites[key] += fmt is not None
+
+
+def compile_blocks(model: WanDiT, **options: Any) -> None:
+    """``torch.compile`` every DIT block in place (like diffusers' compile_repeated_blocks): fullgraph, static
+    shapes; the blocks share the compiled code (their parameters are graph inputs)."""
+    for block in model.blocks:
+        block.compile(fullgraph=True, dynamic=False, **options)
+
+
+def _sm(device: str) -> int | None:
+    if device != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return major * 10 + minor
