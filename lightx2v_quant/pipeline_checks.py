@@ -1,35 +1,15 @@
 """Launch-time checks of what the pipeline will run, beyond the quantization schemes: sampler and video
-size, the input image, the model folder, the attention backend, offload availability. Each problem is
-one line of validate's single ConfigError."""
+size, the input image, the model folder, the text encoder's device. Each problem is one line of
+validate's single ConfigError (attention backends and offload memory are checked in validate)."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from lightx2v_quant.sampling.settings import sampling_problems
 
 DTYPES = ("bf16", "fp16", "fp32")
-
-
-def _offload_available() -> str | None:
-    """None when the offload manager's entry point exists, else why not."""
-    try:
-        module = importlib.import_module("lightx2v_quant.offload")
-    except ImportError as exc:
-        return f"lightx2v_quant.offload cannot be imported ({exc})"
-    if not callable(getattr(module, "wrap_for_offload", None)):
-        return "lightx2v_quant.offload has no wrap_for_offload"
-    return None
-
-
-def _attention_backends() -> tuple[str, ...]:
-    try:
-        from lightx2v_quant.models.wan.attention import backends
-    except ModuleNotFoundError:  # a checkout without the model package: only the default exists
-        return ("sdpa",)
-    return tuple(backends())
 
 
 def _t5_on_cpu_problems(cfg: Any) -> list[str]:
@@ -77,18 +57,7 @@ def pipeline_problems(cfg: Any) -> list[str]:
             )
     elif cfg.image:
         problems.append(f"image={cfg.image} is for image-to-video models; model {model.name} is {model.task}")
-    mode = str(cfg.offload.mode)
-    if mode != "none":
-        why = _offload_available()
-        if why:
-            problems.append(f"offload={mode} is not available in this version: {why}; use offload=none")
     problems += _t5_on_cpu_problems(cfg)
-    attention = str(cfg.hardware.attention)
-    available = _attention_backends()
-    if attention not in available:
-        problems.append(
-            f"hardware.attention={attention}: attention backends available here: {', '.join(available)}"
-        )
     if (
         cfg.report.reference
         and model.path is None

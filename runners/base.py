@@ -226,6 +226,7 @@ class WanRunner:
                 model, info = comp.build_dit(
                     self.cfg, plans.get("dit"), build_device, self.random, expert, prepare=mode == "none"
                 )
+                info["speed"] = comp.configure_speed(model, self.cfg, self.device)
                 if mode != "none":
                     model = comp.wrap_for_offload(
                         model,

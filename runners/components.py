@@ -161,7 +161,6 @@ def build_dit(
     dtype = run_dtype(cfg)
     common = dict(
         sensitive_fp32=bool(cfg.model.sensitive_fp32),
-        attention_backend=str(cfg.hardware.attention),
         **_quant_args(plan),
     )
     checkpoint = None
@@ -180,6 +179,16 @@ def build_dit(
         checkpoint = checkpoint[0].parent
     info["checkpoint"] = str(checkpoint) if checkpoint else None
     return model, info
+
+
+def configure_speed(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, Any]:
+    """Attention backends, fused kernels and torch.compile (`speed.*`, docs/speed.md) on a built DIT;
+    returns what runs, for the report."""
+    from lightx2v_quant.models.wan.speed import configure_dit, speed_settings
+
+    s = speed_settings(cfg)
+    return configure_dit(model, attention=s.attention, cross_attention=s.cross_attention, fused=s.fused,
+                         compile=s.compile, device=device.type)
 
 
 # -- VAE ----------------------------------------------------------------------------------------------
