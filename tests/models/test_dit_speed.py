@@ -4,7 +4,6 @@ the official path, and torch.compile of the blocks (CPU: no graph break; GPU: in
 from __future__ import annotations
 
 import copy
-
 import os
 from pathlib import Path
 
