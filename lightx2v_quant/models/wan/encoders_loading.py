@@ -9,16 +9,15 @@ model is built exactly like a loaded one and quantized and unquantized random mo
 
 from __future__ import annotations
 
-import zlib
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from lightx2v_quant.checkpoints.loader import LoadReport, load_into
-from lightx2v_quant.checkpoints.reader import TensorSource, open_checkpoint
+from lightx2v_quant.checkpoints.random_source import Init, RandomSource, shapes_of
+from lightx2v_quant.checkpoints.reader import open_checkpoint
 from lightx2v_quant.models.wan.clip import CLIP_QUANTIZABLE, CLIP_VIT_H14, ClipConfig, ClipVisionEncoder
 from lightx2v_quant.models.wan.keymap_encoders import t5_key_from_hf
 from lightx2v_quant.models.wan.t5 import T5_QUANTIZABLE, UMT5_XXL, T5Config, T5Encoder
@@ -50,75 +49,33 @@ def _quantize_shell(model: nn.Module, quant: Scheme | str | None, patterns: tupl
     quantize_model(model, quant, patterns, kernel=kernel, empty=True, fast_accum=fast_accum)
 
 
-# -- random weights as a TensorSource ---------------------------------------------------------------
-Init = Callable[[str, tuple[int, ...]], tuple[str, float]]  # key, shape -> ("normal", std) | ("const", value)
-
-
-class RandomSource(TensorSource):
-    """Seeded random tensors standing in for a checkpoint: one float32 tensor per expected key.
-
-    Each tensor has its own generator seeded from ``seed`` and the key, so values do not depend on
-    load order or on which layers are quantized. Tensors are generated directly on ``device``.
-    """
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]], init: Init, seed: int,
-                 device: torch.device | str = "cpu") -> None:
-        super().__init__([])
-        self.shapes, self.init, self.seed, self.device = shapes, init, seed, torch.device(device)
-
-    def keys(self) -> list[str]:
-        return list(self.shapes)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.shapes
-
-    def where(self, key: str) -> Path:
-        return Path(f"<random seed={self.seed}>")
-
-    def describe(self) -> str:
-        return f"random weights (seed {self.seed})"
-
-    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
-        return self.shapes[key], torch.float32
-
-    def get(self, key: str) -> torch.Tensor:
-        shape = self.shapes[key]
-        kind, value = self.init(key, shape)
-        if kind == "const":
-            return torch.full(shape, value, dtype=torch.float32, device=self.device)
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed((self.seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
-        return torch.empty(shape, dtype=torch.float32, device=self.device).normal_(0.0, value, generator=gen)
-
-
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+# -- random weights (a TensorSource, loaded like a file) -----------------------------------------
 
 
 def _t5_init(cfg: T5Config) -> Init:
     def init(key: str, shape: tuple[int, ...]) -> tuple[str, float]:
         if "norm" in key:
-            return "const", 1.0
+            return 1.0, 0.0
         if key.endswith("attn.q.weight"):
             # T5 does not scale q.k by 1/sqrt(d); the query init carries that factor (as T5's own init)
-            return "normal", (cfg.dim * cfg.head_dim) ** -0.5
+            return 0.0, (cfg.dim * cfg.head_dim) ** -0.5
         if key.startswith("token_embedding") or "pos_embedding" in key:
-            return "normal", 1.0
-        return "normal", shape[1] ** -0.5  # linear [out, in]
+            return 0.0, 1.0
+        return 0.0, shape[1] ** -0.5  # linear [out, in]
     return init
 
 
 def _clip_init(cfg: ClipConfig) -> Init:
     def init(key: str, shape: tuple[int, ...]) -> tuple[str, float]:
         if "norm" in key:
-            return "const", 1.0 if key.endswith("weight") else 0.0
+            return (1.0 if key.endswith("weight") else 0.0), 0.0
         if key == "visual.patch_embedding.weight":
-            return "normal", (3 * cfg.patch_size**2) ** -0.5
+            return 0.0, (3 * cfg.patch_size**2) ** -0.5
         if key in ("visual.cls_embedding", "visual.pos_embedding", "visual.head"):
-            return "normal", cfg.width**-0.5
+            return 0.0, cfg.width**-0.5
         if key.endswith(".bias"):
-            return "normal", 0.02
-        return "normal", shape[1] ** -0.5  # linear [out, in]
+            return 0.0, 0.02
+        return 0.0, shape[1] ** -0.5  # linear [out, in]
     return init
 
 
@@ -157,7 +114,7 @@ def load_t5(path: str | Path, cfg: T5Config = UMT5_XXL, dtype: torch.dtype | str
 def random_t5(cfg: T5Config, dtype: torch.dtype | str = torch.bfloat16, device: torch.device | str = "cpu",
               seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None) -> T5Encoder:
     """A T5Encoder with seeded random weights (tests, benchmarks, the tiny pipeline)."""
-    source = RandomSource(_shapes(build_t5(cfg, dtype)), _t5_init(cfg), seed, device)
+    source = RandomSource(shapes_of(build_t5(cfg, dtype)), _t5_init(cfg), seed, device)
     model = build_t5(cfg, dtype, quant, kernel)
     _finish(model, load_into(model, source, device=device, what="T5"))
     return model
@@ -197,7 +154,7 @@ def load_clip(path: str | Path, cfg: ClipConfig = CLIP_VIT_H14, dtype: torch.dty
 def random_clip(cfg: ClipConfig, dtype: torch.dtype | str = torch.float16, device: torch.device | str = "cpu",
                 seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None) -> ClipVisionEncoder:
     """A ClipVisionEncoder with seeded random weights."""
-    source = RandomSource(_shapes(build_clip(cfg, dtype)), _clip_init(cfg), seed, device)
+    source = RandomSource(shapes_of(build_clip(cfg, dtype)), _clip_init(cfg), seed, device)
     model = build_clip(cfg, dtype, quant, kernel)
     _finish(model, load_into(model, source, device=device, what="CLIP"))
     return model

@@ -168,7 +168,7 @@ def test_random_models_are_seeded_and_built_like_loaded_ones():
     c = random_t5(T5_TINY, "fp32", seed=6)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert not torch.equal(a.blocks[0].attn.q.weight, c.blocks[0].attn.q.weight)
-    assert a.load_report.source == "random weights (seed 5)"
+    assert a.load_report.source == "seeded random weights (seed 5)"
     assert not any(p.requires_grad for p in a.parameters()) and not a.training
 
 
