@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lightx2v_quant.quant.kernels import triton_tuning as tt
+from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     MAX_TILED_K,
@@ -39,7 +40,13 @@ DIV16 = [["tt.divisibility", 16]]
 
 def _source(kind: str, cfg: tt.TileConfig, a_ty: str, out_ty: str, num_sms: int, arch: int = 90) -> ASTSource:
     """The ASTSource the JIT would build for a typical Wan shape (pointers aligned, N and K % 16 == 0)."""
-    if kind == tt.W4A16:
+    if cfg.fused:
+        fn = w8a8_quant_gemm_kernel
+        sig = {"x_ptr": "*bf16", "b_ptr": f"*{a_ty}", "c_ptr": f"*{out_ty}", "sb_ptr": "*fp32"}
+        sig["bias_ptr"] = f"*{out_ty}"
+        ints = ["M", "N", "K", "stride_xm", "stride_bn", "stride_cm"]
+        cons = dict(QMAX=127.0 if a_ty == "i8" else 448.0, IS_INT8=a_ty == "i8", EVEN_K=True, HAS_BIAS=True)
+    elif kind == tt.W4A16:
         fn = w4a16_kernel
         sig = {
             "a_ptr": f"*{a_ty}",
@@ -223,7 +230,11 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
             for cls in ("large", "medium", "small"):
                 m = {"large": 32760, "medium": 512, "small": 16}[cls]
                 a_bytes = 2 if kind == tt.W4A16 else 1
-                for cfg in tt.candidates(kind, m, arch, SMEM_LIMIT.get(arch, 101376), a_bytes, 2):
+                smem_limit = SMEM_LIMIT.get(arch, 101376)
+                cands = tt.candidates(kind, m, arch, smem_limit, a_bytes, 2)
+                if kind == tt.W8A8:  # the one-launch quantize+GEMM routes
+                    cands += [c for c in tt.linear_candidates(m, arch, smem_limit) if c.fused]
+                for cfg in cands:
                     if cfg in seen:
                         continue
                     seen.add(cfg)
@@ -236,7 +247,7 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
                             options=dict(
                                 num_warps=cfg.num_warps,
                                 num_stages=cfg.num_stages,
-                                launch_pdl=arch >= 90 and kind != tt.W4A16,
+                                launch_pdl=arch >= 90 and kind != tt.W4A16 and not cfg.fused,
                             ),
                         )
                     except Exception as exc:  # noqa: BLE001 - a report of what does not build

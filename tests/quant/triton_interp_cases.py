@@ -193,7 +193,9 @@ def _run_w8a8(fmt_name, m, n, k, config):
 
 @pytest.mark.parametrize("fmt_name", [FP8, INT8])
 @pytest.mark.parametrize("m,n,k", [(1, 64, 128), (5, 72, 200), (33, 256, 384)])
-@pytest.mark.parametrize("route", [TileConfig(16, 32, 64, 4, 2, fused=True), TileConfig(32, 64, 128, 4, 2, fused=True)])
+@pytest.mark.parametrize(
+    "route", [TileConfig(16, 32, 64, 4, 2, fused=True), TileConfig(32, 64, 128, 4, 2, fused=True)]
+)
 def test_fused_linear_matches_split(fmt_name, m, n, k, route):
     """The one-launch kernel quantizes exactly as the quantizer: same q, same scales, same epilogue."""
     fmt, t, x, bias = _quantized_problem(fmt_name, m, n, k, torch.bfloat16)

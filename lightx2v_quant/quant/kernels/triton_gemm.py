@@ -53,7 +53,16 @@ def _epilogue(
 
 @triton.jit
 def _block_scale(
-    sa_ptr, sb_ptr, kt, offs_am, off_n, offs_bn, stride_sak, stride_sbn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+    sa_ptr,
+    sb_ptr,
+    kt,
+    offs_am,
+    off_n,
+    offs_bn,
+    stride_sak,
+    stride_sbn,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """a_scale[m, kb] * w_scale[n // 128, kb] for the 128-group holding K-tile kt, broadcastable to the
     [BLOCK_M, BLOCK_N] tile. a_scale is stored [K/128, M]. A tile at most 128 wide lies in one weight
@@ -121,8 +130,9 @@ def w8a8_kernel(
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         if BLOCK_SCALED:
+            off_n = pid_n * BLOCK_N
             scale = _block_scale(
-                sa_ptr, sb_ptr, kt, offs_am, pid_n * BLOCK_N, offs_bn, stride_sak, stride_sbn, BLOCK_N, BLOCK_K
+                sa_ptr, sb_ptr, kt, offs_am, off_n, offs_bn, stride_sak, stride_sbn, BLOCK_N, BLOCK_K
             )
             acc += tl.dot(a, b) * scale
         else:

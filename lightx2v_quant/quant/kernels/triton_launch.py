@@ -65,7 +65,9 @@ def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: i
         isinstance(a, torch.Tensor) or hasattr(a, "base") for a in full[n_dynamic:]
     ):
         return None  # dynamic part must be tensors; fixed part must hold no tensors or descriptors
-    return Replay(compiled[tuple(grid)], tuple(full[n_dynamic:]), getattr(getattr(kernel, "fn", kernel), "__name__", "?"))
+    grid3 = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's runner reads three dimensions
+    name = getattr(getattr(kernel, "fn", kernel), "__name__", "?")
+    return Replay(compiled[grid3], tuple(full[n_dynamic:]), name)
 
 
 def aligned(*tensors: torch.Tensor | None) -> bool:

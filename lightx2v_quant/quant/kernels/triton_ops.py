@@ -179,7 +179,8 @@ def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[to
     """
     _check(x.dim() == 2, f"expected a 2-D activation [M, K], got shape {tuple(x.shape)}")
     _check(group == qf.GROUP, f"the fp8-block128 format has groups of {qf.GROUP}, got {group}")
-    _check(x.shape[1] % group == 0, f"per-token-group quantization needs K % {group} == 0, got K={x.shape[1]}")
+    k = x.shape[1]
+    _check(k % group == 0, f"per-token-group quantization needs K % {group} == 0, got K={k}")
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     if m == 0 or k == 0:
@@ -221,7 +222,9 @@ def _w8a8_meta(
     return meta
 
 
-def launch_w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh) -> Launched | None:
+def launch_w8a8(
+    a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh
+) -> Launched | None:
     """Unchecked launch into ``out``. sa/sb/bias are read as contiguous vectors (or [K/128, M] /
     [N/128, K/128] with the given row strides in block mode). ``fresh``: A and out were just allocated
     by us, so only their shapes decide TMA alignment. None when M == 0."""
@@ -246,7 +249,8 @@ def launch_w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, c
             )
             args = (a_desc, b_desc, c_desc, sa, sb, bias_arg, m, n, k, stride_sak, stride_sbn)
             return _run(w8a8_tma_kernel, (min(num_sms, tiles),), args, meta, warmup)
-        args = (a, w, out, sa, sb, bias_arg, m, n, k, a.stride(0), w.stride(0), out.stride(0), stride_sak, stride_sbn)
+        strides = (a.stride(0), w.stride(0), out.stride(0), stride_sak, stride_sbn)
+        args = (a, w, out, sa, sb, bias_arg, m, n, k, *strides)
         return _run(w8a8_kernel, (tiles,), args, meta, warmup)
 
     if config is None:

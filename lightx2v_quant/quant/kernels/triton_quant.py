@@ -82,6 +82,8 @@ def _div_by_scale(x, neg_s, r, SECOND_STEP: tl.constexpr):
     tests/quant/test_triton_div.py, which replays this sequence with exact FMAs): SECOND_STEP is for
     fp32 inputs. Only the sign of a zero quotient can differ (x = -0.0 gives +0.0): see the caller.
     """
+    # A plain multiply: its only users are FMAs, so there is no add to contract it with (and
+    # libdevice's mul_rn would flush subnormals).
     y = x * r
     y = tl.fma(tl.fma(neg_s, y, x), r, y)
     if SECOND_STEP:

@@ -102,7 +102,12 @@ def _f(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:
 # One-launch quantize+GEMM tiles (small and medium M). The activation tile is quantized in registers,
 # so it is wgmma's register operand; 64-row tiles per warpgroup, narrow N for enough programs.
 _FUSED = {
-    "medium": [_f(64, 128, 128, 4, 3), _f(64, 64, 128, 4, 4), _f(128, 128, 128, 8, 3), _f(64, 256, 128, 8, 3)],
+    "medium": [
+        _f(64, 128, 128, 4, 3),
+        _f(64, 64, 128, 4, 4),
+        _f(128, 128, 128, 8, 3),
+        _f(64, 256, 128, 8, 3),
+    ],
     "small": [_f(16, 128, 128, 4, 3), _f(16, 64, 128, 4, 3), _f(32, 128, 128, 4, 3), _f(64, 64, 128, 4, 4)],
 }
 
@@ -149,7 +154,12 @@ _SM90_BLOCK = {
         _c(64, 128, 128, 4, 5, tma=True),
         _c(64, 128, 128, 4, 4),
     ],
-    "medium": [_c(64, 128, 128, 4, 4), _c(128, 128, 128, 8, 4), _c(64, 64, 128, 4, 4), _c(32, 128, 128, 4, 4)],
+    "medium": [
+        _c(64, 128, 128, 4, 4),
+        _c(128, 128, 128, 8, 4),
+        _c(64, 64, 128, 4, 4),
+        _c(32, 128, 128, 4, 4),
+    ],
     "small": [_c(16, 64, 128, 4, 4), _c(16, 128, 128, 4, 4), _c(32, 64, 128, 4, 4), _c(64, 64, 128, 4, 4)],
 }
 # W4A16: the W tile is unpacked and scaled in registers each K-step. swap_ab computes (W A^T)^T: the
