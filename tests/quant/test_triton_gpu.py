@@ -62,7 +62,7 @@ def _need_sm(sm: int) -> None:
 
 def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     assert torch.isfinite(y).all(), "non-finite output: an unwritten (poisoned) or overflowed element"
-    y, ref = y.double().cpu(), ref.double().cpu()
+    y, ref = y.double(), ref.to(y.device).double()
     return ((y - ref).norm() / ref.norm()).item()
 
 
@@ -92,7 +92,7 @@ def activations(m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def problem(fmt_name: str, m: int, n: int, k: int, x_dtype=torch.bfloat16):
-    """(format, quantized weight tensors on GPU, x, bias): quantized with the CPU reference."""
+    """(format, weight tensors quantized by the CPU reference and moved to the GPU, x, bias)."""
     fmt = qf.FORMATS[fmt_name]
     tensors = {name: t.cuda() for name, t in fmt.quantize_weight(torch.randn(n, k) * 0.02).items()}
     x = (torch.randn(m, k) * torch.logspace(-2, 1, m).unsqueeze(1)).to(x_dtype).cuda()
@@ -100,9 +100,10 @@ def problem(fmt_name: str, m: int, n: int, k: int, x_dtype=torch.bfloat16):
 
 
 def quantized_inputs(fmt_name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CPU reference's quantized activation, on the GPU (so GEMM tests see no quantizer)."""
-    q, s = qf.FORMATS[fmt_name].quantize_activation(x.cpu())
-    return q.cuda(), s.cuda()
+    """The reference's quantized activation (so GEMM tests see no quantizer of ours). References run on
+    the GPU (fp64 matmuls of these sizes would take minutes on a CPU); test_formats checks that the
+    reference gives the same bits there as on the CPU."""
+    return qf.FORMATS[fmt_name].quantize_activation(x)
 
 
 # -- quantizers: bit-exact ------------------------------------------------------------------------------
@@ -148,8 +149,17 @@ GPU_SHAPES = [
 ]
 
 
-def _fast_accum_fp8(q: torch.Tensor, w: torch.Tensor, blocks: list[slice]) -> list[torch.Tensor]:
-    """fp32 products of fp8 q [M, K] and w [N, K] per K slice, by cuBLAS with fast accumulation."""
+def _fast_accum_fp8(q: torch.Tensor, w: torch.Tensor, blocks: list[slice]) -> list[torch.Tensor] | None:
+    """fp32 products of fp8 q [M, K] and w [N, K] per K slice, by cuBLAS with fast accumulation; None
+    (and a printed reason) where this PyTorch's ``_scaled_mm`` cannot give fp32 output."""
+    try:
+        return _scaled_mm_parts(q, w, blocks)
+    except RuntimeError as exc:
+        print(f"cuBLAS comparison unavailable ({str(exc).splitlines()[0]}): absolute bound only")
+        return None
+
+
+def _scaled_mm_parts(q: torch.Tensor, w: torch.Tensor, blocks: list[slice]) -> list[torch.Tensor]:
     m = q.shape[0]
     pad = -m % 16  # cuBLAS fp8 wants M % 16 == 0
     qp = torch.cat([q, torch.zeros(pad, q.shape[1], dtype=q.dtype, device=q.device)]) if pad else q
@@ -168,17 +178,19 @@ def test_gpu_w8a8_gemm(fmt_name, m, n, k, poison, first_candidate):
     T = _ops()
     fmt, t, x, bias = problem(fmt_name, m, n, k)
     q, s = quantized_inputs(fmt_name, x)
-    ref = fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu(), torch.float32)
+    ref = fmt.reference_linear(x, t, bias, torch.float32)
     err = _rel(T.w8a8_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.float32), ref)
     if fmt_name == INT8:
         print(f"int8 {m}x{n}x{k} fp32-out rel err {err:.2e}")
         assert err < 1e-6
         return
-    (prod,) = _fast_accum_fp8(q, t["weight"], [slice(0, k)])
-    cublas = prod.double() * s.double() * t["weight_scale"].double().reshape(1, -1) + bias.double()
-    err_cublas = _rel(cublas, ref)
-    print(f"fp8 {m}x{n}x{k} fp32-out rel err {err:.2e} (cuBLAS fast accumulation {err_cublas:.2e})")
-    assert err < min(2 * err_cublas + 1e-4, 1e-2)
+    parts = _fast_accum_fp8(q, t["weight"], [slice(0, k)])
+    err_cublas = None
+    if parts is not None:
+        cublas = parts[0].double() * s.double() * t["weight_scale"].double().reshape(1, -1) + bias.double()
+        err_cublas = _rel(cublas, ref)
+    print(f"fp8 {m}x{n}x{k} fp32-out rel err {err:.2e} (cuBLAS fast accumulation {err_cublas})")
+    assert err < (1e-2 if err_cublas is None else min(2 * err_cublas + 1e-4, 1e-2))
 
 
 @pytest.mark.parametrize("m,n,k", GPU_SHAPES)
@@ -187,17 +199,20 @@ def test_gpu_fp8_block_gemm(m, n, k, poison, first_candidate):
     T = _ops()
     fmt, t, x, bias = problem(B128, m, n, k)
     q, s = quantized_inputs(B128, x)
-    ref = fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu(), torch.float32)
+    ref = fmt.reference_linear(x, t, bias, torch.float32)
     err = _rel(T.fp8_block_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.float32), ref)
     # the same promotion by cuBLAS: fp32 partial products of each 128-wide K block, scaled and summed
     blocks = [slice(kb * 128, (kb + 1) * 128) for kb in range(k // 128)]
     w_s = t["weight_scale"].double().repeat_interleave(128, 0)[:n]  # [N, K/128]
-    emul = bias.double().expand(m, n).clone()
-    for kb, part in enumerate(_fast_accum_fp8(q, t["weight"], blocks)):
-        emul += part.double() * s[:, kb : kb + 1].double() * w_s[:, kb].reshape(1, -1)
-    err_cublas = _rel(emul, ref)
-    print(f"fp8-block128 {m}x{n}x{k} fp32-out rel err {err:.2e} (cuBLAS per-block {err_cublas:.2e})")
-    assert err < min(2 * err_cublas + 1e-4, 1e-2)
+    parts = _fast_accum_fp8(q, t["weight"], blocks)
+    err_cublas = None
+    if parts is not None:
+        emul = bias.double().expand(m, n).clone()
+        for kb, part in enumerate(parts):
+            emul += part.double() * s[:, kb : kb + 1].double() * w_s[:, kb].reshape(1, -1)
+        err_cublas = _rel(emul, ref)
+    print(f"fp8-block128 {m}x{n}x{k} fp32-out rel err {err:.2e} (cuBLAS per-block {err_cublas})")
+    assert err < (1e-2 if err_cublas is None else min(2 * err_cublas + 1e-4, 1e-2))
 
 
 @pytest.mark.parametrize("m,n,k", GPU_SHAPES)
@@ -207,10 +222,10 @@ def test_gpu_w4a16_gemm(m, n, k, dtype, tol, poison, first_candidate):
     T = _ops()
     fmt, t, x, bias = problem(INT4, m, n, k, dtype)
     y = T.w4a16_matmul(x, t["weight"], t["weight_scale"], bias, torch.float32)
-    w = fmt.dequantize_weight({k_: v.cpu() for k_, v in t.items()})
-    exact = x.cpu().double() @ w.to(dtype).double().t() + bias.cpu().double()  # W rounded once, as the kernel
+    w = fmt.dequantize_weight(t)
+    exact = x.double() @ w.to(dtype).double().t() + bias.double()  # W rounded once, as the kernel does
     assert _rel(y, exact) < 2e-5
-    assert _rel(y, fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu())) < tol
+    assert _rel(y, fmt.reference_linear(x, t, bias, torch.float32)) < tol
 
 
 # -- the fused linears (through QuantLinear: tuning, the small-M kernel, replays) ---------------------------
@@ -226,7 +241,7 @@ def test_gpu_fused_quant_gemm_matches_split(fmt_name, m, n, k, poison):
     w_scale = t["weight_scale"].reshape(-1).contiguous()
     split = torch.empty((m, n), dtype=torch.float32, device="cuda")
     T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, split, route=SPLIT)
-    ref = fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu(), torch.float32)
+    ref = fmt.reference_linear(x, t, bias, torch.float32)
     sm, _, smem = T._device_info(x.device)
     routes = [r for r in linear_candidates(m, sm, smem) if r != SPLIT]
     assert routes, "no one-launch candidate for a small M"
@@ -262,8 +277,8 @@ def test_gpu_quantlinear(scheme, m, n, k, poison, first_candidate):
     assert_same_bits("replayed call", y2, y1)
     if m <= 1024:
         assert len(layer.k_triton_plans) == 1, "small and medium M are replayed"
-    tensors = {"weight": layer.weight.cpu(), "weight_scale": layer.weight_scale.cpu()}
-    ref = layer.format.reference_linear(x.cpu(), tensors, layer.bias.cpu(), torch.float32)
+    tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
+    ref = layer.format.reference_linear(x, tensors, layer.bias, torch.float32)
     assert _rel(y1, ref) < LINEAR_TOL[scheme] + BF16_OUT
 
 
@@ -277,13 +292,13 @@ def test_gpu_replay_keys(scheme, poison, first_candidate):
     _ops()
     linear = torch.nn.Linear(1280, 640, bias=True, device="cuda", dtype=torch.bfloat16)
     layer = QuantLinear.from_linear(linear, scheme)
-    tensors = {"weight": layer.weight.cpu(), "weight_scale": layer.weight_scale.cpu()}
+    tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
     buf = torch.randn(300, 1288, device="cuda", dtype=torch.bfloat16)
     inputs = [buf[:257, :1280], buf[:64, :1280], buf[:257, 8:1288], buf[:257, 1:1281]]
     inputs.append(inputs[0].to(torch.float16))
     for x in inputs * 2:
         y = layer(x)
-        ref = layer.format.reference_linear(x.cpu(), tensors, layer.bias.cpu(), torch.float32)
+        ref = layer.format.reference_linear(x, tensors, layer.bias, torch.float32)
         tol = LINEAR_TOL[scheme] + (BF16_OUT if x.dtype == torch.bfloat16 else 1e-3)
         assert _rel(y, ref) < tol, (tuple(x.shape), x.stride(), x.dtype)
     assert len(layer.k_triton_plans) >= 4
@@ -301,8 +316,8 @@ def test_gpu_quantlinear_small_m(scheme, lead, poison, first_candidate):
     layer = QuantLinear.from_linear(linear, scheme)
     x = torch.randn(*lead, 5120, device="cuda", dtype=torch.bfloat16)
     y = layer(x)
-    tensors = {"weight": layer.weight.cpu(), "weight_scale": layer.weight_scale.cpu()}
-    ref = layer.format.reference_linear(x.cpu(), tensors, layer.bias.cpu(), torch.float32)
+    tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
+    ref = layer.format.reference_linear(x, tensors, layer.bias, torch.float32)
     assert y.shape == (*lead, 1536) and y.dtype == torch.bfloat16
     assert _rel(y, ref) < LINEAR_TOL[scheme] + BF16_OUT
 
@@ -326,7 +341,7 @@ def test_gpu_every_tuning_candidate(kind, poison):
     checked, failed = 0, []
     for m in (16, 300, 2048):
         fmt, t, x, bias = problem(fmt_name, m, n, k)
-        ref = fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu(), torch.float32)
+        ref = fmt.reference_linear(x, t, bias, torch.float32)
         a_bytes = 2 if kind == "w4a16" else 1
         runs = [(cfg, None) for cfg in tt.candidates(tuning_kind, m, sm, smem, a_bytes, 4)]
         if kind in ("fp8", "int8"):
@@ -371,7 +386,7 @@ def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
     fmt, t, x, bias = problem(FP8, 300, 2048, 2048)
     y = torch.empty((300, 2048), dtype=torch.bfloat16, device="cuda")
     T.launch_linear_w8a8(x, FP8, t["weight"], t["weight_scale"].reshape(-1).contiguous(), bias, y)
-    ref = fmt.reference_linear(x.cpu(), {k_: v.cpu() for k_, v in t.items()}, bias.cpu(), torch.float32)
+    ref = fmt.reference_linear(x, t, bias, torch.float32)
     assert _rel(y, ref) < 1e-2 + BF16_OUT
     kinds = {key[0] for key in TUNER.records if key[-2:] == (2048, 2048) or key[-1] == 2048}
     assert {"w8a8-linear", "quant"} <= kinds, kinds
