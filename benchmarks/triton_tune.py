@@ -75,6 +75,31 @@ def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
+_KINDS = {  # format -> tuner kinds of its launches
+    "w8a8-fp8-channel": ("quant", "w8a8", "w8a8-linear"),
+    "w8a8-int8-channel": ("quant", "w8a8", "w8a8-linear"),
+    "w8a8-fp8-block128": ("fp8-block128",),
+    "w4a16-int4-g128": ("w4a16",),
+}
+_QDTYPE = {"w8a8-fp8-channel": "torch.float8_e4m3fn", "w8a8-int8-channel": "torch.int8"}
+
+
+def _concerns(key: tuple, fmt: str, m: int, k: int, n: int) -> bool:
+    """Whether a tuner key belongs to this (format, shape): its quantizer, GEMM or route."""
+    from lightx2v_quant.quant.kernels.triton_tuning import m_bucket, m_class
+
+    if key[0] not in _KINDS[fmt]:
+        return False
+    if key[0] == "quant":
+        return key[1] == fmt and key[3:5] == (m_class(m), k)
+    if key[0] == "w8a8" and key[1] != _QDTYPE[fmt]:
+        return False
+    if key[0] == "w8a8-linear" and key[1] != fmt:
+        return False
+    tail = (m_bucket(m), n, k)
+    return any(key[i : i + 3] == tail for i in range(len(key) - 2))
+
+
 def _peak_gbs(override: float | None) -> float | None:
     if override:
         return override
@@ -118,7 +143,13 @@ class Case:
         for fn in self.fns.values():  # anything still untuned (the GEMM alone on a new key) tunes now
             fn()
         torch.cuda.synchronize()
-        self.tuning = {"|".join(map(str, k)): TUNER.records[k] for k in TUNER.records if k not in keys_before}
+        m, k = x.shape
+        self.tuning = {
+            "|".join(map(str, key)): rec
+            for key, rec in TUNER.records.items()
+            if _concerns(key, fmt.name, m, k, linear.out_features)
+        }
+        self.tuned_now = [key for key in TUNER.records if key not in keys_before]
         self.samples: dict[str, list[float]] = {key: [] for key in self.fns}
         self.plans = len(getattr(layer, "k_triton_plans", {}))
 
@@ -152,6 +183,7 @@ class Case:
             bf16_cpu_us=bf16["cpu_us"],
             rel_err=self.rel_err,
             first_call_s=self.first_call_s,
+            tuned_now=["|".join(map(str, key)) for key in self.tuned_now],
             replayed=self.plans > 0,
             samples_ms=self.samples,
             tuning=self.tuning,
