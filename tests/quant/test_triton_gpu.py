@@ -54,6 +54,13 @@ def _ops():
     return triton_ops
 
 
+def _linear():
+    pytest.importorskip("triton")
+    from lightx2v_quant.quant.kernels import triton_linear
+
+    return triton_linear
+
+
 def _need_sm(sm: int) -> None:
     major, minor = torch.cuda.get_device_capability()
     if major * 10 + minor < sm:
@@ -268,20 +275,20 @@ def test_gpu_w4a16_gemm(m, n, k, dtype, tol, poison, first_candidate):
 def test_gpu_fused_quant_gemm_matches_split(fmt_name, m, n, k, poison):
     """Every one-launch tile: same quantized values and epilogue as quantizer + GEMM."""
     _need_sm(89 if fmt_name == FP8 else 80)
-    T = _ops()
+    T, L = _ops(), _linear()
     from lightx2v_quant.quant.kernels.triton_tuning import SPLIT, linear_candidates
 
     fmt, t, x, bias = problem(fmt_name, m, n, k)
     w_scale = t["weight_scale"].reshape(-1).contiguous()
     split = torch.empty((m, n), dtype=torch.float32, device="cuda")
-    T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, split, route=SPLIT)
+    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, split, route=SPLIT)
     ref = fmt.reference_linear(x, t, bias, torch.float32)
-    sm, _, smem = T._device_info(x.device)
+    sm, _, smem = T.device_info(x.device)
     routes = [r for r in linear_candidates(m, sm, smem) if r != SPLIT]
     assert routes, "no one-launch candidate for a small M"
     for route in routes:
         fused = torch.empty((m, n), dtype=torch.float32, device="cuda")
-        assert len(T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, fused, route=route)) == 1
+        assert len(L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, fused, route=route)) == 1
         if fmt_name == INT8:  # exact accumulation: identical bits
             assert_same_bits(route.label(), fused, split)
         else:
@@ -363,12 +370,12 @@ def test_gpu_every_tuning_candidate(kind, poison):
     """Each config the tuner may pick computes the right thing (uneven N, K tails for W8A8, every
     quantizer launch shape and one-launch route)."""
     _need_sm(80 if kind in ("int8", "w4a16") else 89)
-    T = _ops()
+    T, L = _ops(), _linear()
     from triton.errors import TritonError
 
     from lightx2v_quant.quant.kernels import triton_tuning as tt
 
-    sm, _, smem = T._device_info(torch.device("cuda"))
+    sm, _, smem = T.device_info(torch.device("cuda"))
     fmt_name = {"fp8": FP8, "int8": INT8, "fp8-block128": B128, "w4a16": INT4}[kind]
     tuning_kind = {"fp8-block128": tt.FP8_BLOCK, "w4a16": tt.W4A16}.get(kind, tt.W8A8)
     n, k = 1088, 1024 if kind in ("fp8-block128", "w4a16") else 1040
@@ -393,7 +400,7 @@ def test_gpu_every_tuning_candidate(kind, poison):
                 elif route is not None:
                     y = torch.empty((m, n), dtype=torch.float32, device="cuda")
                     w_scale = t["weight_scale"].reshape(-1).contiguous()
-                    T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y, route=route)
+                    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y, route=route)
                 else:
                     q, s = T.quantize_per_token(x, fmt_name)
                     y = T.w8a8_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.float32, config=cfg)
@@ -411,7 +418,7 @@ def test_gpu_every_tuning_candidate(kind, poison):
 def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
     """A tuned linear records its route and its kernels' configs, and writes them to the tune file."""
     _need_sm(89)
-    T = _ops()
+    L = _linear()
     from lightx2v_quant.quant.kernels.triton_tuning import TUNER
 
     path = tmp_path / "tune.json"
@@ -419,7 +426,7 @@ def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
     monkeypatch.setattr(TUNER, "_saved", None)
     fmt, t, x, bias = problem(FP8, 300, 2048, 2048)
     y = torch.empty((300, 2048), dtype=torch.bfloat16, device="cuda")
-    T.launch_linear_w8a8(x, FP8, t["weight"], t["weight_scale"].reshape(-1).contiguous(), bias, y)
+    L.launch_linear_w8a8(x, FP8, t["weight"], t["weight_scale"].reshape(-1).contiguous(), bias, y)
     ref = fmt.reference_linear(x, t, bias, torch.float32)
     assert _rel(y, ref) < 1e-2 + BF16_OUT
     kinds = {key[0] for key in TUNER.records if key[-2:] == (2048, 2048) or key[-1] == 2048}

@@ -24,6 +24,7 @@ import triton.language as tl  # noqa: E402
 from lightx2v_quant.hardware import HardwareSpec  # noqa: E402
 from lightx2v_quant.quant import formats as qf  # noqa: E402
 from lightx2v_quant.quant.kernels import get_kernel  # noqa: E402
+from lightx2v_quant.quant.kernels import triton_linear as L  # noqa: E402
 from lightx2v_quant.quant.kernels import triton_ops as T  # noqa: E402
 from lightx2v_quant.quant.kernels.triton_tuning import SPLIT, QuantConfig, TileConfig  # noqa: E402
 from lightx2v_quant.quant.linear import QuantLinear  # noqa: E402
@@ -201,9 +202,9 @@ def test_fused_linear_matches_split(fmt_name, m, n, k, route):
     fmt, t, x, bias = _quantized_problem(fmt_name, m, n, k, torch.bfloat16)
     w_scale = t["weight_scale"].reshape(-1).contiguous()
     y_split = torch.empty((m, n), dtype=torch.float32)
-    T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_split, route=SPLIT)
+    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_split, route=SPLIT)
     y_fused = torch.empty((m, n), dtype=torch.float32)
-    launched = T.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_fused, route=route)
+    launched = L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_fused, route=route)
     assert len(launched) == 1
     assert rel(y_fused, y_split) < 1e-6
     assert rel(y_fused, fmt.reference_linear(x, t, bias, torch.float32)) < 1e-6

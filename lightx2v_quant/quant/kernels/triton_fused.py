@@ -9,7 +9,7 @@ count differs (one instead of two), which is what small GEMMs pay for.
 The cost: every program of a row block re-reads its rows (twice: sweep and main loop) from L2, N /
 BLOCK_N times in all, and converts each activation tile once per output tile. Cheap while M * K is small
 (CLIP: 257 x 1280); the tuner compares it with the quantizer + GEMM path on each shape
-(``triton_ops.launch_linear_w8a8``).
+(``triton_linear.launch_linear_w8a8``).
 """
 
 from __future__ import annotations

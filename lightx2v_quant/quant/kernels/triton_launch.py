@@ -15,6 +15,7 @@ buffers; layer tensors are checked once when the replay is made.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -73,3 +74,24 @@ def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: i
 def aligned(*tensors: torch.Tensor | None) -> bool:
     """Every tensor starts 16-byte aligned (what Triton specializes pointers on)."""
     return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
+
+
+@dataclass
+class Launched:
+    """What one launch ran: enough to replay it (``triton_launch.capture``)."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict
+    compiled: object  # Triton's CompiledKernel (None under the interpreter)
+
+    def replay(self, n_dynamic: int) -> Replay | None:
+        return capture(self.compiled, self.kernel, self.grid, self.args, self.meta, n_dynamic)
+
+
+def run_kernel(kernel, grid: tuple, args: tuple, meta: dict, warmup: bool):
+    """``kernel[grid](*args, **meta)`` as a :class:`Launched` record, or (warmup) only compile it."""
+    if warmup:
+        return kernel.warmup(*args, grid=grid, **meta)
+    return Launched(kernel, grid, args, meta, kernel[grid](*args, **meta))

@@ -20,6 +20,16 @@ import torch
 
 from lightx2v_quant.quant.kernels import triton_launch
 from lightx2v_quant.quant.kernels import triton_ops as ops
+from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
+from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING, cdiv
+from lightx2v_quant.quant.kernels.triton_tuning import (
+    LINEAR,
+    SPLIT,
+    TUNER,
+    TileConfig,
+    linear_candidates,
+    m_bucket,
+)
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_PLANS = 32  # per layer: distinct activation shapes seen (resolutions, batch sizes)
@@ -50,7 +60,7 @@ def _remember(plans: dict | None, key: tuple, plan: Plan | None) -> None:
     plans[key] = plan
 
 
-def _replays(*launched: ops.Launched | None, n_dynamic: tuple[int, ...]) -> list | None:
+def _replays(*launched: triton_launch.Launched | None, n_dynamic: tuple[int, ...]) -> list | None:
     out = []
     for rec, n in zip(launched, n_dynamic):
         replay = None if rec is None else rec.replay(n)
@@ -64,6 +74,58 @@ def _check_x(x: torch.Tensor) -> torch.Tensor:
     if x.dtype not in _OUT_DTYPES:
         raise ValueError(f"activations must be bf16, fp16 or fp32, got {x.dtype}")
     return x if x.stride(1) == 1 else x.contiguous()
+
+
+def launch_linear_w8a8(
+    x: torch.Tensor,
+    fmt_name: str,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    route: TileConfig | None = None,
+) -> list[triton_launch.Launched]:
+    """Unchecked: quantize x [M, K] per token and multiply by w [N, K] into ``out``, by ``route``:
+    SPLIT (the quantizer, then the GEMM) or a fused tile config (one launch, ``triton_fused``); by
+    default the tuned route for this shape. Returns what was launched, in order (M > 0)."""
+    m, k = x.shape
+    n = w.shape[0]
+    qmax, is_int8 = ops.QUANT_PARAMS[fmt_name][1:]
+
+    def launch(cfg: TileConfig, warmup: bool = False):
+        if cfg == SPLIT:
+            if warmup:
+                return None
+            q, s, lq = ops.launch_per_token(x, fmt_name)  # s [M, 1] contiguous: read as [M]
+            return [lq, ops.launch_w8a8(q, w, s, w_scale, bias, out, 0, 0, False, None, True)]
+        meta = dict(
+            QMAX=qmax,
+            IS_INT8=is_int8,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            GROUP_M=cfg.group_m,
+            EVEN_K=k % cfg.block_k == 0,
+            HAS_BIAS=bias is not None,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
+        bias_arg = w_scale if bias is None else bias
+        args = (x, w, out, w_scale, bias_arg, m, n, k, x.stride(0), w.stride(0), out.stride(0))
+        launched = triton_launch.run_kernel(w8a8_quant_gemm_kernel, grid, args, meta, warmup)
+        return launched if warmup else [launched]
+
+    if route is None:
+        if INTERPRETING:
+            route = SPLIT
+        else:
+            sm, _, max_smem = ops.device_info(x.device)
+            key = (LINEAR, fmt_name, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
+            route = TUNER.best.get(key) or TUNER.choose(
+                key, linear_candidates(m, sm, max_smem), launch, lambda: out.fill_(float("nan"))
+            )
+    return launch(route)
 
 
 def linear_w8a8(
@@ -96,7 +158,7 @@ def linear_w8a8(
         return out
     if m == 0:
         return out
-    launched = ops.launch_linear_w8a8(x, fmt_name, w, w_scale, bias, out)
+    launched = launch_linear_w8a8(x, fmt_name, w, w_scale, bias, out)
     if triton_launch.aligned(w, w_scale, bias):
         if len(launched) == 1:
             replays = _replays(*launched, n_dynamic=(5,))

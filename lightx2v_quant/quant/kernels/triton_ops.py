@@ -10,15 +10,13 @@ unchecked launchers here (``launch_*``), which return a :class:`Launched` record
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.quant import formats as qf
-from lightx2v_quant.quant.kernels import triton_launch
-from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
+from lightx2v_quant.quant.kernels.triton_launch import Launched, run_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     INTERPRETING,
     QUANT_PARAMS,
@@ -30,9 +28,7 @@ from lightx2v_quant.quant.kernels.triton_quant import (
 from lightx2v_quant.quant.kernels.triton_tuning import (
     FP8_BLOCK,
     INTERPRETER_CONFIG,
-    LINEAR,
     QUANT,
-    SPLIT,
     TUNER,
     W4A16,
     W8A8,
@@ -40,7 +36,6 @@ from lightx2v_quant.quant.kernels.triton_tuning import (
     TileConfig,
     candidates,
     default_quant_config,
-    linear_candidates,
     m_bucket,
     m_class,
     quant_candidates,
@@ -61,7 +56,7 @@ INTERPRETER_SMS = 3  # persistent grid size under the interpreter: small, so tes
 
 
 @functools.lru_cache(maxsize=None)
-def _device_info(device: torch.device) -> tuple[int, int, int]:
+def device_info(device: torch.device) -> tuple[int, int, int]:
     """(sm as an integer, multiprocessor count, shared memory per block in bytes) of a CUDA device."""
     if device.type != "cuda":
         return 0, INTERPRETER_SMS, 1 << 30
@@ -87,31 +82,11 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     )
 
 
-@dataclass
-class Launched:
-    """What one launch ran: enough to replay it (``triton_launch.capture``)."""
-
-    kernel: object
-    grid: tuple
-    args: tuple
-    meta: dict
-    compiled: object  # Triton's CompiledKernel (None under the interpreter)
-
-    def replay(self, n_dynamic: int) -> triton_launch.Replay | None:
-        return triton_launch.capture(self.compiled, self.kernel, self.grid, self.args, self.meta, n_dynamic)
-
-
-def _run(kernel, grid: tuple, args: tuple, meta: dict, warmup: bool):
-    if warmup:
-        return kernel.warmup(*args, grid=grid, **meta)
-    return Launched(kernel, grid, args, meta, kernel[grid](*args, **meta))
-
-
 def _tuned(kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch):
     """The tile config for a GEMM key seen for the first time: the tuner times the candidates."""
     if INTERPRETING:
         return INTERPRETER_CONFIG
-    sm, _, max_smem = _device_info(a.device)
+    sm, _, max_smem = device_info(a.device)
     cands = candidates(kind, a.shape[0], sm, max_smem, a_bytes, out.element_size())
     if not tma:
         cands = [c for c in cands if not c.tma] or [TileConfig(64, 64, 64, 4, 3)]
@@ -131,7 +106,7 @@ def launch_per_token(
 
     def launch(cfg: QuantConfig, warmup: bool = False):
         kernel, args, meta = per_token_launch(x, q, scale, fmt_name, cfg.num_warps)
-        return _run(kernel, (m,), args, meta, warmup)
+        return run_kernel(kernel, (m,), args, meta, warmup)
 
     if config is None:
         if INTERPRETING:
@@ -168,7 +143,7 @@ def launch_per_token_group(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     q = torch.empty((m, k), dtype=qf.FP8_DTYPE, device=x.device)
     scale_t = torch.empty((k // qf.GROUP, m), dtype=torch.float32, device=x.device)
     kernel, grid, args, meta = per_group_launch(x, q, scale_t, qf.GROUP)
-    return q, scale_t, _run(kernel, grid, args, meta, False)
+    return q, scale_t, run_kernel(kernel, grid, args, meta, False)
 
 
 def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +207,7 @@ def launch_w8a8(
     n = w.shape[0]
     if m == 0:
         return None
-    sm, num_sms, _ = _device_info(a.device)
+    sm, num_sms, _ = device_info(a.device)
     pdl = pdl_enabled(a.device)
     bias_arg = sb if bias is None else bias
 
@@ -248,10 +223,10 @@ def launch_w8a8(
                 out, out.shape, out.stride(), [cfg.block_m, cfg.block_n // (2 if cfg.subtile else 1)]
             )
             args = (a_desc, b_desc, c_desc, sa, sb, bias_arg, m, n, k, stride_sak, stride_sbn)
-            return _run(w8a8_tma_kernel, (min(num_sms, tiles),), args, meta, warmup)
+            return run_kernel(w8a8_tma_kernel, (min(num_sms, tiles),), args, meta, warmup)
         strides = (a.stride(0), w.stride(0), out.stride(0), stride_sak, stride_sbn)
         args = (a, w, out, sa, sb, bias_arg, m, n, k, *strides)
-        return _run(w8a8_kernel, (tiles,), args, meta, warmup)
+        return run_kernel(w8a8_kernel, (tiles,), args, meta, warmup)
 
     if config is None:
         kind = FP8_BLOCK if block_scaled else W8A8
@@ -278,58 +253,6 @@ def launch_w8a8(
                 f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}",
             )
     return launch(config)
-
-
-def launch_linear_w8a8(
-    x: torch.Tensor,
-    fmt_name: str,
-    w: torch.Tensor,
-    w_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-    route: TileConfig | None = None,
-) -> list[Launched]:
-    """Unchecked: quantize x [M, K] per token and multiply by w [N, K] into ``out``, by ``route``:
-    SPLIT (the quantizer, then the GEMM) or a fused tile config (one launch, ``triton_fused``); by
-    default the tuned route for this shape. Returns what was launched, in order (M > 0)."""
-    m, k = x.shape
-    n = w.shape[0]
-    qmax, is_int8 = QUANT_PARAMS[fmt_name][1:]
-
-    def launch(cfg: TileConfig, warmup: bool = False):
-        if cfg == SPLIT:
-            if warmup:
-                return None
-            q, s, lq = launch_per_token(x, fmt_name)  # s [M, 1] contiguous: read as [M]
-            return [lq, launch_w8a8(q, w, s, w_scale, bias, out, 0, 0, False, None, True)]
-        meta = dict(
-            QMAX=qmax,
-            IS_INT8=is_int8,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k,
-            GROUP_M=cfg.group_m,
-            EVEN_K=k % cfg.block_k == 0,
-            HAS_BIAS=bias is not None,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
-        grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
-        bias_arg = w_scale if bias is None else bias
-        args = (x, w, out, w_scale, bias_arg, m, n, k, x.stride(0), w.stride(0), out.stride(0))
-        launched = _run(w8a8_quant_gemm_kernel, grid, args, meta, warmup)
-        return launched if warmup else [launched]
-
-    if route is None:
-        if INTERPRETING:
-            route = SPLIT
-        else:
-            sm, _, max_smem = _device_info(x.device)
-            key = (LINEAR, fmt_name, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
-            route = TUNER.best.get(key) or TUNER.choose(
-                key, linear_candidates(m, sm, max_smem), launch, lambda: out.fill_(float("nan"))
-            )
-    return launch(route)
 
 
 def _check_w8a8_inputs(a: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> None:
@@ -486,7 +409,7 @@ def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
                 num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages,
             )
-        return _run(w4a16_kernel, grid, args, meta, warmup)
+        return run_kernel(w4a16_kernel, grid, args, meta, warmup)
 
     if config is None:
         key = (W4A16, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
