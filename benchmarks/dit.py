@@ -77,7 +77,7 @@ def _timed_ms(fn, device: torch.device) -> tuple[float, torch.Tensor]:
     return (time.perf_counter() - t0) * 1e3, out
 
 
-def device_info(device: torch.device) -> dict:
+def _device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"device": props.name, "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
         "build_s": round(build_s, 1),
         "output_finite": bool(torch.isfinite(out).all()),
         "output_std": round(float(out.float().std()), 4),
-        **device_info(device),
+        **_device_info(device),
         "torch": torch.__version__,
     }
 
