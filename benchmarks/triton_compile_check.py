@@ -24,11 +24,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lightx2v_quant.quant.kernels import triton_tuning as tt
+from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
+    MAX_TILED_K,
     _per_group_kernel,
     _per_token_kernel,
-    _per_token_launch_params,
+    _per_token_long_kernel,
+    tile_rows,
 )
 
 SMEM_LIMIT = {90: 232448, 89: 101376, 86: 101376, 80: 166912}  # opt-in bytes per block
@@ -37,7 +40,13 @@ DIV16 = [["tt.divisibility", 16]]
 
 def _source(kind: str, cfg: tt.TileConfig, a_ty: str, out_ty: str, num_sms: int, arch: int = 90) -> ASTSource:
     """The ASTSource the JIT would build for a typical Wan shape (pointers aligned, N and K % 16 == 0)."""
-    if kind == tt.W4A16:
+    if cfg.fused:
+        fn = w8a8_quant_gemm_kernel
+        sig = {"x_ptr": "*bf16", "b_ptr": f"*{a_ty}", "c_ptr": f"*{out_ty}", "sb_ptr": "*fp32"}
+        sig["bias_ptr"] = f"*{out_ty}"
+        ints = ["M", "N", "K", "stride_xm", "stride_bn", "stride_cm"]
+        cons = dict(QMAX=127.0 if a_ty == "i8" else 448.0, IS_INT8=a_ty == "i8", EVEN_K=True, HAS_BIAS=True)
+    elif kind == tt.W4A16:
         fn = w4a16_kernel
         sig = {
             "a_ptr": f"*{a_ty}",
@@ -98,37 +107,42 @@ def _source(kind: str, cfg: tt.TileConfig, a_ty: str, out_ty: str, num_sms: int,
 
 
 def _quant_sources(arch: int):
-    """(label, ASTSource, num_warps) for the quantizers at Wan's row lengths."""
-    base = {
-        "x_ptr": "*bf16",
-        "q_ptr": "*fp8e4nv",
-        "s_ptr": "*fp32",
-        "M": "i32",
-        "K": "i32",
-        "stride_xm": "i32",
-        "stride_qm": "i32",
-    }
+    """(label, ASTSource, num_warps) for the quantizers at Wan's row lengths, every tuning candidate."""
     names = list(_per_token_kernel.arg_names)
-    for k in (1280, 4096, 5120, 13824, 20000):
-        rows, block_k, warps, one_pass = _per_token_launch_params(k)
-        for is_int8 in (False, True):
-            if not is_int8 and arch < 89:
-                continue
-            sig = dict(base, q_ptr="*i8" if is_int8 else "*fp8e4nv")
-            cons = dict(
-                QMAX=127.0 if is_int8 else 448.0,
-                IS_INT8=is_int8,
-                ROWS=rows,
-                BLOCK_K=block_k,
-                ONE_PASS=one_pass,
-                USE_PDL=arch >= 90,
-            )
-            sig.update({n: "constexpr" for n in cons})
-            attrs = {
-                (names.index(n),): DIV16 for n in ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm")
-            }
-            label = f"per-token {'int8' if is_int8 else 'fp8'} K={k} rows={rows} block={block_k}"
-            yield label, ASTSource(fn=_per_token_kernel, signature=sig, constexprs=cons, attrs=attrs), warps
+    for k in (1280, 1536, 4096, 5120, 8960, 10240, 13824, 20000):
+        for x_ty, elem in (("bf16", 2), ("fp32", 4)):
+            for cfg in tt.quant_candidates(k, elem):
+                for is_int8 in (False, True):
+                    if (not is_int8 and arch < 89) or (x_ty == "fp32" and k not in (5120, 20000)):
+                        continue
+                    sig = {
+                        "x_ptr": f"*{x_ty}",
+                        "q_ptr": "*i8" if is_int8 else "*fp8e4nv",
+                        "s_ptr": "*fp32",
+                        "M": "i32",
+                        "K": "i32",
+                        "stride_xm": "i32",
+                        "stride_qm": "i32",
+                    }
+                    cons = dict(QMAX=127.0 if is_int8 else 448.0, IS_INT8=is_int8, USE_PDL=arch >= 90)
+                    if k <= MAX_TILED_K:
+                        fn = _per_token_kernel
+                        g, (r0, r1, r2, r3), masked = tile_rows(k, cfg.num_warps, elem)
+                        cons.update(G=g, R0=r0, R1=r1, R2=r2, R3=r3, MASKED=masked)
+                        shape = f"G={g} R={r0}+{r1}+{r2}+{r3}{' masked' if masked else ''}"
+                    else:
+                        fn = _per_token_long_kernel
+                        cons.update(BLOCK_K=(16 // elem) * 32 * cfg.num_warps * 4)
+                        shape = f"loop BLOCK_K={cons['BLOCK_K']}"
+                    sig.update({n: "constexpr" for n in cons})
+                    names = list(fn.arg_names)
+                    attrs = {
+                        (names.index(n),): DIV16
+                        for n in ("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm")
+                    }
+                    label = f"per-token {x_ty}->{'int8' if is_int8 else 'fp8'} K={k} {shape}"
+                    src = ASTSource(fn=fn, signature=sig, constexprs=cons, attrs=attrs)
+                    yield label, src, cfg.num_warps
     if arch >= 89:
         names = list(_per_group_kernel.arg_names)
         sig = {
@@ -162,12 +176,13 @@ def check_quant(arch: int) -> list[dict]:
             "smem": ck.metadata.shared,
             "vector_loads": ptx.count("ld.global.v4") + ptx.count("ld.global.nc.v4"),
             "vector_stores": ptx.count("st.global.v4") + ptx.count("st.global.v2"),
+            "div_rn": ptx.count("div.rn.f32"),
             **_ptxas_report(ptx, arch),
         }
         rows.append(row)
         print(
-            f"quant  {label:48s} w{warps:<2d} regs {row['regs']} spill {row['spill_bytes']} "
-            f"v4 loads {row['vector_loads']} vector stores {row['vector_stores']}",
+            f"quant  {label:58s} w{warps:<2d} regs {row['regs']} spill {row['spill_bytes']} "
+            f"v4 loads {row['vector_loads']} vector stores {row['vector_stores']} div.rn {row['div_rn']}",
             flush=True,
         )
     return rows
@@ -215,7 +230,11 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
             for cls in ("large", "medium", "small"):
                 m = {"large": 32760, "medium": 512, "small": 16}[cls]
                 a_bytes = 2 if kind == tt.W4A16 else 1
-                for cfg in tt.candidates(kind, m, arch, SMEM_LIMIT.get(arch, 101376), a_bytes, 2):
+                smem_limit = SMEM_LIMIT.get(arch, 101376)
+                cands = tt.candidates(kind, m, arch, smem_limit, a_bytes, 2)
+                if kind == tt.W8A8:  # the one-launch quantize+GEMM routes
+                    cands += [c for c in tt.linear_candidates(m, arch, smem_limit) if c.fused]
+                for cfg in cands:
                     if cfg in seen:
                         continue
                     seen.add(cfg)
@@ -228,7 +247,7 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
                             options=dict(
                                 num_warps=cfg.num_warps,
                                 num_stages=cfg.num_stages,
-                                launch_pdl=arch >= 90 and kind != tt.W4A16,
+                                launch_pdl=arch >= 90 and kind != tt.W4A16 and not cfg.fused,
                             ),
                         )
                     except Exception as exc:  # noqa: BLE001 - a report of what does not build

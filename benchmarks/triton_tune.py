@@ -1,22 +1,30 @@
 """Tune and time our Triton kernels at Wan's GEMM shapes against bf16 F.linear (GPU).
 
-For every shape and `-triton` scheme: the tile config the autotuner chose (and every candidate's time),
-the time of the full QuantLinear call (activation quantization included) and of the GEMM alone, the
-ratio to bf16 F.linear measured in the same run, TFLOP/s, and the relative error against the format's
-reference on the first rows. Results are written as JSON (device name included) after each shape.
+For every shape and `-triton` scheme: the full QuantLinear call (activation quantization included),
+the GEMM alone, the quantizer alone (GB/s and share of the GPU's memory bandwidth), the ratio of each to
+bf16 ``F.linear``, TFLOP/s, the error against the format's reference, the route the tuner chose for
+small M (quantizer + GEMM, or the one-launch kernel), and every tuning candidate's time.
 
-    PYTHONPATH=. python benchmarks/triton_tune.py --out benchmarks/results/triton_h100.json
+    PYTHONPATH=. python benchmarks/triton_tune.py --out benchmarks/results/triton_h100.json \\
+        --tune-file benchmarks/results/triton_tune_h100.json
     PYTHONPATH=. python benchmarks/triton_tune.py --out r.json --shapes t5 clip --schemes fp8-triton
 
-Timing: ``triton.testing.do_bench`` median (L2 flushed before each call, so launch overhead is mostly
-hidden), and ``loop`` = mean of back-to-back calls (what a CPU-bound small GEMM really costs).
+Timing (median of ``--rounds`` interleaved rounds: the GPU clocks down as it heats, so bf16 and every
+scheme are measured alternately rather than one after the other):
+- ``ms``: ``triton.testing.do_bench`` (L2 flushed before each call, which also lets the CPU run ahead:
+  GPU time);
+- ``loop_ms``: back-to-back calls, what a model sees when the CPU is the bottleneck (small GEMMs);
+- ``cpu_us``: Python + launch time per call (calls enqueued without waiting for the GPU).
+With ``--tune-file`` the tuner's choices are read from and written to that file: a second run skips
+the timing of candidates (their compilation remains).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,50 +32,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SHAPES: dict[str, tuple[int, int, int]] = {  # name -> (M tokens, N out, K in)
-    "14b-480p-qkvo": (32760, 5120, 5120),
-    "14b-480p-ffn-up": (32760, 13824, 5120),
-    "14b-480p-ffn-down": (32760, 5120, 13824),
-    "14b-720p-qkvo": (75600, 5120, 5120),
-    "14b-720p-ffn-up": (75600, 13824, 5120),
-    "14b-720p-ffn-down": (75600, 5120, 13824),
-    "1.3b-480p-qkvo": (32760, 1536, 1536),
-    "1.3b-480p-ffn-up": (32760, 8960, 1536),
-    "1.3b-480p-ffn-down": (32760, 1536, 8960),
-    "t5-ffn-up": (512, 10240, 4096),
-    "t5-ffn-down": (512, 4096, 10240),
-    "t5-qkvo": (512, 4096, 4096),
-    "clip-fc1": (257, 5120, 1280),
-    "clip-fc2": (257, 1280, 5120),
-    "clip-qkvo": (257, 1280, 1280),
-    "time-projection": (1, 30720, 5120),
-    "time-embedding": (2, 5120, 5120),
-}
-GROUPS = {
-    "dit14b-480p": ["14b-480p-qkvo", "14b-480p-ffn-up", "14b-480p-ffn-down"],
-    "dit14b-720p": ["14b-720p-qkvo", "14b-720p-ffn-up", "14b-720p-ffn-down"],
-    "dit1.3b": ["1.3b-480p-qkvo", "1.3b-480p-ffn-up", "1.3b-480p-ffn-down"],
-    "t5": ["t5-ffn-up", "t5-ffn-down", "t5-qkvo"],
-    "clip": ["clip-fc1", "clip-fc2", "clip-qkvo"],
-    "small": ["time-projection", "time-embedding"],
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from triton_tune_report import GROUPS, SHAPES, summarize, write_markdown  # noqa: E402
+
 SCHEMES = ["fp8-triton", "int8-triton", "fp8-b128-triton", "int4-g128-triton"]
-TUNING_KIND = {  # format -> first two fields of the tuner's key (GEMM kind, operand dtype)
-    "w8a8-fp8-channel": ("w8a8", "torch.float8_e4m3fn"),
-    "w8a8-int8-channel": ("w8a8", "torch.int8"),
-    "w8a8-fp8-block128": ("fp8-block128", "torch.float8_e4m3fn"),
-    "w4a16-int4-g128": ("w4a16", "torch.bfloat16"),
-}
-TARGETS = {"dit14b-480p": {"fp8": 1.65, "int8": 1.5, "int4-g128": 0.8}, "t5-ffn-up": 1.4, "clip-fc1": 0.95}
+# Memory bandwidth by device name, GB/s (HBM peak); --peak-gbs overrides.
+PEAK_GBS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800, "A100": 2039}
 
 
 def _bench(fn, rep_ms: int) -> float:
     import triton
 
-    return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=max(5, rep_ms // 5), rep=rep_ms, return_mode="median"))
 
 
-def _loop_ms(fn, iters: int = 50) -> float:
+def _loop_ms(fn, iters: int) -> float:
     for _ in range(3):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -80,126 +59,206 @@ def _loop_ms(fn, iters: int = 50) -> float:
     return start.elapsed_time(end) / iters
 
 
+def _cpu_us(fn, iters: int) -> float:
+    """Wall time per call while only enqueueing (no synchronization inside the timed calls)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    dt = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return dt / iters * 1e6
+
+
 def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
     y, ref = y.double(), ref.double()
     return float((y - ref).norm() / ref.norm())
 
 
-def run_shape(name: str, schemes: list[str], rep_ms: int) -> list[dict]:
+_KINDS = {  # format -> tuner kinds of its launches
+    "w8a8-fp8-channel": ("quant", "w8a8", "w8a8-linear"),
+    "w8a8-int8-channel": ("quant", "w8a8", "w8a8-linear"),
+    "w8a8-fp8-block128": ("fp8-block128",),
+    "w4a16-int4-g128": ("w4a16",),
+}
+_QDTYPE = {"w8a8-fp8-channel": "torch.float8_e4m3fn", "w8a8-int8-channel": "torch.int8"}
+
+
+def _concerns(key: tuple, fmt: str, m: int, k: int, n: int) -> bool:
+    """Whether a tuner key belongs to this (format, shape): its quantizer, GEMM or route."""
+    from lightx2v_quant.quant.kernels.triton_tuning import m_bucket, m_class
+
+    if key[0] not in _KINDS[fmt]:
+        return False
+    if key[0] == "quant":
+        return key[1] == fmt and key[3:5] == (m_class(m), k)
+    if key[0] == "w8a8" and key[1] != _QDTYPE[fmt]:
+        return False
+    if key[0] == "w8a8-linear" and key[1] != fmt:
+        return False
+    tail = (m_bucket(m), n, k)
+    return any(key[i : i + 3] == tail for i in range(len(key) - 2))
+
+
+def _peak_gbs(override: float | None) -> float | None:
+    if override:
+        return override
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_GBS.items() if k in name), None)
+
+
+class Case:
+    """One (shape, scheme): the layer, its callables, and the measurements collected over rounds."""
+
+    def __init__(self, name: str, x: torch.Tensor, linear: torch.nn.Linear, scheme: str) -> None:
+        from lightx2v_quant.quant.kernels import triton_ops as T
+        from lightx2v_quant.quant.kernels.triton_tuning import TUNER
+        from lightx2v_quant.quant.linear import QuantLinear
+
+        self.name, self.scheme = name, scheme
+        self.layer = layer = QuantLinear.from_linear(linear, scheme)
+        layer.prepare()
+        fmt = layer.format
+        keys_before = set(TUNER.records)
+        t0 = time.time()
+        y = layer(x)  # tunes (first time) and records the launches to replay
+        torch.cuda.synchronize()
+        self.first_call_s = time.time() - t0
+        rows = min(x.shape[0], 256)
+        tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
+        self.rel_err = _rel(y[:rows], fmt.reference_linear(x[:rows], tensors, layer.bias, torch.float32))
+        self.fns = {"ms": lambda: layer(x)}
+        if fmt.name == "w8a8-fp8-block128":
+            q, s = T.quantize_per_token_group(x)
+            self.fns["gemm_ms"] = lambda: T.fp8_block_matmul(
+                q, s, layer.weight, layer.weight_scale, layer.bias, x.dtype
+            )
+            self.fns["quant_ms"] = lambda: T.quantize_per_token_group(x)
+        elif fmt.quantizes_activations:
+            q, s = T.quantize_per_token(x, fmt.name)
+            self.fns["gemm_ms"] = lambda: T.w8a8_matmul(
+                q, s, layer.weight, layer.k_w_scale, layer.bias, x.dtype
+            )
+            self.fns["quant_ms"] = lambda: T.quantize_per_token(x, fmt.name)
+        for fn in self.fns.values():  # anything still untuned (the GEMM alone on a new key) tunes now
+            fn()
+        torch.cuda.synchronize()
+        m, k = x.shape
+        self.tuning = {
+            "|".join(map(str, key)): rec
+            for key, rec in TUNER.records.items()
+            if _concerns(key, fmt.name, m, k, linear.out_features)
+        }
+        self.tuned_now = [key for key in TUNER.records if key not in keys_before]
+        self.samples: dict[str, list[float]] = {key: [] for key in self.fns}
+        self.plans = len(getattr(layer, "k_triton_plans", {}))
+
+    def measure(self, rep_ms: int) -> None:
+        for key, fn in self.fns.items():
+            self.samples[key].append(_bench(fn, rep_ms))
+
+    def row(self, x: torch.Tensor, bf16: dict, peak_gbs: float | None, loop_iters: int) -> dict:
+        (m, k), n = x.shape, self.layer.out_features
+        flop = 2.0 * m * n * k
+        med = {key: statistics.median(v) for key, v in self.samples.items()}
+        full = self.fns["ms"]
+        row = dict(
+            shape=self.name,
+            m=m,
+            n=n,
+            k=k,
+            scheme=self.scheme,
+            format=self.layer.format.name,
+            bf16_ms=bf16["ms"],
+            ms=med["ms"],
+            ratio=bf16["ms"] / med["ms"],
+            gemm_ms=med.get("gemm_ms"),
+            gemm_ratio=bf16["ms"] / med["gemm_ms"] if "gemm_ms" in med else None,
+            quant_ms=med.get("quant_ms"),
+            tflops=flop / med["ms"] / 1e9,
+            gemm_tflops=flop / med["gemm_ms"] / 1e9 if "gemm_ms" in med else None,
+            loop_ms=_loop_ms(full, loop_iters),
+            cpu_us=_cpu_us(full, loop_iters),
+            bf16_loop_ms=bf16["loop_ms"],
+            bf16_cpu_us=bf16["cpu_us"],
+            rel_err=self.rel_err,
+            first_call_s=self.first_call_s,
+            tuned_now=["|".join(map(str, key)) for key in self.tuned_now],
+            replayed=self.plans > 0,
+            samples_ms=self.samples,
+            tuning=self.tuning,
+        )
+        row["loop_ratio"] = row["bf16_loop_ms"] / row["loop_ms"]
+        if row["quant_ms"]:
+            moved = m * k * (x.element_size() + 1) + 4 * m * (k // 128 if "b128" in self.scheme else 1)
+            row["quant_gbs"] = moved / row["quant_ms"] / 1e6
+            row["quant_peak_pct"] = 100 * row["quant_gbs"] / peak_gbs if peak_gbs else None
+            row["quant_variants_gbs"] = {
+                label: moved / ms / 1e6
+                for rec in self.tuning.values()
+                if rec.get("config", "").startswith("quant")
+                for label, ms in rec.get("timings_ms", {}).items()
+            }
+        routes = [rec for key, rec in self.tuning.items() if key.startswith("w8a8-linear|")]
+        if routes:
+            row["route"] = routes[0]["config"]
+            row["route_timings_ms"] = routes[0].get("timings_ms", {})
+        row["config"] = "; ".join(f"{key.split('|')[0]}: {rec['config']}" for key, rec in self.tuning.items())
+        return row
+
+
+def run_shape(
+    name: str, schemes: list[str], rep_ms: int, rounds: int, peak_gbs: float | None, loop_iters: int
+) -> list[dict]:
     m, n, k = SHAPES[name]
-    flop = 2.0 * m * n * k
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     linear = torch.nn.Linear(k, n, bias=True, device="cuda", dtype=torch.bfloat16)
     torch.nn.init.normal_(linear.weight, std=k**-0.5)
     w, b = linear.weight.detach(), linear.bias.detach()
-    bf16_ms = _bench(lambda: F.linear(x, w, b), rep_ms)
-    bf16_loop = _loop_ms(lambda: F.linear(x, w, b))
-    rows = []
-    print(
-        f"\n{name}: M={m} N={n} K={k}  bf16 F.linear {bf16_ms:.4f} ms ({flop / bf16_ms / 1e9:.0f} TFLOP/s), "
-        f"loop {bf16_loop:.4f} ms",
-        flush=True,
+    bf16_fn = lambda: F.linear(x, w, b)  # noqa: E731
+    cases = [Case(name, x, linear, scheme) for scheme in schemes]
+    bf16_samples: list[float] = []
+    for _ in range(rounds):  # interleaved: bf16, then each scheme's calls, round after round
+        bf16_samples.append(_bench(bf16_fn, rep_ms))
+        for case in cases:
+            case.measure(rep_ms)
+    bf16 = dict(
+        ms=statistics.median(bf16_samples),
+        loop_ms=_loop_ms(bf16_fn, loop_iters),
+        cpu_us=_cpu_us(bf16_fn, loop_iters),
     )
-    for scheme in schemes:
-        rows.append(_run_scheme(name, x, linear, scheme, bf16_ms, bf16_loop, rep_ms))
-    return rows
-
-
-def _run_scheme(name, x, linear, scheme: str, bf16_ms: float, bf16_loop: float, rep_ms: int) -> dict:
-    from lightx2v_quant.quant.kernels import triton_ops as T
-    from lightx2v_quant.quant.kernels.triton_tuning import TUNER, m_bucket
-    from lightx2v_quant.quant.linear import QuantLinear
-
-    (m, k), n = x.shape, linear.out_features
     flop = 2.0 * m * n * k
-    layer = QuantLinear.from_linear(linear, scheme)
-    layer.prepare()
-    fmt = layer.format
-    keys_before = set(TUNER.records)
-    t0 = time.time()
-    y = layer(x)
-    torch.cuda.synchronize()
-    first_call_s = time.time() - t0
-    tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
-    rows_chk = min(m, 256)
-    err = _rel(y[:rows_chk], fmt.reference_linear(x[:rows_chk], tensors, layer.bias, torch.float32))
-    full_ms = _bench(lambda: layer(x), rep_ms)
-    full_loop = _loop_ms(lambda: layer(x))
-    gemm_ms = quant_ms = None
-    if fmt.name == "w8a8-fp8-block128":
-        q, s = T.quantize_per_token_group(x)
-        gemm_ms = _bench(
-            lambda: T.fp8_block_matmul(q, s, layer.weight, layer.weight_scale, layer.bias, x.dtype), rep_ms
-        )
-        quant_ms = _bench(lambda: T.quantize_per_token_group(x), rep_ms)
-    elif fmt.quantizes_activations:
-        q, s = T.quantize_per_token(x, fmt.name)
-        gemm_ms = _bench(
-            lambda: T.w8a8_matmul(q, s, layer.weight, layer.k_w_scale, layer.bias, x.dtype), rep_ms
-        )
-        quant_ms = _bench(lambda: T.quantize_per_token(x, fmt.name), rep_ms)
-    kind = TUNING_KIND[fmt.name]
-    new_keys = [key for key in TUNER.records if key not in keys_before] or [
-        key for key in TUNER.records if key[:2] == kind and key[3:6] == (m_bucket(m), n, k)
-    ]
-    tuning = {"|".join(map(str, key)): TUNER.records[key] for key in new_keys}
-    chosen = "; ".join(rec["config"] for rec in tuning.values()) or "?"
-    row = dict(
-        shape=name,
-        m=m,
-        n=n,
-        k=k,
-        scheme=scheme,
-        format=fmt.name,
-        config=chosen,
-        bf16_ms=bf16_ms,
-        bf16_loop_ms=bf16_loop,
-        ms=full_ms,
-        loop_ms=full_loop,
-        gemm_ms=gemm_ms,
-        quant_ms=quant_ms,
-        ratio=bf16_ms / full_ms,
-        loop_ratio=bf16_loop / full_loop,
-        gemm_ratio=bf16_ms / gemm_ms if gemm_ms else None,
-        tflops=flop / full_ms / 1e9,
-        rel_err=err,
-        first_call_s=first_call_s,
-        tuning=tuning,
-    )
-    gemm_txt = f" gemm {gemm_ms:.4f} ms ({row['gemm_ratio']:.2f}x) quant {quant_ms:.4f} ms" if gemm_ms else ""
     print(
-        f"  {scheme:17s} {full_ms:.4f} ms  {row['ratio']:.2f}x  loop {row['loop_ratio']:.2f}x  "
-        f"{row['tflops']:.0f} TFLOP/s{gemm_txt}  err {err:.1e}  [{chosen}]  "
-        f"first call {first_call_s:.1f}s",
+        f"\n{name}: M={m} N={n} K={k}  bf16 F.linear {bf16['ms']:.4f} ms "
+        f"({flop / bf16['ms'] / 1e9:.0f} TFLOP/s)"
+        f", loop {bf16['loop_ms']:.4f} ms, {bf16['cpu_us']:.1f} us CPU per call",
         flush=True,
     )
-    return row
-
-
-def summarize(rows: list[dict]) -> list[str]:
-    lines = [
-        "",
-        "| shape | scheme | ms | x bf16 | loop x | GEMM-only x | TFLOP/s | rel err | config |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        g = f"{r['gemm_ratio']:.2f}" if r["gemm_ratio"] else "-"
-        lines.append(
-            f"| {r['shape']} | {r['scheme']} | {r['ms']:.4f} | {r['ratio']:.2f} | {r['loop_ratio']:.2f} | "
-            f"{g} | {r['tflops']:.0f} | {r['rel_err']:.1e} | {r['config']} |"
+    rows = []
+    for case in cases:
+        r = case.row(x, bf16, peak_gbs, loop_iters)
+        rows.append(r)
+        extra = ""
+        if r["gemm_ms"]:
+            extra += f" | gemm {r['gemm_ms']:.4f} ms ({r['gemm_ratio']:.2f}x)"
+        if r["quant_ms"]:
+            pct = f" {r['quant_peak_pct']:.0f}%" if r.get("quant_peak_pct") else ""
+            extra += f" | quant {r['quant_ms']:.4f} ms {r['quant_gbs']:.0f} GB/s{pct}"
+        if r.get("route"):
+            extra += f" | route {r['route']}"
+        print(
+            f"  {r['scheme']:17s} {r['ms']:.4f} ms {r['ratio']:.2f}x  loop {r['loop_ratio']:.2f}x "
+            f"({r['cpu_us']:.0f} us CPU){extra} | err {r['rel_err']:.1e} | "
+            f"first call {r['first_call_s']:.1f}s",
+            flush=True,
         )
-    for group, names in GROUPS.items():
-        for scheme in SCHEMES:
-            sel = [r["ratio"] for r in rows if r["shape"] in names and r["scheme"] == scheme]
-            if len(sel) == len(names):
-                gm = math.exp(sum(math.log(v) for v in sel) / len(sel))
-                lines.append(f"geomean {group} {scheme}: {gm:.3f}x")
-    return lines
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON results file")
+    parser.add_argument("--out", type=Path, required=True, help="JSON results (a .md table goes next to it)")
+    parser.add_argument("--tune-file", type=Path, help="read/write the tuner's choices here")
     parser.add_argument(
         "--shapes",
         nargs="*",
@@ -207,8 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"shape names or groups ({', '.join(GROUPS)}, all)",
     )
     parser.add_argument("--schemes", nargs="*", default=SCHEMES, choices=SCHEMES)
-    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
+    parser.add_argument("--rep-ms", type=int, default=40, help="do_bench time per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--loop-iters", type=int, default=50)
+    parser.add_argument("--peak-gbs", type=float, help="memory bandwidth for the quantizer's % of peak")
     args = parser.parse_args(argv)
+    if args.tune_file:
+        os.environ["LIGHTX2V_QUANT_TRITON_TUNE_FILE"] = str(args.tune_file)
+        args.tune_file.parent.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -220,22 +285,31 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in SHAPES]
     if unknown:
         parser.error(f"unknown shapes {unknown}; shapes: {', '.join(SHAPES)}; groups: {', '.join(GROUPS)}")
+    peak = _peak_gbs(args.peak_gbs)
     header = dict(
         device=torch.cuda.get_device_name(),
         capability=list(torch.cuda.get_device_capability()),
         torch=torch.__version__,
         triton=triton.__version__,
         rep_ms=args.rep_ms,
-        targets=TARGETS,
+        rounds=args.rounds,
+        peak_gbs=peak,
+        tune_file=str(args.tune_file) if args.tune_file else None,
+        pdl=os.environ.get("LIGHTX2V_QUANT_TRITON_PDL", "1") != "0",
+        replay=os.environ.get("LIGHTX2V_QUANT_TRITON_REPLAY", "1") != "0",
     )
     print(json.dumps(header))
     rows: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
     for name in dict.fromkeys(names):
-        rows += run_shape(name, args.schemes, args.rep_ms)
+        rows += run_shape(name, args.schemes, args.rep_ms, args.rounds, peak, args.loop_iters)
         args.out.write_text(json.dumps({**header, "results": rows}, indent=1))
-    for line in summarize(rows):
+    lines = summarize(rows)
+    for line in lines:
         print(line)
+    write_markdown(args.out.with_suffix(".md"), header, rows, lines)
+    print(f"total {time.time() - t_start:.0f} s; wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

@@ -101,6 +101,16 @@ def _row_amax(x: torch.Tensor) -> torch.Tensor:
     return x.float().abs().amax(dim=-1, keepdim=True).clamp(min=AMAX_EPS)
 
 
+def div_exact(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``t / divisor`` with IEEE division on every device.
+
+    PyTorch's CUDA kernels divide by a Python number as a multiplication by its fp32 reciprocal, which
+    differs from the true quotient in the last bit for some inputs (CPU divides exactly). A divisor tensor
+    on ``t``'s device keeps the true division, so scales are the same bits on CPU and GPU.
+    """
+    return t / torch.full((1,), divisor, dtype=t.dtype, device=t.device)
+
+
 def fp8_cast(x: torch.Tensor) -> torch.Tensor:
     """Saturating cast of a float tensor (already divided by its scale) to float8_e4m3fn."""
     return x.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
@@ -138,7 +148,7 @@ class _PerChannel(Format):
 
     def quantize_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xf = x.float()
-        scale = _row_amax(xf) / self.qmax  # [M, 1]
+        scale = div_exact(_row_amax(xf), self.qmax)  # [M, 1]
         return self._cast(xf / scale), scale
 
     def dequantize_activation(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -215,7 +225,7 @@ class Int4G128(Format):
             raise ValueError(problem)
         w = weight.float().reshape(n, k // GROUP, GROUP)
         amax = lx.no_nan(w.abs().amax(dim=-1)).clamp(min=AMAX_EPS)
-        scale = (amax.cpu() / INT4_MAX).to(w.device)  # [N, K/128]; divided on the CPU: same bytes anywhere
+        scale = div_exact(amax, INT4_MAX)  # [N, K/128]; exact division: the same bytes on any device
         q = torch.round(w / scale.unsqueeze(-1)).clamp(-8, 7).to(torch.int8).reshape(n, k)
         return {"weight": pack_int4(q), "weight_scale": scale}
 
@@ -268,7 +278,7 @@ class Fp8Block128(Format):
             raise ValueError(problem)
         blocks = self._blocks(weight.float())
         amax = lx.no_nan(blocks.abs().amax(dim=(1, 3))).clamp(min=AMAX_EPS)
-        scale = (amax.cpu() / FP8_MAX).to(weight.device)  # [N/128, K/128]; divided on the CPU
+        scale = div_exact(amax, FP8_MAX)  # [N/128, K/128]
         q = fp8_cast(blocks / scale[:, None, :, None])
         q = q.reshape(scale.shape[0] * GROUP, scale.shape[1] * GROUP)[:n, :k].contiguous()
         return {"weight": q, "weight_scale": scale}
@@ -285,7 +295,7 @@ class Fp8Block128(Format):
         if k % GROUP:
             raise ValueError(f"fp8-block128 activations need K % {GROUP} == 0, got {k}")
         g = x.float().reshape(m, k // GROUP, GROUP)
-        scale = g.abs().amax(dim=-1).clamp(min=AMAX_EPS) / FP8_MAX  # [M, K/128]
+        scale = div_exact(g.abs().amax(dim=-1).clamp(min=AMAX_EPS), FP8_MAX)  # [M, K/128]
         return fp8_cast(g / scale.unsqueeze(-1)).reshape(m, k), scale
 
     def dequantize_activation(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -151,3 +151,29 @@ def test_broken_quantizer_fails_sqnr(broken, name):
     tensors = broken.quantize_weight(w)
     y = broken.reference_linear(x, tensors, None, out_dtype=torch.float32)
     assert sqnr_db(y, x @ w.t()) < MIN_SQNR[name]
+
+
+def test_scales_use_true_division():
+    """Scales are amax / qmax divided exactly (not amax times a rounded 1 / qmax, which differs in the
+    last bit for about one value in ten): the division is what every kernel reproduces."""
+    amax = torch.rand(100_000) * 100 + 1e-3
+    for qmax in (qf.FP8_MAX, qf.INT8_MAX, qf.INT4_MAX):
+        exact = torch.from_numpy(amax.numpy() / qmax)  # NumPy: IEEE fp32 division
+        assert torch.equal(qf.div_exact(amax, qmax), exact)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt_name", list(FORMATS))
+def test_reference_is_the_same_on_gpu(fmt_name):
+    """The reference gives bit-identical tensors on CUDA and CPU (PyTorch's CUDA kernels turn a division
+    by a Python number into a multiplication by its reciprocal; div_exact avoids that)."""
+    fmt = FORMATS[fmt_name]
+    w = torch.randn(384, 1024) * torch.logspace(-3, 1, 384).unsqueeze(1)
+    on_cpu = fmt.quantize_weight(w)
+    on_gpu = fmt.quantize_weight(w.cuda())
+    for name, t in on_cpu.items():
+        assert torch.equal(on_gpu[name].cpu().view(torch.uint8), t.view(torch.uint8)), name
+    if fmt.quantizes_activations:
+        x = (torch.randn(333, 1024) * torch.logspace(-3, 2, 333).unsqueeze(1)).bfloat16()
+        for a, b in zip(fmt.quantize_activation(x), fmt.quantize_activation(x.cuda())):
+            assert torch.equal(b.cpu().view(torch.uint8), a.view(torch.uint8))

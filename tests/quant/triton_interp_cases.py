@@ -24,8 +24,9 @@ import triton.language as tl  # noqa: E402
 from lightx2v_quant.hardware import HardwareSpec  # noqa: E402
 from lightx2v_quant.quant import formats as qf  # noqa: E402
 from lightx2v_quant.quant.kernels import get_kernel  # noqa: E402
+from lightx2v_quant.quant.kernels import triton_linear as L  # noqa: E402
 from lightx2v_quant.quant.kernels import triton_ops as T  # noqa: E402
-from lightx2v_quant.quant.kernels.triton_tuning import TileConfig  # noqa: E402
+from lightx2v_quant.quant.kernels.triton_tuning import SPLIT, QuantConfig, TileConfig  # noqa: E402
 from lightx2v_quant.quant.linear import QuantLinear  # noqa: E402
 
 FP8, INT8, INT4, B128 = "w8a8-fp8-channel", "w8a8-int8-channel", "w4a16-int4-g128", "w8a8-fp8-block128"
@@ -105,6 +106,27 @@ def test_quantize_per_token_exact(fmt, m, k, dtype):
     assert same_bits(q, q_ref)
 
 
+@pytest.mark.parametrize("fmt", [FP8, INT8])
+@pytest.mark.parametrize(
+    "k,warps",
+    [
+        (1280, 1),  # tiles of 4 + 1 rows of 256
+        (1792, 1),  # 4 + 2 + 1
+        (7936, 1),  # 31 rows: 16 + 8 + 4 + 4 (the fourth rounded up, masked)
+        (5000, 2),  # masked tail
+        (13824, 8),  # Wan's ffn-down row: 4 + 2 + 1 rows of 2048, masked
+        (16400, 4),  # past the one-pass limit: two sweeps
+    ],
+)
+def test_quantize_per_token_tile_shapes(fmt, k, warps):
+    for dtype in (torch.bfloat16, torch.float32):
+        x = activations(3, k, dtype)
+        x[1, ::7] = -0.0  # signed zeros keep their sign in fp8
+        q, s = T.quantize_per_token(x, fmt, config=QuantConfig(warps))
+        q_ref, s_ref = qf.FORMATS[fmt].quantize_activation(x)
+        assert same_bits(s, s_ref) and same_bits(q, q_ref), (k, warps, dtype)
+
+
 def test_int8_ties_round_half_even():
     # amax 127 -> scale exactly 1.0, so x / scale lands on .5 ties
     x = torch.tensor([[127.0, 2.5, 3.5, -2.5, -3.5, 0.5, -0.5, 126.5]])
@@ -138,6 +160,7 @@ CONFIGS = {
     "ptr-k128": TileConfig(16, 16, 128, 4, 2),  # masked K tail when K % 128 != 0
     "tma": TileConfig(32, 64, 64, 4, 2, tma=True),
     "tma-subtile": TileConfig(32, 64, 64, 4, 2, tma=True, subtile=True),
+    "n256": TileConfig(16, 256, 128, 4, 2),  # block-128: a tile spanning two weight blocks
 }
 
 
@@ -169,8 +192,26 @@ def _run_w8a8(fmt_name, m, n, k, config):
     assert rel(y, ref) < 1e-6
 
 
+@pytest.mark.parametrize("fmt_name", [FP8, INT8])
+@pytest.mark.parametrize("m,n,k", [(1, 64, 128), (5, 72, 200), (33, 256, 384)])
+@pytest.mark.parametrize(
+    "route", [TileConfig(16, 32, 64, 4, 2, fused=True), TileConfig(32, 64, 128, 4, 2, fused=True)]
+)
+def test_fused_linear_matches_split(fmt_name, m, n, k, route):
+    """The one-launch kernel quantizes exactly as the quantizer: same q, same scales, same epilogue."""
+    fmt, t, x, bias = _quantized_problem(fmt_name, m, n, k, torch.bfloat16)
+    w_scale = t["weight_scale"].reshape(-1).contiguous()
+    y_split = torch.empty((m, n), dtype=torch.float32)
+    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_split, route=SPLIT)
+    y_fused = torch.empty((m, n), dtype=torch.float32)
+    launched = L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_fused, route=route)
+    assert len(launched) == 1
+    assert rel(y_fused, y_split) < 1e-6
+    assert rel(y_fused, fmt.reference_linear(x, t, bias, torch.float32)) < 1e-6
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 128, 128), (17, 256, 384), (64, 200, 256)])
-@pytest.mark.parametrize("cfg", ["default", "ptr-small", "tma"])
+@pytest.mark.parametrize("cfg", ["default", "ptr-small", "tma", "n256"])
 def test_fp8_block_matmul_matches_reference(m, n, k, cfg):
     fmt, t, x, bias = _quantized_problem(B128, m, n, k)
     q, s = T.quantize_per_token_group(x)

@@ -5,7 +5,9 @@
 - int4-g128: W4A16 GEMM unpacking and scaling the packed weights in registers.
 - fp8-block128: per-token-group-128 quantization, then a GEMM that scales each 128-wide K-block.
 
-Weights are used in their on-disk layout ([N, K], K-major), so ``prepare`` copies nothing. Runs on CUDA;
+Weights are used in their on-disk layout ([N, K], K-major), so ``prepare`` copies nothing. After the
+first call with a given activation shape, a layer's launches are replayed without the JIT's per-call
+work (``triton_linear``), which keeps CLIP- and T5-sized GEMMs from being CPU-bound. Runs on CUDA;
 with ``TRITON_INTERPRET=1`` Triton's interpreter runs the same kernels on CPU tensors (for tests; slow).
 See docs/triton.md.
 """
@@ -33,12 +35,19 @@ _OPS: list = []
 
 
 def _ops():
-    """``triton_ops``, imported on first use: this module must import even where Triton does not."""
+    """``triton_linear``, imported on first use: this module must import even where Triton does not."""
     if not _OPS:
-        from lightx2v_quant.quant.kernels import triton_ops
+        from lightx2v_quant.quant.kernels import triton_linear
 
-        _OPS.append(triton_ops)
+        _OPS.append(triton_linear)
     return _OPS[0]
+
+
+def _custom_ops():
+    """``triton_custom_ops`` (torch.library ops over the same kernels), imported on first use."""
+    from lightx2v_quant.quant.kernels import triton_custom_ops
+
+    return triton_custom_ops
 
 
 class TritonKernel(Kernel):
@@ -72,6 +81,8 @@ class TritonKernel(Kernel):
             )
         if layer.bias is not None and not layer.bias.is_contiguous():
             layer.bias = layer.bias.contiguous()  # read as a plain [N] vector
+        # Replayable launches per activation shape (triton_linear.Plan); tensors may have changed.
+        layer.k_triton_plans = {}
         if fmt in (_FP8, _INT8):
             # [N, 1] fp32 -> contiguous [N] (a view, no copy, for the usual contiguous scale)
             scale = layer.weight_scale.float().reshape(layer.out_features).contiguous()
@@ -81,14 +92,18 @@ class TritonKernel(Kernel):
 
     # -- apply ----------------------------------------------------------------------------------
     def apply(self, layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-        triton_ops = _ops()
         fmt = layer.format.name
+        if torch.compiler.is_compiling():  # an opaque custom op: no graph break inside a compiled block
+            scale = layer.k_w_scale if fmt in (_FP8, _INT8) else layer.weight_scale
+            return _custom_ops().linear(x, fmt, layer.weight, scale, layer.bias)
+        lin = _ops()
+        plans = getattr(layer, "k_triton_plans", None) if x.is_cuda else None
         if fmt in (_FP8, _INT8):
-            return triton_ops.linear_w8a8(x, fmt, layer.weight, layer.k_w_scale, layer.bias)
+            return lin.linear_w8a8(x, fmt, layer.weight, layer.k_w_scale, layer.bias, plans)
         if fmt == _INT4:
-            return triton_ops.linear_w4a16(x, layer.weight, layer.weight_scale, layer.bias)
+            return lin.linear_w4a16(x, layer.weight, layer.weight_scale, layer.bias, plans)
         if fmt == _B128:
-            return triton_ops.linear_fp8_block(x, layer.weight, layer.weight_scale, layer.bias)
+            return lin.linear_fp8_block(x, layer.weight, layer.weight_scale, layer.bias, plans)
         raise KernelUnavailable(f"kernel 'triton' has no path for {fmt}")
 
     # -- pre-quantized activations (the DIT's fused norm + quantization) -----------------------------
@@ -103,7 +118,7 @@ class TritonKernel(Kernel):
             raise KernelUnavailable(
                 f"kernel 'triton' takes no pre-quantized {xq.dtype} activations for {layer.format.name}"
             )
-        return _ops().w8a8_matmul(xq, x_scale, layer.weight, layer.k_w_scale, layer.bias, out_dtype)
+        return _custom_ops().w8a8_prequantized(xq, x_scale, layer.weight, layer.k_w_scale, layer.bias, out_dtype)
 
 
 KERNEL = TritonKernel()

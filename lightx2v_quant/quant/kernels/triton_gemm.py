@@ -52,12 +52,29 @@ def _epilogue(
 
 
 @triton.jit
-def _block_scale(sa_ptr, sb_ptr, kt, offs_am, offs_bn, stride_sak, stride_sbn, BLOCK_K: tl.constexpr):
-    """a_scale[m, kb] (stored [K/128, M]) and w_scale[n // 128, kb] for the 128-group holding K-tile kt."""
+def _block_scale(
+    sa_ptr,
+    sb_ptr,
+    kt,
+    offs_am,
+    off_n,
+    offs_bn,
+    stride_sak,
+    stride_sbn,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """a_scale[m, kb] * w_scale[n // 128, kb] for the 128-group holding K-tile kt, broadcastable to the
+    [BLOCK_M, BLOCK_N] tile. a_scale is stored [K/128, M]. A tile at most 128 wide lies in one weight
+    block (tiles start at multiples of BLOCK_N, which divides 128): one scalar weight scale, so the
+    per-K-block promotion costs one multiply-add per accumulator element."""
     kb = (kt * BLOCK_K) // 128
     sa = tl.load(sa_ptr + kb * stride_sak + offs_am)
-    sb = tl.load(sb_ptr + (offs_bn // 128) * stride_sbn + kb)
-    return sa, sb
+    if BLOCK_N <= 128:
+        scale = (sa * tl.load(sb_ptr + (off_n // 128) * stride_sbn + kb))[:, None]
+    else:
+        scale = sa[:, None] * tl.load(sb_ptr + (offs_bn // 128) * stride_sbn + kb)[None, :]
+    return scale
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -113,8 +130,11 @@ def w8a8_kernel(
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         if BLOCK_SCALED:
-            sa, sb = _block_scale(sa_ptr, sb_ptr, kt, offs_am, offs_bn, stride_sak, stride_sbn, BLOCK_K)
-            acc += tl.dot(a, b) * sa[:, None] * sb[None, :]
+            off_n = pid_n * BLOCK_N
+            scale = _block_scale(
+                sa_ptr, sb_ptr, kt, offs_am, off_n, offs_bn, stride_sak, stride_sbn, BLOCK_N, BLOCK_K
+            )
+            acc += tl.dot(a, b) * scale
         else:
             acc = tl.dot(a, b, acc, out_dtype=acc_dtype)
         a_ptrs += BLOCK_K
@@ -175,8 +195,10 @@ def w8a8_tma_kernel(
             a = a_desc.load([off_m, kt * BLOCK_K])
             b = b_desc.load([off_n, kt * BLOCK_K])
             if BLOCK_SCALED:
-                sa, sb = _block_scale(sa_ptr, sb_ptr, kt, offs_am, offs_bn, stride_sak, stride_sbn, BLOCK_K)
-                acc += tl.dot(a, b.T) * sa[:, None] * sb[None, :]
+                scale = _block_scale(
+                    sa_ptr, sb_ptr, kt, offs_am, off_n, offs_bn, stride_sak, stride_sbn, BLOCK_N, BLOCK_K
+                )
+                acc += tl.dot(a, b.T) * scale
             else:
                 acc = tl.dot(a, b.T, acc, out_dtype=acc_dtype)
         tile_id_c += NUM_SMS
@@ -239,10 +261,11 @@ def w4a16_kernel(
         a = tl.load(a_ptrs)
         packed = tl.load(w_ptrs)
         scale = tl.load(s_ptrs + (kt * BLOCK_K) // 128)
-        lo = (packed & 0xF).to(tl.float32) - 8.0
-        hi = (packed >> 4).to(tl.float32) - 8.0
-        w = tl.interleave(lo, hi) * scale[:, None]  # [BN, BK] fp32, k order restored
-        w = w.to(a.dtype)
+        # nibble n -> float(n - 8) without an int-to-float conversion (a quarter-rate instruction):
+        # the bits 0x4B000000 | n are the float 2^23 + n, and subtracting 2^23 + 8 is exact.
+        nib = tl.interleave((packed & 0xF).to(tl.int32), (packed >> 4).to(tl.int32))  # [BN, BK], k order
+        w = (nib | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+        w = (w * scale[:, None]).to(a.dtype)  # the exact q * s of the reference, rounded once
         if INTERPRET:  # the interpreter's 16-bit dot is unreliable: same values, fp32 operands
             a = a.to(tl.float32)
             w = w.to(tl.float32)

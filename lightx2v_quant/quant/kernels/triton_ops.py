@@ -1,9 +1,10 @@
-"""Our Triton kernels as plain functions: activation quantizers, the three GEMMs, and fused linears.
+"""Our Triton kernels as plain functions: activation quantizers and the three GEMMs.
 
 ``quantize_per_token(x, fmt)`` is also what the `torch` kernel uses for its activations on CUDA. The
-GEMM functions take an explicit ``config`` (tests, benchmarks) or ask the tuner (``triton_tuning``) for
-the fastest tile config of this shape. They check their inputs and raise ``ValueError`` naming the
-problem; the ``linear_*`` functions are what ``native_triton.TritonKernel.apply`` calls.
+functions take an explicit ``config`` (tests, benchmarks) or ask the tuner (``triton_tuning``) for the
+fastest config of this shape. They check their inputs and raise ``ValueError`` naming the problem. The
+fused linears that ``native_triton.TritonKernel.apply`` calls are in ``triton_linear``; they use the
+unchecked launchers here (``launch_*``), which return a :class:`Launched` record to replay from.
 """
 
 from __future__ import annotations
@@ -15,22 +16,29 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.quant import formats as qf
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
+from lightx2v_quant.quant.kernels.triton_launch import Launched, run_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     INTERPRETING,
+    QUANT_PARAMS,
     cdiv,
     pdl_enabled,
-    quantize_per_token,
-    quantize_per_token_group,
+    per_group_launch,
+    per_token_launch,
 )
 from lightx2v_quant.quant.kernels.triton_tuning import (
     FP8_BLOCK,
     INTERPRETER_CONFIG,
+    QUANT,
     TUNER,
     W4A16,
     W8A8,
+    QuantConfig,
     TileConfig,
     candidates,
+    default_quant_config,
     m_bucket,
+    m_class,
+    quant_candidates,
 )
 
 __all__ = [
@@ -39,10 +47,8 @@ __all__ = [
     "w8a8_matmul",
     "fp8_block_matmul",
     "w4a16_matmul",
-    "linear_w8a8",
-    "linear_fp8_block",
-    "linear_w4a16",
     "TileConfig",
+    "QuantConfig",
 ]
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -50,7 +56,7 @@ INTERPRETER_SMS = 3  # persistent grid size under the interpreter: small, so tes
 
 
 @functools.lru_cache(maxsize=None)
-def _device_info(device: torch.device) -> tuple[int, int, int]:
+def device_info(device: torch.device) -> tuple[int, int, int]:
     """(sm as an integer, multiprocessor count, shared memory per block in bytes) of a CUDA device."""
     if device.type != "cuda":
         return 0, INTERPRETER_SMS, 1 << 30
@@ -76,18 +82,87 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _tuned(
-    kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch
-) -> TileConfig:
+def _tuned(kind: str, key: tuple, a: torch.Tensor, out: torch.Tensor, a_bytes: float, tma: bool, launch):
     """The tile config for a GEMM key seen for the first time: the tuner times the candidates."""
     if INTERPRETING:
         return INTERPRETER_CONFIG
-    sm, _, max_smem = _device_info(a.device)
+    sm, _, max_smem = device_info(a.device)
     cands = candidates(kind, a.shape[0], sm, max_smem, a_bytes, out.element_size())
     if not tma:
         cands = [c for c in cands if not c.tma] or [TileConfig(64, 64, 64, 4, 3)]
     # Candidates were benchmarked into `out`: restore "never written" so the real run is checked alone.
     return TUNER.choose(key, cands, launch, lambda: out.fill_(float("nan")))
+
+
+# -- per-token quantizer ---------------------------------------------------------------------------
+def launch_per_token(
+    x: torch.Tensor, fmt_name: str, config: QuantConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Launched]:
+    """Unchecked: x [M, K] with unit column stride, M > 0, a per-token format. -> (q, scale [M, 1])."""
+    m, k = x.shape
+    qdtype = QUANT_PARAMS[fmt_name][0]
+    q = torch.empty((m, k), dtype=qdtype, device=x.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+
+    def launch(cfg: QuantConfig, warmup: bool = False):
+        kernel, args, meta = per_token_launch(x, q, scale, fmt_name, cfg.num_warps)
+        return run_kernel(kernel, (m,), args, meta, warmup)
+
+    if config is None:
+        if INTERPRETING:
+            config = default_quant_config(k, x.element_size())
+        else:
+            key = (QUANT, fmt_name, str(x.dtype), m_class(m), k)
+            config = TUNER.best.get(key) or TUNER.choose(
+                key, quant_candidates(k, x.element_size()), launch, cls=QuantConfig
+            )
+    return q, scale, launch(config)
+
+
+def quantize_per_token(
+    x: torch.Tensor, fmt_name: str, *, config: QuantConfig | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (bf16/fp16/fp32) -> (q [M, K] fp8 or int8, scale [M, 1] fp32), bit-identical to the
+    format's reference. ``config``: a launch shape instead of the tuned one (tests, benchmarks)."""
+    if fmt_name not in QUANT_PARAMS:
+        raise ValueError(f"quantize_per_token handles {', '.join(QUANT_PARAMS)}, not {fmt_name!r}")
+    _check(x.dim() == 2, f"expected a 2-D activation [M, K], got shape {tuple(x.shape)}")
+    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
+    _check(x.shape[1] > 0, "cannot quantize activations with K == 0")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    if x.shape[0] == 0:
+        qdtype = QUANT_PARAMS[fmt_name][0]
+        return torch.empty(x.shape, dtype=qdtype, device=x.device), x.new_empty((0, 1), dtype=torch.float32)
+    q, scale, _ = launch_per_token(x, fmt_name, config)
+    return q, scale
+
+
+def launch_per_token_group(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Launched]:
+    """Unchecked: x [M, K], unit column stride, M > 0, K % 128 == 0 -> (q, scale_t [K/128, M])."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=qf.FP8_DTYPE, device=x.device)
+    scale_t = torch.empty((k // qf.GROUP, m), dtype=torch.float32, device=x.device)
+    kernel, grid, args, meta = per_group_launch(x, q, scale_t, qf.GROUP)
+    return q, scale_t, run_kernel(kernel, grid, args, meta, False)
+
+
+def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (q [M, K] fp8, scale [M, K/group] fp32) as ``Fp8Block128.quantize_activation``.
+
+    The scale is returned as a transposed view of an M-major [K/group, M] buffer: the block GEMM reads
+    one K-group's scales for a tile of rows as a contiguous vector.
+    """
+    _check(x.dim() == 2, f"expected a 2-D activation [M, K], got shape {tuple(x.shape)}")
+    _check(group == qf.GROUP, f"the fp8-block128 format has groups of {qf.GROUP}, got {group}")
+    k = x.shape[1]
+    _check(k % group == 0, f"per-token-group quantization needs K % {group} == 0, got K={k}")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    m, k = x.shape
+    if m == 0 or k == 0:
+        q = torch.empty((m, k), dtype=qf.FP8_DTYPE, device=x.device)
+        return q, torch.empty((k // group, m), dtype=torch.float32, device=x.device).t()
+    q, scale_t, _ = launch_per_token_group(x)
+    return q, scale_t.t()
 
 
 # -- W8A8 (per-channel and block-128) --------------------------------------------------------------
@@ -122,15 +197,17 @@ def _w8a8_meta(
     return meta
 
 
-def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh):
-    """Launch without input checks (callers validate). sa/sb/bias are read as contiguous vectors (or
-    [K/128, M] / [N/128, K/128] with the given row strides in block mode). ``fresh``: A and out were
-    just allocated by us, so only their shapes decide TMA alignment."""
+def launch_w8a8(
+    a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config, fresh
+) -> Launched | None:
+    """Unchecked launch into ``out``. sa/sb/bias are read as contiguous vectors (or [K/128, M] /
+    [N/128, K/128] with the given row strides in block mode). ``fresh``: A and out were just allocated
+    by us, so only their shapes decide TMA alignment. None when M == 0."""
     m, k = a.shape
     n = w.shape[0]
     if m == 0:
-        return out
-    sm, num_sms, _ = _device_info(a.device)
+        return None
+    sm, num_sms, _ = device_info(a.device)
     pdl = pdl_enabled(a.device)
     bias_arg = sb if bias is None else bias
 
@@ -146,28 +223,10 @@ def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config,
                 out, out.shape, out.stride(), [cfg.block_m, cfg.block_n // (2 if cfg.subtile else 1)]
             )
             args = (a_desc, b_desc, c_desc, sa, sb, bias_arg, m, n, k, stride_sak, stride_sbn)
-            kernel, grid = w8a8_tma_kernel, (min(num_sms, tiles),)
-        else:
-            args = (
-                a,
-                w,
-                out,
-                sa,
-                sb,
-                bias_arg,
-                m,
-                n,
-                k,
-                a.stride(0),
-                w.stride(0),
-                out.stride(0),
-                stride_sak,
-                stride_sbn,
-            )
-            kernel, grid = w8a8_kernel, (tiles,)
-        if warmup:
-            return kernel.warmup(*args, grid=grid, **meta)
-        return kernel[grid](*args, **meta)
+            return run_kernel(w8a8_tma_kernel, (min(num_sms, tiles),), args, meta, warmup)
+        strides = (a.stride(0), w.stride(0), out.stride(0), stride_sak, stride_sbn)
+        args = (a, w, out, sa, sb, bias_arg, m, n, k, *strides)
+        return run_kernel(w8a8_kernel, (tiles,), args, meta, warmup)
 
     if config is None:
         kind = FP8_BLOCK if block_scaled else W8A8
@@ -193,8 +252,7 @@ def _w8a8(a, w, sa, sb, bias, out, stride_sak, stride_sbn, block_scaled, config,
                 "a TMA config needs 16-byte aligned rows of A, W and the output "
                 f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}",
             )
-    launch(config)
-    return out
+    return launch(config)
 
 
 def _check_w8a8_inputs(a: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> None:
@@ -232,7 +290,8 @@ def w8a8_matmul(
     sa = a_scale.reshape(m).contiguous()
     sb = w_scale.reshape(n).contiguous()
     bias = None if bias is None else bias.reshape(n).contiguous()
-    return _w8a8(a, w, sa, sb, bias, out, 0, 0, False, config, False)
+    launch_w8a8(a, w, sa, sb, bias, out, 0, 0, False, config, False)
+    return out
 
 
 def fp8_block_matmul(
@@ -268,7 +327,8 @@ def fp8_block_matmul(
     sb = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     bias = None if bias is None else bias.reshape(n).contiguous()
-    return _w8a8(a, w, sa_t, sb, bias, out, sa_t.stride(0), sb.stride(0), True, config, False)
+    launch_w8a8(a, w, sa_t, sb, bias, out, sa_t.stride(0), sb.stride(0), True, config, False)
+    return out
 
 
 # -- W4A16 -----------------------------------------------------------------------------------------
@@ -306,15 +366,16 @@ def w4a16_matmul(
     w_packed = w_packed if w_packed.stride(1) == 1 else w_packed.contiguous()
     w_scale = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
     bias = None if bias is None else bias.reshape(n).contiguous()
-    return _w4a16(x, w_packed, w_scale, bias, out_dtype, config)
+    out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
+    launch_w4a16(x, w_packed, w_scale, bias, out, config)
+    return out
 
 
-def _w4a16(x, w_packed, w_scale, bias, out_dtype, config):
-    """Launch without input checks (callers validate); rows of x, W and the scales have unit stride."""
+def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
+    """Unchecked launch into ``out``; rows of x, W and the scales have unit stride. None when M == 0."""
     (m, k), n = x.shape, w_packed.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
     if m == 0:
-        return out
+        return None
     bias_arg = w_scale if bias is None else bias
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
 
@@ -348,46 +409,10 @@ def _w4a16(x, w_packed, w_scale, bias, out_dtype, config):
                 num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages,
             )
-        if warmup:
-            return w4a16_kernel.warmup(*args, grid=grid, **meta)
-        return w4a16_kernel[grid](*args, **meta)
+        return run_kernel(w4a16_kernel, grid, args, meta, warmup)
 
     if config is None:
-        key = (W4A16, str(x.dtype), str(out_dtype), m_bucket(m), n, k)
+        key = (W4A16, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
         config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), False, launch)
-    launch(config)
-    return out
+    return launch(config)
 
-
-# -- fused linears (what the kernel's apply calls) ---------------------------------------------------
-# The layer's tensors were checked when loaded and in TritonKernel.prepare (dtypes, shapes, unit
-# strides, contiguous [N] scale and bias), so these skip the per-call validation of the public GEMMs:
-# small GEMMs (CLIP, T5) are short enough for Python overhead to show.
-def linear_w8a8(
-    x: torch.Tensor, fmt_name: str, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-token quantization of x [M, K] (one pass), then the W8A8 GEMM; output in x.dtype.
-    w [N, K] int8/fp8 row-major, w_scale contiguous [N] fp32, bias contiguous [N] or None."""
-    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
-    q, s = quantize_per_token(x, fmt_name)  # s [M, 1] contiguous: read as [M]
-    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
-    return _w8a8(q, w, s, w_scale, bias, out, 0, 0, False, None, True)
-
-
-def linear_fp8_block(
-    x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-token-group quantization of x, then the block-scaled fp8 GEMM.
-    w_scale [N/128, K/128] contiguous."""
-    _check(x.dtype in _OUT_DTYPES, f"activations must be bf16, fp16 or fp32, got {x.dtype}")
-    q, s = quantize_per_token_group(x)
-    s_t = s.t()  # the quantizer's M-major buffer [K/128, M]
-    out = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
-    return _w8a8(q, w, s_t, w_scale, bias, out, s_t.stride(0), w_scale.stride(0), True, None, True)
-
-
-def linear_w4a16(
-    x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    _check(x.dtype in _OUT_DTYPES, f"int4-g128 activations must be bf16, fp16 or fp32, got {x.dtype}")
-    return _w4a16(x if x.stride(1) == 1 else x.contiguous(), w_packed, w_scale, bias, x.dtype, None)

@@ -1,12 +1,23 @@
-"""Triton activation quantizers: per-token fp8/int8 (one pass over each row) and per-token-group-128 fp8.
+"""Triton activation quantizers: per-token fp8/int8 (each row read once) and per-token-group-128 fp8.
 
-Same numerics as ``formats.py``: scale = max(amax, 1e-8) / qmax and q = cast(x / scale), with IEEE
-division (``div_rn``), a saturating round-to-nearest-even fp8 cast, and round-half-even then clamp for
-int8. On a GPU the results are bit-identical to the reference. Under Triton's interpreter
-(``TRITON_INTERPRET=1``, CPU tensors) two interpreter gaps are bridged so that tests stay exact: libdevice
-is unavailable (int8 rounding uses the 1.5 * 2^23 trick, also exact round-half-even) and the
-interpreter's fp32 -> fp8 cast mis-rounds values that carry into the next binade (values are first
-rounded onto the e4m3 grid in fp32 arithmetic, after which the cast is exact).
+Numerics are the reference's (``formats.py``) bit for bit: scale = max(amax, 1e-8) / qmax with IEEE
+division, then q = cast(RN(x / scale)) with a saturating round-to-nearest-even fp8 cast, or
+round-half-even then clamp for int8.
+
+The quantizers are memory-bound (read 2 bytes, write 1 per element), so they are built to keep many
+bytes in flight and to spend few instructions per element:
+- one program per row; the row is loaded as up to four [R, G] tiles (R a power of two, G = one 16-byte
+  vector per thread per tile row), all loads issued before the first use, so K needs no padding to a
+  power of two;
+- ``amax`` is taken in the input dtype (abs and max are exact in bf16/fp16), so the row stays in
+  registers at 2 bytes per element until its scale is known;
+- no per-element division: ``r = 1 / scale`` is computed once per row (IEEE), and ``_div_by_scale``
+  turns x * r into the correctly rounded x / scale with FMA corrections (see there).
+
+Under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) the quotient is a plain IEEE division
+(the interpreter's ``fma`` is not fused), libdevice is unavailable (int8 rounding uses the 1.5 * 2^23
+trick, also exact round-half-even), and its fp32 -> fp8 cast mis-rounds values that carry into the next
+binade (values are first rounded onto the e4m3 grid in fp32, after which the cast is exact).
 """
 
 from __future__ import annotations
@@ -30,7 +41,8 @@ else:  # libdevice calls are extern functions, which the interpreter cannot run;
 
 _FP8 = "w8a8-fp8-channel"
 _INT8 = "w8a8-int8-channel"
-MAX_ONE_PASS_K = 16384  # rows up to this length stay in registers (Wan's largest K is 13824)
+MAX_TILED_K = 16384  # rows up to this length are held in registers (Wan's largest K is 13824)
+MAX_TILES = 4  # [R, G] tiles per row in the one-pass kernel
 
 
 @triton.jit
@@ -57,18 +69,90 @@ def _snap_to_e4m3(y):
 
 
 @triton.jit
-def _quantize_values(x, scale, IS_INT8: tl.constexpr):
-    """x [R, C] fp32, scale [R, 1] fp32 -> q [R, C] int8 or float8_e4m3fn (the reference cast)."""
-    y = tl.math.div_rn(x, scale)
-    if IS_INT8:
-        r = _round_half_even(y)
-        q = tl.minimum(tl.maximum(r, -128.0), 127.0).to(tl.int8)
+def _div_by_scale(x, neg_s, r, SECOND_STEP: tl.constexpr):
+    """RN(x / s) for fp32 x and a scale s > 0, given neg_s = -s and r = RN(1 / s): IEEE division
+    without dividing (three instructions per element instead of a division's ten and a MUFU).
+
+    y0 = RN(x * r) is within 1.5 ulp of x / s; a Newton step y1 = y0 + RN(x - s * y0) * r (two FMAs)
+    makes it faithful, and by Markstein's theorem the same step from a faithful y1 with the correctly
+    rounded reciprocal r gives exactly RN(x / s), the remainder x - s * y1 being exact. The theorem
+    needs no underflow: here |x / s| <= qmax, r <= 448 / 1e-8, and quotients small enough for the
+    remainder to underflow (|x / s| < 2^-67) cast to +-0 in fp8 and int8 either way. For bf16 and fp16
+    inputs the first step alone is already exact (checked for every input in
+    tests/quant/test_triton_div.py, which replays this sequence with exact FMAs): SECOND_STEP is for
+    fp32 inputs. Only the sign of a zero quotient can differ (x = -0.0 gives +0.0): see the caller.
+    """
+    # A plain multiply: its only users are FMAs, so there is no add to contract it with (and
+    # libdevice's mul_rn would flush subnormals).
+    y = x * r
+    y = tl.fma(tl.fma(neg_s, y, x), r, y)
+    if SECOND_STEP:
+        y = tl.fma(tl.fma(neg_s, y, x), r, y)
+    return y
+
+
+@triton.jit
+def _quantize_values(x_in, scale, rcp, IS_INT8: tl.constexpr):
+    """x_in (any float dtype), scale and rcp = 1 / scale fp32 (broadcastable) -> q int8 or e4m3."""
+    x = x_in.to(tl.float32)
+    if INTERPRET:
+        y = tl.math.div_rn(x, scale)
     else:
-        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        y = _div_by_scale(x, -scale, rcp, x_in.dtype == tl.float32)
+    if IS_INT8:
         if INTERPRET:
-            y = _snap_to_e4m3(y)
+            r = _round_half_even(y)
+            q = tl.minimum(tl.maximum(r, -128.0), 127.0).to(tl.int8)
+        else:
+            # One instruction rounds half-to-even and converts (cvt.rni). No clamp: |x| <= amax and
+            # scale = RN(amax / 127) bound |y| by 127 * (1 + 2^-23), which rounds to 127.
+            q = libdevice.float2int_rn(y).to(tl.int8)
+    else:
+        if INTERPRET:
+            y = _snap_to_e4m3(tl.minimum(tl.maximum(y, -448.0), 448.0))
+        # A zero quotient takes the sign of x, as in IEEE division (the FMAs and the snap above turn
+        # -0.0 into +0.0; bit-or is safe: y never has the opposite sign). On the GPU |y| <= 448 *
+        # (1 + 2^-23) rounds to 448 at most: no clamp needed (the cast saturates anyway).
+        sign = x.to(tl.uint32, bitcast=True) & 0x80000000
+        y = (y.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
         q = y.to(tl.float8e4nv)
     return q
+
+
+@triton.jit
+def _row_scale(amax, QMAX: tl.constexpr):
+    """(scale, 1 / scale), both correctly rounded, from a row's |max| (any float dtype)."""
+    scale = tl.math.div_rn(tl.maximum(amax.to(tl.float32), 1e-8), QMAX)
+    return scale, tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+
+
+@triton.jit
+def _load_tile(row_ptr, col0, K, R: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr):
+    """Row elements [col0, col0 + R*G) as an [R, G] tile, zero past K."""
+    cols = col0 + tl.arange(0, R)[:, None] * G + tl.arange(0, G)[None, :]
+    if MASKED:
+        x = tl.load(row_ptr + cols, mask=cols < K, other=0.0)
+    else:
+        x = tl.load(row_ptr + cols)
+    return x
+
+
+@triton.jit
+def _absmax(x):
+    """|max| of a 2-D tile as a scalar (in x's dtype: exact)."""
+    return tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+
+
+@triton.jit
+def _store_tile(
+    q_row_ptr, x, col0, K, scale, rcp, R: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr, IS_INT8
+):
+    cols = col0 + tl.arange(0, R)[:, None] * G + tl.arange(0, G)[None, :]
+    q = _quantize_values(x, scale, rcp, IS_INT8)
+    if MASKED:
+        tl.store(q_row_ptr + cols, q, mask=cols < K)
+    else:
+        tl.store(q_row_ptr + cols, q)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -82,41 +166,81 @@ def _per_token_kernel(
     stride_qm,
     QMAX: tl.constexpr,
     IS_INT8: tl.constexpr,
-    ROWS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    ONE_PASS: tl.constexpr,
+    G: tl.constexpr,
+    R0: tl.constexpr,
+    R1: tl.constexpr,
+    R2: tl.constexpr,
+    R3: tl.constexpr,
+    MASKED: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    """ROWS rows per program. ONE_PASS: the row is read once and kept in registers (K <= BLOCK_K);
-    otherwise a first sweep finds amax and a second (served mostly by L2) quantizes.
-    USE_PDL: let the GEMM that follows launch early (it waits for this kernel before reading)."""
+    """One row per program, held in registers as tiles of R0, R1, R2, R3 (0 = absent) rows of G
+    elements: all loads first, then the row's |max|, then quantize and store tile by tile.
+    USE_PDL: let the GEMM that follows launch early (it waits for this grid before reading)."""
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < M
-    rows64 = rows.to(tl.int64)
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    # Every load is issued before the first reduction (whose barriers would hold later loads back).
+    # Tiles of different shapes get different register layouts, so each is reduced to a scalar on
+    # its own rather than combined element-wise (which would shuffle the row through shared memory).
+    x0 = _load_tile(x_row, 0, K, R0, G, MASKED)
+    if R1 > 0:
+        x1 = _load_tile(x_row, R0 * G, K, R1, G, MASKED)
+    if R2 > 0:
+        x2 = _load_tile(x_row, (R0 + R1) * G, K, R2, G, MASKED)
+    if R3 > 0:
+        x3 = _load_tile(x_row, (R0 + R1 + R2) * G, K, R3, G, MASKED)
+    m = _absmax(x0)
+    if R1 > 0:
+        m = tl.maximum(m, _absmax(x1))
+    if R2 > 0:
+        m = tl.maximum(m, _absmax(x2))
+    if R3 > 0:
+        m = tl.maximum(m, _absmax(x3))
+    scale, rcp = _row_scale(m, QMAX)
+    _store_tile(q_row, x0, 0, K, scale, rcp, R0, G, MASKED, IS_INT8)
+    if R1 > 0:
+        _store_tile(q_row, x1, R0 * G, K, scale, rcp, R1, G, MASKED, IS_INT8)
+    if R2 > 0:
+        _store_tile(q_row, x2, (R0 + R1) * G, K, scale, rcp, R2, G, MASKED, IS_INT8)
+    if R3 > 0:
+        _store_tile(q_row, x3, (R0 + R1 + R2) * G, K, scale, rcp, R3, G, MASKED, IS_INT8)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _per_token_long_kernel(
+    x_ptr,
+    q_ptr,
+    s_ptr,
+    M,
+    K,
+    stride_xm,
+    stride_qm,
+    QMAX: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Rows longer than MAX_TILED_K: one sweep for amax, a second (mostly from L2) to quantize."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
     cols = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + rows64[:, None] * stride_xm
-    q_rows = q_ptr + rows64[:, None] * stride_qm
-    if ONE_PASS:
-        mask = row_ok[:, None] & (cols[None, :] < K)
-        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=1)
-        scale = tl.math.div_rn(tl.maximum(amax, 1e-8), QMAX)  # [ROWS]
-        q = _quantize_values(x, scale[:, None], IS_INT8)
-        tl.store(q_rows + cols[None, :], q, mask=mask)
-    else:
-        amax = tl.zeros([ROWS], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            mask = row_ok[:, None] & (cols[None, :] + k0 < K)
-            x = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        scale = tl.math.div_rn(tl.maximum(amax, 1e-8), QMAX)
-        for k0 in range(0, K, BLOCK_K):
-            mask = row_ok[:, None] & (cols[None, :] + k0 < K)
-            x = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_rows + k0 + cols[None, :], _quantize_values(x, scale[:, None], IS_INT8), mask=mask)
-    tl.store(s_ptr + rows, scale, mask=row_ok)
+    m = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0)
+        m = tl.maximum(m, tl.abs(x).to(tl.float32))
+    scale, rcp = _row_scale(tl.max(m, axis=0), QMAX)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0)
+        q = _quantize_values(x, scale, rcp, IS_INT8)
+        tl.store(q_row + k0 + cols, q, mask=k0 + cols < K)
+    tl.store(s_ptr + row, scale)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -141,10 +265,9 @@ def _per_group_kernel(
     rows64 = rows.to(tl.int64)
     cols = g * GROUP + tl.arange(0, GROUP)
     mask = row_ok[:, None]
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    scale = tl.math.div_rn(tl.maximum(amax, 1e-8), 448.0)
-    q = _quantize_values(x, scale[:, None], False)
+    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0)
+    scale, rcp = _row_scale(tl.max(tl.abs(x), axis=1), 448.0)
+    q = _quantize_values(x, scale[:, None], rcp[:, None], False)
     tl.store(q_ptr + rows64[:, None] * stride_qm + cols[None, :], q, mask=mask)
     tl.store(st_ptr + g.to(tl.int64) * stride_st + rows, scale, mask=row_ok)
 
@@ -166,87 +289,49 @@ def pdl_enabled(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _row_layout(x: torch.Tensor) -> torch.Tensor:
-    """Kernels read rows with unit column stride; anything else is copied once."""
-    if x.dim() != 2:
-        raise ValueError(f"expected a 2-D activation [M, K], got shape {tuple(x.shape)}")
-    return x if x.stride(1) == 1 else x.contiguous()
+# -- launching -----------------------------------------------------------------------------------------
+QUANT_PARAMS = {_FP8: (qf.FP8_DTYPE, qf.FP8_MAX, False), _INT8: (torch.int8, qf.INT8_MAX, True)}
 
 
-@functools.lru_cache(maxsize=None)
-def _per_token_launch_params(k: int) -> tuple[int, int, int, bool]:
-    """(ROWS, BLOCK_K, num_warps, one_pass): ~4-16K elements per program, 16-byte accesses per thread."""
-    block_k = next_pow2(k)
-    one_pass = block_k <= MAX_ONE_PASS_K
-    if not one_pass:
-        block_k = 4096
-    rows = max(1, min(16, 4096 // block_k))
-    elems = rows * block_k
-    num_warps = 4 if elems <= 2048 else 8 if elems <= 8192 else 16
-    return rows, block_k, num_warps, one_pass
+def tile_rows(k: int, num_warps: int, elem_bytes: int) -> tuple[int, tuple[int, int, int, int], bool]:
+    """(G, (R0, R1, R2, R3), masked) for a row of k elements: G = one 16-byte vector per thread, the
+    R's the binary digits of ceil(k / G), largest first (the fourth rounded up), masked if they cover
+    more than k."""
+    g = (16 // elem_bytes) * 32 * num_warps
+    left = cdiv(k, g)
+    rows: list[int] = []
+    while left and len(rows) < MAX_TILES - 1:
+        r = 1 << (left.bit_length() - 1)
+        rows.append(r)
+        left -= r
+    if left:
+        rows.append(next_pow2(left))
+    padded = g * sum(rows)
+    return g, tuple(rows + [0] * (MAX_TILES - len(rows))), padded != k  # type: ignore[return-value]
 
 
-def quantize_per_token(x: torch.Tensor, fmt_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (bf16/fp16/fp32) -> (q [M, K] fp8 or int8, scale [M, 1] fp32), as the format's reference."""
-    if fmt_name == _FP8:
-        qdtype, qmax, is_int8 = qf.FP8_DTYPE, qf.FP8_MAX, False
-    elif fmt_name == _INT8:
-        qdtype, qmax, is_int8 = torch.int8, qf.INT8_MAX, True
-    else:
-        raise ValueError(f"quantize_per_token handles {_FP8} and {_INT8}, not {fmt_name!r}")
-    x = _row_layout(x)
+def per_token_launch(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, fmt_name: str, num_warps: int
+) -> tuple[triton.JITFunction, tuple, dict]:
+    """(kernel, positional args, launch keywords) of the per-token quantizer; grid = (M,)."""
     m, k = x.shape
-    q = torch.empty((m, k), dtype=qdtype, device=x.device)
-    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    if k == 0:
-        raise ValueError("cannot quantize activations with K == 0")
-    if m == 0:
-        return q, scale
-    rows, block_k, num_warps, one_pass = _per_token_launch_params(k)
-    _per_token_kernel[(cdiv(m, rows),)](
-        x,
-        q,
-        scale,
-        m,
-        k,
-        x.stride(0),
-        q.stride(0),
-        QMAX=qmax,
-        IS_INT8=is_int8,
-        ROWS=rows,
-        BLOCK_K=block_k,
-        ONE_PASS=one_pass,
-        USE_PDL=pdl_enabled(x.device),
-        num_warps=num_warps,
-    )
-    return q, scale
+    _, qmax, is_int8 = QUANT_PARAMS[fmt_name]
+    meta = dict(QMAX=qmax, IS_INT8=is_int8, USE_PDL=pdl_enabled(x.device), num_warps=num_warps)
+    args = (x, q, scale, m, k, x.stride(0), q.stride(0))
+    if k <= MAX_TILED_K:
+        g, (r0, r1, r2, r3), masked = tile_rows(k, num_warps, x.element_size())
+        meta.update(G=g, R0=r0, R1=r1, R2=r2, R3=r3, MASKED=masked)
+        return _per_token_kernel, args, meta
+    meta.update(BLOCK_K=(16 // x.element_size()) * 32 * num_warps * 4)
+    return _per_token_long_kernel, args, meta
 
 
-def quantize_per_token_group(x: torch.Tensor, group: int = qf.GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (q [M, K] fp8, scale [M, K/group] fp32) as ``Fp8Block128.quantize_activation``.
-
-    The scale is returned as a transposed view of an M-major [K/group, M] buffer: the block GEMM reads
-    one K-group's scales for a tile of rows as a contiguous vector.
-    """
-    x = _row_layout(x)
+def per_group_launch(
+    x: torch.Tensor, q: torch.Tensor, scale_t: torch.Tensor, group: int
+) -> tuple[triton.JITFunction, tuple, tuple, dict]:
+    """(kernel, grid, positional args, launch keywords) of the per-token-group quantizer."""
     m, k = x.shape
-    if k % group:
-        raise ValueError(f"per-token-group quantization needs K % {group} == 0, got K={k}")
-    q = torch.empty((m, k), dtype=qf.FP8_DTYPE, device=x.device)
-    scale_t = torch.empty((k // group, m), dtype=torch.float32, device=x.device)
-    if m and k:
-        rows = 32
-        _per_group_kernel[(cdiv(m, rows), k // group)](
-            x,
-            q,
-            scale_t,
-            m,
-            x.stride(0),
-            q.stride(0),
-            scale_t.stride(0),
-            GROUP=group,
-            ROWS=rows,
-            USE_PDL=pdl_enabled(x.device),
-            num_warps=4,
-        )
-    return q, scale_t.t()
+    rows = 32
+    args = (x, q, scale_t, m, x.stride(0), q.stride(0), scale_t.stride(0))
+    meta = dict(GROUP=group, ROWS=rows, USE_PDL=pdl_enabled(x.device), num_warps=4)
+    return _per_group_kernel, (cdiv(m, rows), k // group), args, meta
