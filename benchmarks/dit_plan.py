@@ -94,6 +94,8 @@ def _plan(kind: str) -> list[Entry]:
             iters=1,
         ),
         _ours("ours bf16 sdpa fused compiled", compile=True, warmup=2),
+        _ours("ours fp8-triton sdpa fused", "fp8-triton"),
+        _ours(f"ours fp8-triton {LOWP} fused compiled", "fp8-triton", LOWP, compile=True, warmup=2),
         _ours(f"ours fp8-torch {LOWP} (cross-attention too) fused", "fp8-torch", LOWP, cross_attention=LOWP),
         _ours("ours fp8-torch int8qk fused", "fp8-torch", "int8qk"),
         Entry("diffusers bf16 eager", "diffusers"),

@@ -224,7 +224,8 @@ class WanRunner:
             with times.stage("load_dit"):
                 expert = name.split(".")[1] if "." in name else None
                 model, info = comp.build_dit(
-                    self.cfg, plans.get("dit"), build_device, self.random, expert, prepare=mode == "none"
+                    self.cfg, plans.get("dit"), build_device, self.random, expert, prepare=mode == "none",
+                    compute_device=self.device,
                 )
                 info["speed"] = comp.configure_speed(model, self.cfg, self.device)
                 if mode != "none":

@@ -152,6 +152,7 @@ def build_dit(
     random: bool,
     expert: str | None = None,
     prepare: bool = True,
+    compute_device: torch.device | None = None,
 ):
     """The DIT, or one Wan2.2 expert (``expert`` = "high_noise" | "low_noise"), on ``device``."""
     from lightx2v_quant.models.wan import WanDiTConfig, load_dit, random_dit
@@ -166,7 +167,8 @@ def build_dit(
     checkpoint = None
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["dit" + (f".{expert}" if expert else "")]
-        model = random_dit(dit_cfg, dtype, device, seed, **common)
+        # drawn on the compute device whatever the build device, so offload does not change the weights
+        model = random_dit(dit_cfg, dtype, device, seed, draw_on=compute_device or device, **common)
         source = f"random (seed {seed})"
     else:
         checkpoint, source = _locate(cfg, "dit", plan, expert)

@@ -153,13 +153,17 @@ def random_dit(
     sensitive_fp32: bool = False,
     attention_backend: str = "sdpa",
     fast_accum: bool = False,
+    draw_on: torch.device | str | None = None,
 ) -> WanDiT:
-    """A Wan DIT with seeded random weights (see ``RandomSource``), made directly on ``device``; with
-    ``quant`` its linears are quantized from the same fp32 random weights while loading."""
+    """A Wan DIT with seeded random weights (see ``RandomSource``) on ``device``; with ``quant`` its linears
+    are quantized from the same fp32 random weights while loading. The values depend on the device the
+    generators run on, ``draw_on`` (default ``device``): a runner that builds on the CPU for offload draws
+    on its GPU so that the weights equal those of a run without offload."""
     shapes = {k: tuple(v.shape) for k, v in build_dit(cfg, dtype, "meta").state_dict().items()}
     model = build_dit(cfg, dtype, "meta", sensitive_fp32=sensitive_fp32, quant=quant, kernel=kernel,
                       attention_backend=attention_backend, fast_accum=fast_accum)
-    model.load_report = load_into(model, RandomSource(shapes, _dit_init, seed, device), device=device, what="Wan DIT")
+    source = RandomSource(shapes, _dit_init, seed, draw_on or device)
+    model.load_report = load_into(model, source, device=device, what="Wan DIT")
     return model
 
 
