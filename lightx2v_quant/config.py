@@ -8,7 +8,7 @@ the wrong type fails at composition. Cross-group rules (scheme vs hardware, kern
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -145,7 +145,6 @@ class ModelConfig:
     clip: ClipArch = field(default_factory=ClipArch)  # used by i2v only
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     video: VideoDefaults = field(default_factory=VideoDefaults)
-    extra: dict[str, Any] = field(default_factory=dict)  # architecture of the encoders / VAE / experts
 
 
 @dataclass

@@ -85,14 +85,7 @@ def linear_shapes(cfg: Any, component: str) -> set[tuple[int, int]]:
         from lightx2v_quant.models.wan.clip import ClipConfig
 
         return ClipConfig.from_mapping(cfg.model.clip).linear_shapes()
-    arch = (cfg.model.get("extra") or {}).get(component) or {}
-    dim, ffn = arch.get("dim"), arch.get("ffn_dim")
-    if not dim or not ffn:
-        return set()
-    shapes = {(dim, dim), (ffn, dim), (dim, ffn)}
-    if component == "clip":
-        shapes.add((3 * dim, dim))  # fused to_qkv
-    return shapes
+    return set()
 
 
 def choose_auto(hw: HardwareSpec) -> tuple[Scheme | None, str]:
