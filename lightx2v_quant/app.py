@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lightx2v_quant.validate import ConfigError, validate
 
@@ -78,7 +78,3 @@ def run_job(cfg: DictConfig, output_dir: Path, *, multirun: bool = False) -> dic
 def _finish(result: dict[str, Any], output_dir: Path, started: float) -> None:
     result["wall_s"] = round(time.time() - started, 3)
     write_json_atomic(output_dir / RESULT_FILE, result)
-
-
-def resolved_config_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
