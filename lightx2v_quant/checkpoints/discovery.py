@@ -236,6 +236,13 @@ def _choose(what, component, candidates, fmt: Format | None, scheme, looked, loo
     )
 
 
+def _checked_file(component: str, path: Path, fmt: Format | None, scheme: str | None, how: str) -> FoundCheckpoint:
+    """One encoder file: its header read and checked against the scheme's format, then recorded."""
+    info = inspect_checkpoint(path)
+    check_format(info, fmt, component, scheme)
+    return _record(component, (path,), info, how)
+
+
 def find_encoder(
     component: str,
     model_path: str | Path | None,
@@ -252,9 +259,7 @@ def find_encoder(
     if ckpt is not None:
         ck = Path(ckpt)
         if ck.is_file():
-            info = inspect_checkpoint(ck)
-            check_format(info, fmt, component, scheme)
-            return _record(component, (ck,), info, f"given as {component}_quant.ckpt")
+            return _checked_file(component, ck, fmt, scheme, f"given as {component}_quant.ckpt")
         if not ck.is_dir():
             raise CheckpointError(f"{component}: {component}_quant.ckpt={ck} does not exist")
         folders = [ck]
@@ -269,12 +274,10 @@ def find_encoder(
             for name in names:
                 path = folder / name
                 if path.is_file():
-                    info = inspect_checkpoint(path)
-                    check_format(info, fmt, component, scheme)
                     how = f"{kind} file found in {folder}"
                     if kind == "original" and fmt is not None:
                         how += f"; quantized to {fmt.short} while loading"
-                    return _record(component, (path,), info, how)
+                    return _checked_file(component, path, fmt, scheme, how)
     looked = [f"{f}/{n}" for n in q_names + o_names for f in folders]
     raise CheckpointError(
         f"{component}: nothing usable: looked for\n  "

@@ -42,11 +42,6 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" ... ({len(keys) - SHOW} more)" if len(keys) > SHOW else "")
 
 
-def default_quantizer(layer: QuantLinear, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The converter's numerics (see numerics.py): online quantization == convert, save, load."""
-    return checkpoint_quantizer(layer, weight)
-
-
 def _assign(model: nn.Module, key: str, value: torch.Tensor) -> None:
     prefix, _, name = key.rpartition(".")
     module = model.get_submodule(prefix) if prefix else model
@@ -64,7 +59,7 @@ def load_into(
     *,
     device: torch.device | str = "cpu",
     key_map: Callable[[str], str | None] | None = None,
-    quantizer: Quantizer = default_quantizer,
+    quantizer: Quantizer = checkpoint_quantizer,
     what: str = "model",
     progress: bool = False,
     scale_dtype: torch.dtype | None = None,

@@ -51,11 +51,19 @@ class TensorSource:
         return ", ".join(str(p) for p in self.paths)
 
 
-_ST_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
+
+
+def safetensors_dtype(tag: str, path: Path, key: str) -> torch.dtype:
+    try:
+        return SAFETENSORS_DTYPES[tag]
+    except KeyError:
+        raise CheckpointError(f"{path}: tensor {key} has a dtype this reader does not know ({tag})") from None
 
 
 class SafetensorsSource(TensorSource):
@@ -69,7 +77,7 @@ class SafetensorsSource(TensorSource):
         for path in paths:
             if not path.is_file():
                 raise CheckpointError(f"checkpoint file {path} does not exist")
-            self._header.update(_read_safetensors_header(path))
+            self._header.update({k: dict(v, path=path) for k, v in read_safetensors_header(path)[0].items()})
             try:
                 handle = safe_open(str(path), framework="pt", device="cpu")
             except Exception as exc:
@@ -91,7 +99,7 @@ class SafetensorsSource(TensorSource):
 
     def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
         info = self._header[key]
-        return tuple(info["shape"]), _ST_DTYPES.get(info["dtype"], torch.float32)
+        return tuple(info["shape"]), safetensors_dtype(info["dtype"], info["path"], key)
 
     def get(self, key: str) -> torch.Tensor:
         path = self._index[key]
@@ -101,8 +109,9 @@ class SafetensorsSource(TensorSource):
             raise CheckpointError(f"cannot read tensor {key!r} from {path} ({exc}); the file may be truncated") from exc
 
 
-def _read_safetensors_header(path: Path) -> dict[str, dict]:
-    """Parse the JSON header and check that the file is as long as the header says (truncation)."""
+def read_safetensors_header(path: Path) -> tuple[dict[str, dict], int]:
+    """(tensor entries of the JSON header, byte offset where the data starts), checking that the file is
+    as long as the header says (truncation). Reads the header only."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         raw = fh.read(8)
@@ -122,7 +131,7 @@ def _read_safetensors_header(path: Path) -> dict[str, dict]:
             f"{path} is truncated: the header describes {8 + n + end} bytes but the file has {size}; "
             "re-download or re-convert it"
         )
-    return header
+    return header, 8 + n
 
 
 class TorchSource(TensorSource):

@@ -18,6 +18,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from lightx2v_quant.checkpoints.reader import read_safetensors_header, safetensors_dtype
+
 
 # safetensors' dtype tags, in the order of its Dtype enum: save_file sorts tensors by this order
 # (descending), then by name.
@@ -157,20 +159,16 @@ def write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], overwrite
 def safetensors_to_pth(st_path: Path, pth_path: Path, key_order: Sequence[str]) -> None:
     """Re-write a safetensors file as a ``torch.save`` dict in ``key_order`` without loading it:
     each tensor is a copy-on-write memory map of its bytes, so memory stays ~ one page cache."""
-    with st_path.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    header.pop("__metadata__", None)
-    tag_dtype = {tag: dt for dt, tag in ST_DTYPE_TAG.items()}
+    header, data_start = read_safetensors_header(st_path)
     out: dict[str, torch.Tensor] = {}
     for key in key_order:
         info = header[key]
         start, end = info["data_offsets"]
-        dtype = tag_dtype[info["dtype"]]
+        dtype = safetensors_dtype(info["dtype"], st_path, key)
         if end == start:
             out[key] = torch.empty(info["shape"], dtype=dtype)
             continue
-        raw = np.memmap(st_path, dtype=np.uint8, mode="c", offset=8 + n + start, shape=(end - start,))
+        raw = np.memmap(st_path, dtype=np.uint8, mode="c", offset=data_start + start, shape=(end - start,))
         out[key] = torch.from_numpy(raw).view(dtype).reshape(info["shape"])
     torch.save(out, pth_path)
 

@@ -11,7 +11,7 @@ scheme's format.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import threading
@@ -24,7 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from lightx2v_quant.checkpoints.reader import _ST_DTYPES, CheckpointError, safetensors_shards
+from lightx2v_quant.checkpoints.reader import (
+    CheckpointError,
+    read_safetensors_header,
+    safetensors_dtype,
+    safetensors_shards,
+)
 from lightx2v_quant.offload.layout import UnitLayout
 from lightx2v_quant.offload.schedule import UnitStore
 from lightx2v_quant.offload.transport import Transport
@@ -43,10 +48,7 @@ class FileTensor:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 def dit_files(path: str | Path) -> list[Path]:
@@ -80,26 +82,16 @@ def file_index(paths: list[Path],
     """model key -> where its bytes are, from the safetensors headers only (no tensor data is read)."""
     index: dict[str, FileTensor] = {}
     for path in paths:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or 8 + n > size:
-                raise CheckpointError(f"{path} has a corrupt safetensors header; re-download or re-convert")
-            header = json.loads(fh.read(n))
-        header.pop("__metadata__", None)
+        header, data_start = read_safetensors_header(path)  # also rejects corrupt and truncated files
         for fkey, info in header.items():
             key = key_map(fkey) if key_map else fkey
             if key is None:
                 continue
-            if info["dtype"] not in _ST_DTYPES:
-                raise CheckpointError(f"{path}: tensor {fkey} has unsupported dtype {info['dtype']}")
+            dtype = safetensors_dtype(info["dtype"], path, fkey)
             start, end = info["data_offsets"]
-            if 8 + n + end > size:
-                raise CheckpointError(f"{path} is truncated at tensor {fkey}; re-download or re-convert it")
             if key in index:
                 raise CheckpointError(f"tensor {key!r} is in both {index[key].path} and {path}")
-            index[key] = FileTensor(path, 8 + n + start, end - start, _ST_DTYPES[info["dtype"]],
-                                    tuple(info["shape"]))
+            index[key] = FileTensor(path, data_start + start, end - start, dtype, tuple(info["shape"]))
     return index
 
 

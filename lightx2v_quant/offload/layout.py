@@ -10,6 +10,7 @@ share memory (a kernel's view of a weight, a scale reshaped in place) share it i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -44,10 +45,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     def extent_bytes(self) -> int:
         """Bytes from the first to one past the last element addressed by the (strided) view."""
