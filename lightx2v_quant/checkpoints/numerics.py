@@ -26,10 +26,7 @@ def checkpoint_tensors(fmt: Format | str, weight: torch.Tensor) -> dict[str, tor
 
     Per-channel scales keep the weight's dtype (as LightX2V writes them); our formats use fp32.
     """
-    name = fmt if isinstance(fmt, str) else fmt.name
-    if name not in qf.FORMATS:
-        raise KeyError(f"no checkpoint quantizer for format {name!r}; formats: {', '.join(qf.FORMATS)}")
-    return qf.FORMATS[name].checkpoint_tensors(weight)
+    return (qf.get_format(fmt) if isinstance(fmt, str) else fmt).checkpoint_tensors(weight)
 
 
 def checkpoint_quantizer(layer, weight: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -58,10 +58,6 @@ def dit_shapes(dim: int = 1536, ffn_dim: int = 8960, num_layers: int = 30, in_di
     return s
 
 
-def dit_14b_shapes(i2v: bool = False) -> Shapes:
-    return dit_shapes(dim=5120, ffn_dim=13824, num_layers=40, in_dim=36 if i2v else 16, i2v=i2v)
-
-
 def t5_shapes(dim: int = 4096, ffn_dim: int = 10240, num_layers: int = 24, vocab: int = 256384,
               num_heads: int = 64, num_buckets: int = 32) -> Shapes:
     """The official umT5-XXL encoder state dict (no biases; a relative-position table per layer)."""
