@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightx2v_quant.quant.apply import kernels_used, quant_layers, weight_bytes
+from lightx2v_quant.quant.apply import kernels_used, prepare_model, weight_bytes
 from lightx2v_quant.validate import ComponentPlan
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -31,17 +31,17 @@ def run_dtype(cfg: Any) -> torch.dtype:
     return DTYPES[name]
 
 
-def _quant_args(plan: ComponentPlan | None) -> dict[str, Any]:
-    """quant/kernel arguments of the model builders: the scheme and the kernel that will actually run."""
+def _quant_args(plan: ComponentPlan | None, cfg: Any) -> dict[str, Any]:
+    """quant/kernel arguments of the model builders: the scheme, the kernel that will actually run, and
+    quant.fast_accum (fp8 torch._scaled_mm), which applies to every component."""
     if plan is None or plan.scheme is None:
         return {"quant": None, "kernel": None}
-    return {"quant": plan.scheme.name, "kernel": plan.kernel}
+    return {"quant": plan.scheme.name, "kernel": plan.kernel, "fast_accum": bool(cfg.quant.fast_accum)}
 
 
 def _finish(
     module: nn.Module,
     plan: ComponentPlan | None,
-    fast_accum: bool,
     source: str,
     dtype: torch.dtype,
     device: torch.device,
@@ -49,10 +49,8 @@ def _finish(
 ) -> dict[str, Any]:
     """Prepare the quantized layers for their device and describe the component for the report.
     (Offloaded DITs are prepared by the offload manager on the compute device instead.)"""
-    for _, layer in quant_layers(module):
-        layer.fast_accum = fast_accum  # quant.fast_accum (fp8 torch._scaled_mm) applies to every component
-        if prepare:
-            layer.prepare()
+    if prepare:
+        prepare_model(module)
     used = kernels_used(module)
     info: dict[str, Any] = {
         "requested": plan.requested if plan else "none",
@@ -111,11 +109,11 @@ def build_text_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devic
     dtype = run_dtype(cfg)
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["t5"]
-        model = random_t5(t5_cfg, dtype, device, seed=seed, **_quant_args(plan))
+        model = random_t5(t5_cfg, dtype, device, seed=seed, **_quant_args(plan, cfg))
         source = f"random (seed {seed})"
     else:
         path, source = _locate(cfg, "t5", plan)
-        model = load_t5(path, t5_cfg, dtype, device, **_quant_args(plan), progress=True)
+        model = load_t5(path, t5_cfg, dtype, device, **_quant_args(plan, cfg), progress=True)
     # The umT5 tokenizer lives in the model folder; tiny models, and random weights without a folder,
     # use the byte-level tokenizer (no download).
     if str(cfg.model.tokenizer) == "byte" or cfg.model.path is None:
@@ -123,7 +121,7 @@ def build_text_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devic
     else:
         tokenizer = UMT5Tokenizer.from_model_folder(cfg.model.path)
         source += ", umT5 tokenizer from model.path/google/umt5-xxl"
-    info = _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
+    info = _finish(model, plan, source, dtype, device)
     return TextEncoder(model, tokenizer), info
 
 
@@ -136,12 +134,12 @@ def build_image_encoder(cfg: Any, plan: ComponentPlan | None, device: torch.devi
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     if random:
         seed = int(cfg.model.random_seed) + SEED_OFFSETS["clip"]
-        model = random_clip(clip_cfg, dtype, device, seed=seed, **_quant_args(plan))
+        model = random_clip(clip_cfg, dtype, device, seed=seed, **_quant_args(plan, cfg))
         source = f"random (seed {seed})"
     else:
         path, source = _locate(cfg, "clip", plan)
-        model = load_clip(path, clip_cfg, dtype, device, **_quant_args(plan), progress=True)
-    return model, _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device)
+        model = load_clip(path, clip_cfg, dtype, device, **_quant_args(plan, cfg), progress=True)
+    return model, _finish(model, plan, source, dtype, device)
 
 
 # -- DIT ----------------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ def build_dit(
     dtype = run_dtype(cfg)
     common = dict(
         sensitive_fp32=bool(cfg.model.sensitive_fp32),
-        **_quant_args(plan),
+        **_quant_args(plan, cfg),
     )
     checkpoint = None
     if random:
@@ -176,7 +174,7 @@ def build_dit(
             model = build_dit_shell(dit_cfg, dtype, "meta", **common)
         else:
             model = load_dit(checkpoint, dit_cfg, dtype, device, progress=True, **common)
-    info = _finish(model, plan, bool(cfg.quant.fast_accum), source, dtype, device, prepare)
+    info = _finish(model, plan, source, dtype, device, prepare)
     if isinstance(checkpoint, list):  # shards without an index: the offload manager reads their folder
         checkpoint = checkpoint[0].parent
     info["checkpoint"] = str(checkpoint) if checkpoint else None
@@ -209,7 +207,7 @@ def build_vae(cfg: Any, device: torch.device, random: bool):
                 f"{path} not found (model.path={cfg.model.path}); expected the official {VAE_FILE} there"
             )
         model, source = load_vae(path, vae_cfg, dtype=dtype, device=device, progress=True), str(path)
-    info = _finish(model, None, False, source, dtype, device)
+    info = _finish(model, None, source, dtype, device)
     info["runs"] = "fp32 (never quantized)"
     return model, info
 

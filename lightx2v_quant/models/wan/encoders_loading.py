@@ -112,10 +112,11 @@ def load_t5(path: str | Path, cfg: T5Config = UMT5_XXL, dtype: torch.dtype | str
 
 
 def random_t5(cfg: T5Config, dtype: torch.dtype | str = torch.bfloat16, device: torch.device | str = "cpu",
-              seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None) -> T5Encoder:
+              seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None,
+              fast_accum: bool = False) -> T5Encoder:
     """A T5Encoder with seeded random weights (tests, benchmarks, the tiny pipeline)."""
     source = RandomSource(shapes_of(build_t5(cfg, dtype)), _t5_init(cfg), seed, device)
-    model = build_t5(cfg, dtype, quant, kernel)
+    model = build_t5(cfg, dtype, quant, kernel, fast_accum)
     _finish(model, load_into(model, source, device=device, what="T5"))
     return model
 
@@ -152,9 +153,10 @@ def load_clip(path: str | Path, cfg: ClipConfig = CLIP_VIT_H14, dtype: torch.dty
 
 
 def random_clip(cfg: ClipConfig, dtype: torch.dtype | str = torch.float16, device: torch.device | str = "cpu",
-                seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None) -> ClipVisionEncoder:
+                seed: int = 0, quant: Scheme | str | None = None, kernel: str | None = None,
+                fast_accum: bool = False) -> ClipVisionEncoder:
     """A ClipVisionEncoder with seeded random weights."""
     source = RandomSource(shapes_of(build_clip(cfg, dtype)), _clip_init(cfg), seed, device)
-    model = build_clip(cfg, dtype, quant, kernel)
+    model = build_clip(cfg, dtype, quant, kernel, fast_accum)
     _finish(model, load_into(model, source, device=device, what="CLIP"))
     return model
