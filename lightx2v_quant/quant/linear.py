@@ -104,17 +104,16 @@ class QuantLinear(nn.Module):
         self.prepared_for = self.weight.device.type
 
     def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
-        if isinstance(x, QuantizedActivation):  # quantized by a fused producer (kernel.prequantized_input)
-            if self.prepared_for != x.data.device.type:
-                self.prepare()
-            lead = x.data.shape[:-1]
-            y = self.kernel.apply_quantized(self, x.data.reshape(-1, self.in_features), x.scale.reshape(-1, 1),
-                                            x.dtype)
-            return y.reshape(*lead, self.out_features)
-        if self.prepared_for != x.device.type:
+        prequantized = isinstance(x, QuantizedActivation)  # from a fused producer (kernel.prequantized_input)
+        data = x.data if prequantized else x
+        if self.prepared_for != data.device.type:
             self.prepare()
-        lead = x.shape[:-1]
-        y = self.kernel.apply(self, x.reshape(-1, self.in_features))
+        lead = data.shape[:-1]
+        if prequantized:
+            y = self.kernel.apply_quantized(self, data.reshape(-1, self.in_features), x.scale.reshape(-1, 1),
+                                            x.dtype)
+        else:
+            y = self.kernel.apply(self, x.reshape(-1, self.in_features))
         return y.reshape(*lead, self.out_features)
 
     def weight_bytes(self) -> int:
