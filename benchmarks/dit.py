@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile each DIT block (fullgraph)")
     p.add_argument("--plan", default=None, choices=["quick", "default", "full"],
                    help="run a plan of many configurations (benchmarks/dit_plan.py) instead of one")
-    p.add_argument("--only", nargs="*", default=None, help="with --plan: entries whose name contains one of these")
+    p.add_argument("--only", nargs="*", default=None, help="with --plan: entries whose name contains one of these (ending in $: the whole name)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,7 @@ class Entry:
     warmup: int = 1
     iters: int = 2
     reference: bool = False  # this entry's output is the quality reference of its resolution
+    residual: str = "fp32"  # speed.residual: fp32 (official) or run_dtype (bf16, as LightX2V / diffusers)
 
 
 def _ours(name, quant=None, attention="sdpa", fused=True, **kw) -> Entry:
@@ -99,6 +100,19 @@ def _plan(kind: str) -> list[Entry]:
         _ours(f"ours fp8-torch {LOWP} (cross-attention too) fused", "fp8-torch", LOWP, cross_attention=LOWP),
         _ours("ours fp8-torch int8qk fused", "fp8-torch", "int8qk"),
         Entry("diffusers bf16 eager", "diffusers"),
+        # the residual stream in bf16 (speed.residual=run_dtype), as diffusers and LightX2V's default keep it
+        _ours("ours bf16 sdpa fused res-bf16", residual="run_dtype"),
+        _ours("ours bf16 sdpa fused compiled res-bf16", compile=True, warmup=2, residual="run_dtype"),
+        _ours("ours fp8-triton sdpa fused res-bf16", "fp8-triton", residual="run_dtype"),
+        _ours(f"ours fp8-triton {LOWP} fused res-bf16", "fp8-triton", LOWP, residual="run_dtype"),
+        _ours(
+            f"ours fp8-triton {LOWP} fused compiled res-bf16",
+            "fp8-triton",
+            LOWP,
+            compile=True,
+            warmup=2,
+            residual="run_dtype",
+        ),
     ]
     for scheme in (
         "int8-triton",
@@ -114,6 +128,11 @@ def _plan(kind: str) -> list[Entry]:
 
 
 PLANS = ("quick", "default", "full")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """--only: a substring of the entry name, or the whole name when the pattern ends with '$'."""
+    return name == pattern[:-1] if pattern.endswith("$") else pattern in name
 
 
 def _groups(entries: list[Entry]) -> list[tuple[tuple, list[Entry]]]:
@@ -201,7 +220,7 @@ def run_plan(
 
     cfg = WanDiTConfig.preset(model_name)
     cuda = device.startswith("cuda")
-    entries = [e for e in (entries or _plan(kind)) if not only or any(s in e.name for s in only)]
+    entries = [e for e in (entries or _plan(kind)) if not only or any(_matches(e.name, s) for s in only)]
     refs: dict[str, torch.Tensor] = {}
     inputs: dict[str, dict] = {}
     results: list[dict] = []
@@ -271,6 +290,7 @@ def run_plan(
                         cross_attention=e.cross_attention,
                         fused=e.fused,
                         compile=e.compile,
+                        residual=e.residual,
                     )
                     with torch.inference_mode():
                         times, peak, out, warm_s = _time(lambda: model(**x), e.warmup, e.iters, cuda)

@@ -184,6 +184,7 @@ class SpeedOptions:
     cross_attention: Optional[str] = None  # None = same as attention
     fused: Optional[bool] = None  # fused Triton norm/modulation/RoPE/residual kernels; None = where they run
     compile: bool = False  # torch.compile each DIT block (fullgraph; the blocks share one graph)
+    residual: str = "fp32"  # residual stream dtype: fp32 (official) or run_dtype (LightX2V / diffusers)
 
 
 @dataclass

@@ -232,25 +232,41 @@ def quantize_qkv(
 
     ``sm_scale`` multiplies the logits in log2 units (1/sqrt(D) * log2(e) for softmax attention).
     """
-    B, Lq, H, D = q.shape
-    Lk = k.shape[1]
-    bh, dev = B * H, q.device
-    lqp, lkp = triton.cdiv(Lq, QBLOCK) * QBLOCK, triton.cdiv(Lk, QBLOCK) * QBLOCK
-    q8 = torch.empty(bh, lqp, D, device=dev, dtype=torch.int8)
-    qs = torch.empty(bh, lqp, device=dev, dtype=torch.float32)
-    _quant_q_kernel[(lqp // QBLOCK, bh)](
-        q, q8, qs, Lq, lqp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale, D=D, BLOCK=QBLOCK, num_warps=8
+    vq = quantize_v(v) if pv_fp8 else (None, None, None)
+    return QuantizedQKV(*quantize_q(q, sm_scale), *quantize_k(k), *vq)
+
+
+def _padded(length: int) -> int:
+    return triton.cdiv(length, QBLOCK) * QBLOCK
+
+
+def quantize_q(q: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> int8 [BH, LP, D] with ``sm_scale`` folded in, and its fp32 [BH, LP] per-token scales.
+    One function per input so that a caller can free each bf16 input as soon as it is quantized."""
+    B, L, H, D = q.shape
+    lp = _padded(L)
+    q8 = torch.empty(B * H, lp, D, device=q.device, dtype=torch.int8)
+    qs = torch.empty(B * H, lp, device=q.device, dtype=torch.float32)
+    _quant_q_kernel[(lp // QBLOCK, B * H)](
+        q, q8, qs, L, lp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale, D=D, BLOCK=QBLOCK, num_warps=8
     )
+    return q8, qs
+
+
+def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> int8 [BH, LP, D] after removing the per-channel mean, and fp32 [BH, LP / 128] scales."""
+    B, L, H, D = k.shape
+    lp = _padded(L)
     nsplit, ksum = _stats(k, minmax=False)
-    k8 = torch.empty(bh, lkp, D, device=dev, dtype=torch.int8)
-    ks = torch.empty(bh, lkp // QBLOCK, device=dev, dtype=torch.float32)
-    _quant_k_kernel[(lkp // QBLOCK, bh)](
+    k8 = torch.empty(B * H, lp, D, device=k.device, dtype=torch.int8)
+    ks = torch.empty(B * H, lp // QBLOCK, device=k.device, dtype=torch.float32)
+    _quant_k_kernel[(lp // QBLOCK, B * H)](
         k,
         ksum,
         k8,
         ks,
-        Lk,
-        lkp,
+        L,
+        lp,
         H,
         k.stride(0),
         k.stride(1),
@@ -261,13 +277,19 @@ def quantize_qkv(
         BLOCK=QBLOCK,
         num_warps=8,
     )
-    if not pv_fp8:
-        return QuantizedQKV(q8, qs, k8, ks, None, None, None)
+    return k8, ks
+
+
+def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> fp8 V^T [BH, D, LP] after removing the per-channel mean, the mean and the scales
+    (fp32 [BH, D] each)."""
+    B, L, H, D = v.shape
+    lp = _padded(L)
     nsplit, vsum, vmin, vmax = _stats(v, minmax=True)
-    v8 = torch.empty(bh, D, lkp, device=dev, dtype=torch.float8_e4m3fn)
-    vm = torch.empty(bh, D, device=dev, dtype=torch.float32)
-    vs = torch.empty(bh, D, device=dev, dtype=torch.float32)
-    _quant_v_kernel[(lkp // QBLOCK, bh)](
+    v8 = torch.empty(B * H, D, lp, device=v.device, dtype=torch.float8_e4m3fn)
+    vm = torch.empty(B * H, D, device=v.device, dtype=torch.float32)
+    vs = torch.empty(B * H, D, device=v.device, dtype=torch.float32)
+    _quant_v_kernel[(lp // QBLOCK, B * H)](
         v,
         vsum,
         vmin,
@@ -275,8 +297,8 @@ def quantize_qkv(
         v8,
         vm,
         vs,
-        Lk,
-        lkp,
+        L,
+        lp,
         H,
         v.stride(0),
         v.stride(1),
@@ -287,7 +309,7 @@ def quantize_qkv(
         BLOCK=QBLOCK,
         num_warps=8,
     )
-    return QuantizedQKV(q8, qs, k8, ks, v8, vm, vs)
+    return v8, vm, vs
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py

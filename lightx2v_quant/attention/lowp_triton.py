@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from lightx2v_quant.attention.lowp_quant import QBLOCK, quantize_qkv
+from lightx2v_quant.attention import lowp_quant
+from lightx2v_quant.attention.lowp_quant import QBLOCK, QuantizedQKV
 
 LOG2E = 1.4426950408889634
 MAGIC_I = tl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i for |i| < 2^22
@@ -212,6 +213,19 @@ def _configs() -> list[triton.Config]:
 _attn_fwd = triton.autotune(configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8"])(_attn_fwd_kernel)
 
 
+def check_one(x: torch.Tensor, name: str) -> None:
+    """One clear error for a q / k / v the kernel does not take: [B, L, H, 64 or 128], bf16 / fp16,
+    contiguous head dim, non-empty."""
+    if x.dim() != 4 or x.shape[1] == 0:
+        raise ValueError(f"low-precision attention wants {name} [B, L, H, D] of a non-empty sequence; got {list(x.shape)}")
+    if x.shape[-1] not in (64, 128):
+        raise ValueError(f"low-precision attention supports head_dim 64 or 128, got {x.shape[-1]}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"low-precision attention takes bf16 or fp16 q, k, v; got {name} {x.dtype}")
+    if x.stride(-1) != 1:
+        raise ValueError("low-precision attention needs a contiguous head dim (stride(-1) == 1)")
+
+
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """One clear error for shapes / dtypes the kernel does not take."""
     if (
@@ -225,32 +239,122 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             f"low-precision attention wants q [B, Lq, H, D] and k, v [B, Lk, H, D]; got q "
             f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
         )
-    if q.shape[-1] not in (64, 128):
-        raise ValueError(f"low-precision attention supports head_dim 64 or 128, got {q.shape[-1]}")
-    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        check_one(t, name)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             f"low-precision attention takes bf16 or fp16 q, k, v of one dtype; got {q.dtype}, "
             f"{k.dtype}, {v.dtype}"
         )
-    if any(t.stride(-1) != 1 for t in (q, k, v)):
-        raise ValueError("low-precision attention needs a contiguous head dim (stride(-1) == 1)")
-    if k.shape[1] == 0 or q.shape[1] == 0:
-        raise ValueError("low-precision attention got an empty sequence")
 
 
 def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool = True) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v for q [B, Lq, H, D], k / v [B, Lk, H, D]; [B, Lq, H, D] in q.dtype.
 
-    No mask (Wan attends to every key). ``pv_fp8=False`` keeps P.V in the input dtype.
+    No mask (Wan attends to every key). ``pv_fp8=False`` keeps P.V in the input dtype. The stages
+    (``quantize_q`` / ``quantize_k`` / ``quantize_v`` / ``attend``) are public so that the DIT can free
+    each bf16 input as soon as it is quantized (models/wan/dit_fused.py).
     """
     check_inputs(q, k, v)
-    return _lowp_op(q, k, v, pv_fp8)
+    B, Lq, H, D = q.shape
+    return attend(quantize_q(q), quantize_k(k), quantize_v(v) if pv_fp8 else v, Lq, k.shape[1], H, q.dtype)
 
 
-@torch.library.custom_op("lightx2v_quant::lowp_attention", mutates_args=())
-def _lowp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool) -> torch.Tensor:
-    # a custom op: torch.compile treats it as one opaque call (no tracing into autotuning / TMA descriptors)
-    return _launch(q, k, v, pv_fp8)
+def quantize_q(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1: q [B, L, H, D] -> (int8 q, per-token scales), softmax scale and log2(e) folded in."""
+    check_one(q, "q")
+    return _quant_q_op(q)
+
+
+def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2: k [B, L, H, D] -> (int8 smoothed k, per-128-key scales)."""
+    check_one(k, "k")
+    return _quant_k_op(k)
+
+
+def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 3 (fp8 P.V only): v [B, L, H, D] -> (fp8 smoothed V^T, channel means, channel scales)."""
+    check_one(v, "v")
+    return _quant_v_op(v)
+
+
+def attend(
+    q: tuple[torch.Tensor, torch.Tensor],
+    k: tuple[torch.Tensor, torch.Tensor],
+    v: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor,
+    lq: int,
+    lk: int,
+    heads: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Stage 4: the attention kernel on the quantized q / k and either quantized V (fp8 P.V) or the
+    original v [B, Lk, H, D] (P.V in its dtype). Returns [B, lq, heads, D] in ``out_dtype``."""
+    vq = (v, None, None) if isinstance(v, torch.Tensor) else v
+    return _attend_op(*q, *k, *vq, lq, lk, heads, out_dtype)
+
+
+# Custom ops: torch.compile treats each stage as one opaque call (no tracing into autotuning / TMA
+# descriptors) and frees each stage's inputs after their last use, as eager code does with `del`.
+@torch.library.custom_op("lightx2v_quant::lowp_quant_q", mutates_args=())
+def _quant_q_op(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return lowp_quant.quantize_q(q, sm_scale=q.shape[-1] ** -0.5 * LOG2E)
+
+
+@torch.library.custom_op("lightx2v_quant::lowp_quant_k", mutates_args=())
+def _quant_k_op(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return lowp_quant.quantize_k(k)
+
+
+@torch.library.custom_op("lightx2v_quant::lowp_quant_v", mutates_args=())
+def _quant_v_op(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return lowp_quant.quantize_v(v)
+
+
+@torch.library.custom_op("lightx2v_quant::lowp_attend", mutates_args=())
+def _attend_op(
+    q8: torch.Tensor,
+    qs: torch.Tensor,
+    k8: torch.Tensor,
+    ks: torch.Tensor,
+    v: torch.Tensor,
+    vm: torch.Tensor | None,
+    vs: torch.Tensor | None,
+    lq: int,
+    lk: int,
+    heads: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """vm / vs None: v is the original [B, Lk, H, D] (P.V in its dtype); else the fp8 V^T of quantize_v."""
+    fp8 = vm is not None
+    qq = QuantizedQKV(q8, qs, k8, ks, v if fp8 else None, vm, vs)
+    return _launch(qq, None if fp8 else v, lq, lk, heads, out_dtype)
+
+
+def _fake_quant(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    B, L, H, D = x.shape
+    lp = triton.cdiv(L, QBLOCK) * QBLOCK
+    scales = x.new_empty(B * H, lp if per_token else lp // QBLOCK, dtype=torch.float32)
+    return x.new_empty(B * H, lp, D, dtype=torch.int8), scales
+
+
+_quant_q_op.register_fake(lambda q: _fake_quant(q, True))
+_quant_k_op.register_fake(lambda k: _fake_quant(k, False))
+
+
+@_quant_v_op.register_fake
+def _(v):
+    B, L, H, D = v.shape
+    lp = triton.cdiv(L, QBLOCK) * QBLOCK
+    return (
+        v.new_empty(B * H, D, lp, dtype=torch.float8_e4m3fn),
+        v.new_empty(B * H, D, dtype=torch.float32),
+        v.new_empty(B * H, D, dtype=torch.float32),
+    )
+
+
+@_attend_op.register_fake
+def _(q8, qs, k8, ks, v, vm, vs, lq, lk, heads, out_dtype):
+    return q8.new_empty(q8.shape[0] // heads, lq, heads, q8.shape[2], dtype=out_dtype)
 
 
 def lowp_attention_config(
@@ -258,21 +362,25 @@ def lowp_attention_config(
 ) -> torch.Tensor:
     """For benchmarks: one pinned (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg) config, no autotuning."""
     check_inputs(q, k, v)
-    return _launch(q, k, v, pv_fp8, config)
+    B, Lq, H, D = q.shape
+    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
+    return _launch(qq, None if pv_fp8 else v, Lq, k.shape[1], H, q.dtype, config)
 
 
 def _launch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    pv_fp8: bool,
+    qq: QuantizedQKV,
+    v_orig: torch.Tensor | None,
+    Lq: int,
+    Lk: int,
+    H: int,
+    out_dtype: torch.dtype,
     config: tuple[int, int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    B, Lq, H, D = q.shape
-    Lk = k.shape[1]
-    qq = quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
-    out = torch.empty(B, Lq, H, D, device=q.device, dtype=q.dtype)
-    lqp, lkp = qq.q.shape[1], qq.k.shape[1]
+    """The attention kernel on quantized inputs; ``v_orig`` [B, Lk, H, D] when P.V runs in its dtype."""
+    pv_fp8 = v_orig is None
+    BH, lqp, D = qq.q.shape
+    B, lkp = BH // H, qq.k.shape[1]
+    out = torch.empty(B, Lq, H, D, device=qq.q.device, dtype=out_dtype)
     # Tiles are read through TMA descriptors of 2-D views; block shapes are set per config (pre-hook).
     desc_q = TensorDescriptor.from_tensor(qq.q.view(B * H * lqp, D), [64, D])
     desc_k = TensorDescriptor.from_tensor(qq.k.view(B * H * lkp, D), [64, D])
@@ -280,7 +388,7 @@ def _launch(
         desc_v = TensorDescriptor.from_tensor(qq.v.view(B * H * D, lkp), [D, 64])
         vs, vm = qq.v_scale, qq.v_mean
     else:
-        v2 = v.reshape(B * Lk, H * D)  # a view for the DIT's [B, L, H*D] projections, else one copy
+        v2 = v_orig.reshape(B * Lk, H * D)  # a view for the DIT's [B, L, H*D] projections, else one copy
         desc_v = TensorDescriptor.from_tensor(v2, [64, D])
         vs = vm = qq.q_scale  # unused on this path
     args = (
@@ -301,7 +409,8 @@ def _launch(
         out.stride(1),
         out.stride(2),
     )
-    if q.is_cuda and config is not None:
+    cuda = out.is_cuda
+    if cuda and config is not None:
         bm, bn, warps, stages, maxnreg = config
         meta = {
             "BLOCK_M": bm,
@@ -324,7 +433,7 @@ def _launch(
             num_stages=stages,
             **({"maxnreg": maxnreg} if maxnreg else {}),
         )
-    elif q.is_cuda:
+    elif cuda:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8)
     else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
@@ -332,8 +441,3 @@ def _launch(
             *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64
         )
     return out
-
-
-@_lowp_op.register_fake
-def _(q, k, v, pv_fp8):
-    return q.new_empty(q.shape)

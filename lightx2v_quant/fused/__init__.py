@@ -2,18 +2,18 @@
 a PyTorch reference of the official numerics. See docs/speed.md."""
 
 from lightx2v_quant.fused.norm import (
-    gated_residual,
+    gated_residual_,
     gated_residual_reference,
     layer_norm_modulate,
     layer_norm_modulate_reference,
 )
-from lightx2v_quant.fused.rope import qk_norm_rope, qk_norm_rope_reference
+from lightx2v_quant.fused.rope import rms_norm_rope_, rms_norm_rope_reference
 
 __all__ = [
-    "gated_residual",
+    "gated_residual_",
     "gated_residual_reference",
     "layer_norm_modulate",
     "layer_norm_modulate_reference",
-    "qk_norm_rope",
-    "qk_norm_rope_reference",
+    "rms_norm_rope_",
+    "rms_norm_rope_reference",
 ]

@@ -104,7 +104,8 @@ def _gated_residual_kernel(
     BLOCK_D: tl.constexpr,
     GATE: tl.constexpr,
 ):
-    """out = x + y * gate in fp32 (gate omitted: out = x + y), one token per program."""
+    """out = x + y * gate in fp32 (gate omitted: out = x + y), one token per program, stored in out's
+    dtype. out may be x (in place: each program reads its row before writing it)."""
     row = tl.program_id(0)
     b = row // L
     t = row % L
@@ -117,7 +118,7 @@ def _gated_residual_kernel(
         out = x + y * g
     else:
         out = x + y
-    tl.store(out_ptr + b * stride_ob + t * stride_ol + cols, out, mask=mask)
+    tl.store(out_ptr + b * stride_ob + t * stride_ol + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _warps(block: int) -> int:
@@ -242,8 +243,16 @@ def layer_norm_modulate_reference(
     return QuantizedActivation(q.view(h.shape), s.view(*h.shape[:-1], 1), out_dtype)
 
 
-def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton: fp32 ``x + y * gate`` (or ``x + y``) for x, y [B, L, D] and gate [B, 1 or L, D] fp32."""
+def gated_residual_(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """IN PLACE: ``x += y * gate`` computed in fp32 and stored in x's dtype (fp32 for the official residual
+    stream, bf16 for ``speed.residual=run_dtype``). x may be a token slice of the stream (the FFN adds
+    its output chunk by chunk). Returns x. In place because a second residual stream is 0.6 GB at 480p."""
+    _check_residual(x, y, gate)
+    _gated_residual_inplace_op(x, y, gate)
+    return x
+
+
+def _check_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> None:
     B, L, D = x.shape
     if y.shape != x.shape or x.stride(-1) != 1 or y.stride(-1) != 1:
         raise ValueError(
@@ -252,20 +261,18 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
         )
     if gate is not None:
         _mod_strides(gate, B, L)
-    return _gated_residual_op(x, y, gate)
 
 
-@torch.library.custom_op("lightx2v_quant::gated_residual", mutates_args=())
-def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+@torch.library.custom_op("lightx2v_quant::gated_residual_", mutates_args=("x",))
+def _gated_residual_inplace_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> None:
     B, L, D = x.shape
     sgb, sgl = _mod_strides(gate, B, L) if gate is not None else (0, 0)
-    out = torch.empty(B, L, D, device=x.device, dtype=torch.float32)
     block = triton.next_power_of_2(D)
     _gated_residual_kernel[(B * L,)](
         x,
         y,
         gate if gate is not None else x,
-        out,
+        x,
         L,
         D,
         x.stride(0),
@@ -274,24 +281,24 @@ def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | No
         y.stride(1),
         sgb,
         sgl,
-        out.stride(0),
-        out.stride(1),
+        x.stride(0),
+        x.stride(1),
         BLOCK_D=block,
         GATE=gate is not None,
         num_warps=_warps(block),
     )
-    return out
 
 
-@_gated_residual_op.register_fake
+@_gated_residual_inplace_op.register_fake
 def _(x, y, gate):
-    return x.new_empty(x.shape, dtype=torch.float32)
+    return None
 
 
 def gated_residual_reference(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None
 ) -> torch.Tensor:
-    return x + y * gate if gate is not None else x + y
+    """x + y * gate (or x + y) in fp32, in x's dtype (what gated_residual_ stores)."""
+    return (x.float() + y.float() * gate if gate is not None else x.float() + y.float()).to(x.dtype)
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py

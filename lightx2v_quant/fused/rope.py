@@ -1,4 +1,4 @@
-"""Fused q/k RMSNorm + 3D RoPE of the Wan DIT self-attention, in Triton: one pass over q and over k.
+"""Fused q/k RMSNorm + 3D RoPE of the Wan DIT self-attention, in Triton: one in-place pass over q or k.
 
 The official path runs ``rms_norm(x.float()).type_as(x) * weight``, splits heads, upcasts to the RoPE
 dtype, rotates adjacent channel pairs with 6 elementwise ops and casts back: ~10 passes over each
@@ -16,15 +16,12 @@ import triton.language as tl
 
 
 @triton.jit
-def _qk_norm_rope_kernel(
-    q_ptr,
-    k_ptr,
-    wq_ptr,
-    wk_ptr,
+def _norm_rope_kernel(
+    x_ptr,
+    w_ptr,
     cos_ptr,
     sin_ptr,
-    qo_ptr,
-    ko_ptr,
+    o_ptr,
     L,
     stride_xb,
     stride_xl,
@@ -34,10 +31,11 @@ def _qk_norm_rope_kernel(
     HP2: tl.constexpr,
     HD: tl.constexpr,
     ROUND_W: tl.constexpr,
+    ROPE: tl.constexpr,
 ):
-    """Program (token, 0) normalizes + rotates the q row of that token, (token, 1) the k row."""
+    """One program per token: RMSNorm of its whole row (all heads), then (ROPE) the rotation per head.
+    The row is read entirely before it is written, so ``o_ptr`` may be ``x_ptr`` (in place)."""
     row = tl.program_id(0)
-    which = tl.program_id(1)
     b = row // L
     t = row % L
     hh = tl.arange(0, HP2)
@@ -45,10 +43,6 @@ def _qk_norm_rope_kernel(
     mask = hh[:, None] < H
     offs = hh[:, None] * HD + dd[None, :]  # [HP2, HD]: heads x head dim of one token
     base = b * stride_xb + t * stride_xl
-    if which == 0:
-        x_ptr, w_ptr, o_ptr = q_ptr, wq_ptr, qo_ptr
-    else:
-        x_ptr, w_ptr, o_ptr = k_ptr, wk_ptr, ko_ptr
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0)
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(xf * xf, 1), 0) / (H * HD) + eps)
@@ -56,129 +50,117 @@ def _qk_norm_rope_kernel(
     y = y * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if ROUND_W:  # weight in the run dtype: the product is rounded to it too
         y = y.to(x.dtype).to(tl.float32)
-    # rotate pairs (2i, 2i+1) of every head by the token's angles (the same for all heads)
-    a, c = tl.split(tl.reshape(y, [HP2, HD // 2, 2]))
-    half = tl.arange(0, HD // 2)
-    cs = tl.load(cos_ptr + t * stride_rl + half)[None, :]
-    sn = tl.load(sin_ptr + t * stride_rl + half)[None, :]
-    out = tl.reshape(tl.join(a * cs - c * sn, a * sn + c * cs), [HP2, HD])
-    tl.store(o_ptr + base + offs, out.to(x.dtype), mask=mask)
+    if ROPE:  # rotate pairs (2i, 2i+1) of every head by the token's angles (the same for all heads)
+        a, c = tl.split(tl.reshape(y, [HP2, HD // 2, 2]))
+        half = tl.arange(0, HD // 2)
+        cs = tl.load(cos_ptr + t * stride_rl + half)[None, :]
+        sn = tl.load(sin_ptr + t * stride_rl + half)[None, :]
+        y = tl.reshape(tl.join(a * cs - c * sn, a * sn + c * cs), [HP2, HD])
+    tl.store(o_ptr + base + offs, y.to(x.dtype), mask=mask)
 
 
-def qk_norm_rope(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    wq: torch.Tensor,
-    wk: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+def rms_norm_rope_(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
     num_heads: int,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k [B, L, D] (bf16 / fp16) -> RMSNorm(weight) over D, then RoPE per head; new [B, L, D] tensors.
+) -> torch.Tensor:
+    """IN PLACE on x [B, L, D] (bf16 / fp16): RMSNorm(weight) over D, then RoPE per head (skipped when
+    ``cos`` is None: the cross-attention's q / k norm). Returns x.
 
+    In place because at 480p each q / k is 0.3 GB and a second copy would set the DIT's peak memory.
     cos / sin [L, head_dim/2] fp32 angles' cosines / sines for the tokens in order."""
-    B, L, D = q.shape
+    B, L, D = x.shape
     hd = D // num_heads
-    if k.shape != q.shape or k.stride() != q.stride() or q.stride(-1) != 1:
-        raise ValueError(
-            f"qk_norm_rope wants q and k of one shape and layout, got {list(q.shape)} {q.stride()} "
-            f"and {list(k.shape)} {k.stride()}"
-        )
-    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype:
-        raise ValueError(f"qk_norm_rope runs bf16 / fp16 activations, got {q.dtype}, {k.dtype}")
-    if hd * num_heads != D or hd & (hd - 1) or cos.shape != (L, hd // 2) or sin.shape != cos.shape:
-        raise ValueError(
-            f"qk_norm_rope: D={D}, heads={num_heads} needs a power-of-two head dim and cos/sin "
-            f"[{L}, {hd // 2}], got cos {list(cos.shape)}"
-        )
-    if (
-        cos.dtype != torch.float32
-        or sin.dtype != torch.float32
-        or cos.stride(-1) != 1
-        or sin.stride() != cos.stride()
-    ):
-        raise ValueError("qk_norm_rope wants fp32 cos / sin tables of one layout with a contiguous last dim")
-    if wq.dtype != wk.dtype:
-        raise ValueError("norm_q and norm_k weights must have one dtype")
-    return _qk_norm_rope_op(q, k, wq, wk, cos, sin, num_heads, eps)
+    if x.stride(-1) != 1:
+        raise ValueError(f"rms_norm_rope_ wants a contiguous last dim, got strides {x.stride()}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"rms_norm_rope_ runs bf16 / fp16 activations, got {x.dtype}")
+    if hd * num_heads != D or hd & (hd - 1):
+        raise ValueError(f"rms_norm_rope_: D={D}, heads={num_heads} needs a power-of-two head dim")
+    if weight.shape != (D,):
+        raise ValueError(f"rms_norm_rope_: the norm weight must be [{D}], got {list(weight.shape)}")
+    if cos is not None:
+        if sin is None or cos.shape != (L, hd // 2) or sin.shape != cos.shape:
+            raise ValueError(
+                f"rms_norm_rope_: cos / sin must be [{L}, {hd // 2}], got cos {list(cos.shape)}"
+            )
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.stride(-1) != 1 or (
+            sin.stride() != cos.stride()
+        ):
+            raise ValueError("rms_norm_rope_ wants fp32 cos / sin tables of one layout with a contiguous last dim")
+    _norm_rope_op(x, weight, cos, sin, num_heads, eps)
+    return x
 
 
-@torch.library.custom_op("lightx2v_quant::qk_norm_rope", mutates_args=())
-def _qk_norm_rope_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    wq: torch.Tensor,
-    wk: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+@torch.library.custom_op("lightx2v_quant::rms_norm_rope_", mutates_args=("x",))
+def _norm_rope_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
     num_heads: int,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    B, L, D = q.shape
+) -> None:
+    B, L, D = x.shape
     hd = D // num_heads
-    qo, ko = torch.empty_like(q), torch.empty_like(k)
-    _qk_norm_rope_kernel[(B * L, 2)](
-        q,
-        k,
-        wq,
-        wk,
-        cos,
-        sin,
-        qo,
-        ko,
+    rope = cos is not None
+    _norm_rope_kernel[(B * L,)](
+        x,
+        weight,
+        cos if rope else weight,
+        sin if rope else weight,
+        x,
         L,
-        q.stride(0),
-        q.stride(1),
-        cos.stride(0),
+        x.stride(0),
+        x.stride(1),
+        cos.stride(0) if rope else 0,
         eps,
         H=num_heads,
         HP2=triton.next_power_of_2(num_heads),
         HD=hd,
-        ROUND_W=wq.dtype == q.dtype,
+        ROUND_W=weight.dtype == x.dtype,
+        ROPE=rope,
         num_warps=max(1, min(8, triton.next_power_of_2(num_heads) * hd // 1024)),
     )
-    return qo, ko
 
 
-@_qk_norm_rope_op.register_fake
-def _(q, k, wq, wk, cos, sin, num_heads, eps):
-    return torch.empty_like(q), torch.empty_like(k)
+@_norm_rope_op.register_fake
+def _(x, weight, cos, sin, num_heads, eps):
+    return None
 
 
-def qk_norm_rope_reference(
-    q, k, wq, wk, cos, sin, num_heads: int, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official numerics with PyTorch ops (WanRMSNorm, then apply_rope in fp32, cast back)."""
+def rms_norm_rope_reference(
+    x: torch.Tensor, weight: torch.Tensor, cos, sin, num_heads: int, eps: float
+) -> torch.Tensor:
+    """The official numerics with PyTorch ops (WanRMSNorm, then apply_rope in fp32, cast back); a new tensor."""
     from lightx2v_quant.models.wan.rope import apply_rope
 
-    def one(x, w):
-        y = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * w
-        return apply_rope(y.unflatten(-1, (num_heads, -1)), cos, sin).to(x.dtype).flatten(2)
-
-    return one(q, wq), one(k, wk)
+    y = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * weight
+    if cos is None:
+        return y.to(x.dtype)
+    return apply_rope(y.unflatten(-1, (num_heads, -1)), cos, sin).to(x.dtype).flatten(2)
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
     sig = {
-        "q_ptr": "*bf16",
-        "k_ptr": "*bf16",
-        "wq_ptr": "*bf16",
-        "wk_ptr": "*bf16",
+        "x_ptr": "*bf16",
+        "w_ptr": "*bf16",
         "cos_ptr": "*fp32",
         "sin_ptr": "*fp32",
-        "qo_ptr": "*bf16",
-        "ko_ptr": "*bf16",
+        "o_ptr": "*bf16",
         "L": "i32",
         "stride_xb": "i32",
         "stride_xl": "i32",
         "stride_rl": "i32",
         "eps": "fp32",
     }
-    const = {"H": 40, "HP2": 64, "HD": 128, "ROUND_W": True}
+    const = {"H": 40, "HP2": 64, "HD": 128, "ROUND_W": True, "ROPE": True}
     yield (
-        "qk_norm_rope_40x128",
-        _qk_norm_rope_kernel,
+        "rms_norm_rope_40x128",
+        _norm_rope_kernel,
         sig,
         const,
         {"num_warps": 8},

@@ -43,11 +43,18 @@ def norm_cases(device: str, dtype: torch.dtype, B: int, L: int, D: int, Lt: int)
         res[f"q{quant}_scale_err"] = _err(out.scale, ref.scale)
         res[f"q{quant}_mismatch"] = _mismatch(out.data, ref.data)
         res[f"q{quant}_deq_err"] = _err(out.dequantize().float(), ref.dequantize().float())
-    x16 = x.to(dtype)  # block 0: the residual stream is still in the run dtype
-    res["res_gate_err"] = _err(
-        fused.gated_residual(x16, y, gate), fused.gated_residual_reference(x16, y, gate)
-    )
-    res["res_plain_err"] = _err(fused.gated_residual(x, y), fused.gated_residual_reference(x, y))
+    x16 = x.to(dtype)  # speed.residual=run_dtype: the stream in the run dtype
+    for name, xs, g in (("gate", x, gate), ("plain", x, None), ("gate16", x16, gate), ("plain16", x16, None)):
+        ref = fused.gated_residual_reference(xs, y, g)
+        out = xs.clone()
+        assert fused.gated_residual_(out, y, g) is out and out.dtype == xs.dtype
+        res[f"res_{name}_err"] = _err(out, ref)
+    # a token slice of the stream (the FFN adds chunk by chunk); rows outside it stay untouched
+    out = x.clone()
+    fused.gated_residual_(out[:, 1:3], y[:, 1:3], gate if gate.shape[1] == 1 else gate[:, 1:3])
+    ref = x.clone()
+    ref[:, 1:3] = fused.gated_residual_reference(x[:, 1:3], y[:, 1:3], gate if gate.shape[1] == 1 else gate[:, 1:3])
+    res["res_slice_err"] = _err(out, ref)
     return res
 
 
@@ -67,14 +74,14 @@ def rope_cases(
     wq = (1 + 0.1 * torch.randn(D, generator=g)).to(w_dtype).to(device)
     wk = (1 + 0.1 * torch.randn(D, generator=g)).to(w_dtype).to(device)
     cos, sin = rope_tables(grid, hd, device, torch.float32)
-    qo, ko = fused.qk_norm_rope(q, k, wq, wk, cos, sin, heads, 1e-6)
-    qr, kr = fused.qk_norm_rope_reference(q, k, wq, wk, cos, sin, heads, 1e-6)
-    return {
-        "q_err": _err(qo, qr),
-        "k_err": _err(ko, kr),
-        "q_mismatch": _mismatch(qo, qr),
-        "k_mismatch": _mismatch(ko, kr),
-    }
+    res = {}
+    for name, x, w, (c, s) in (("q", q, wq, (cos, sin)), ("k", k, wk, (cos, sin)), ("norm", q, wq, (None, None))):
+        ref = fused.rms_norm_rope_reference(x, w, c, s, heads, 1e-6)
+        out = x.clone()
+        assert fused.rms_norm_rope_(out, w, c, s, heads, 1e-6) is out  # in place
+        res[f"{name}_err"] = _err(out, ref)
+        res[f"{name}_mismatch"] = _mismatch(out, ref)
+    return res
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def test_fused_kernels_reject_bad_inputs():
             x, 1e-6, torch.bfloat16, shift=torch.randn(1, 3, 64), scale=torch.randn(1, 3, 64)
         )
     with pytest.raises(ValueError, match="fp32"):
-        fused.gated_residual(x, x, torch.randn(1, 1, 64, dtype=torch.float64))
+        fused.gated_residual_(x, x, torch.randn(1, 1, 64, dtype=torch.float64))
     q = torch.randn(1, 4, 64, dtype=torch.bfloat16)
     cos = torch.ones(4, 16)
     with pytest.raises(ValueError, match="head dim"):
-        fused.qk_norm_rope(q, q, q[0, 0], q[0, 0], cos, cos, 3, 1e-6)
+        fused.rms_norm_rope_(q, q[0, 0], cos, cos, 3, 1e-6)

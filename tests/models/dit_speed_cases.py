@@ -21,11 +21,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def fused_vs_official(
     device: str, dtype: torch.dtype, quant: str | None, i2v: bool = False
 ) -> dict[str, float]:
-    chunk, dit_fused.FFN_CHUNK = dit_fused.FFN_CHUNK, 7  # 18 test tokens -> 3 FFN chunks, a ragged last one
+    chunk, dit_fused.TOKEN_CHUNK = dit_fused.TOKEN_CHUNK, 7  # 18 test tokens -> 3 chunks, a ragged last one
     try:
         return _fused_vs_official(device, dtype, quant, i2v)
     finally:
-        dit_fused.FFN_CHUNK = chunk
+        dit_fused.TOKEN_CHUNK = chunk
 
 
 def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: bool) -> dict[str, float]:
@@ -44,6 +44,13 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
             rep = configure_dit(model, fused=True, prequant=True)
             assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep
             res["fused_prequant"] = rel(model(**inp), ref)
+        else:  # the residual stream in the run dtype, official and fused paths
+            configure_dit(model, fused=False, residual="run_dtype")
+            ref16 = model(**inp)
+            rep = configure_dit(model, fused=True, prequant=False, residual="run_dtype")
+            assert rep["residual"] == "run_dtype" and model.blocks[0].residual_dtype == dtype
+            res["fused_residual16"] = rel(model(**inp), ref16)
+            res["residual16_vs_fp32"] = rel(ref16, ref)
     return res
 
 

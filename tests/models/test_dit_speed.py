@@ -63,6 +63,8 @@ def test_validation_rejects_backends_that_cannot_run():
     )
     with pytest.raises(ConfigError, match="speed.fused=true"):
         validate(_cfg("hardware=cpu", "speed.fused=true", "dit_quant=none"), detected=CPU)
+    with pytest.raises(ConfigError, match="speed.residual=bf32"):
+        validate(_cfg("hardware=cpu", "speed.residual=bf32", "dit_quant=none"), detected=CPU)
     with pytest.raises(ConfigError, match="hardware.attention=nope"):
         validate(_cfg("hardware=h100", "hardware.attention=nope"), detected=H100)
     if backend_problem("flash_attn3", "cuda", 90):
@@ -93,6 +95,8 @@ def test_configure_dit_on_cpu_keeps_official_path():
 def test_fused_path_matches_official_in_triton_interpreter():
     res = run_cases(Path(__file__).with_name("dit_speed_cases.py"))
     assert res["none:fused"] < 2e-3, res  # fp16 rounding ties only
+    assert res["none:fused_residual16"] < 2e-3, res
+    assert 0 < res["none:residual16_vs_fp32"] < 2e-2, res  # speed.residual=run_dtype: a small, real change
     assert res["int8:fused"] < 2e-2 and res["int8:fused_prequant"] < 2e-2, res  # int8 flips from those ties
     assert res["int8-triton:prequant_linear"] < 1e-3, res  # the triton kernel's pre-quantized entry
     assert res["offload:fused_phase"] == 0.0, res  # phase offload sees the fused path's weight reads

@@ -104,17 +104,16 @@ class WanSelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d, dtype=dtype) for _ in range(4))
         self.norm_q = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
-        self.fused = False  # q/k RMSNorm + RoPE in one Triton kernel (models.wan.speed turns it on)
+        self.fused = False  # fast path: dit_fused.self_attention (models.wan.speed turns it on)
 
     def forward(self, x: torch.Tensor | QuantizedActivation, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
         if self.fused:
-            q, k = (_heads(t, self.num_heads) for t in dit_fused.qk_norm_rope(self, x, rope))
-        else:
-            q = _heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
-            k = _heads(self.norm_k(self.k(x)), self.num_heads)
-            q = apply_rope(q, *rope).to(self.run_dtype)
-            k = apply_rope(k, *rope).to(self.run_dtype)
+            return self.o(dit_fused.self_attention(self, x, rope))
+        x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
+        q = _heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
+        k = _heads(self.norm_k(self.k(x)), self.num_heads)
+        q = apply_rope(q, *rope).to(self.run_dtype)
+        k = apply_rope(k, *rope).to(self.run_dtype)
         v = _heads(self.v(x), self.num_heads)
         del x  # drop references as soon as possible: at 480p each of these is 0.3 GB
         out = attention(q, k, v.to(self.run_dtype), self.attention_backend)
@@ -133,6 +132,7 @@ class WanCrossAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d, dtype=dtype) for _ in range(4))
         self.norm_q = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
+        self.fused = False  # q RMSNorm in place in one Triton kernel (models.wan.speed turns it on)
         self.has_image = cfg.i2v_image_attention
         if self.has_image:
             self.k_img, self.v_img = nn.Linear(d, d, dtype=dtype), nn.Linear(d, d, dtype=dtype)
@@ -145,15 +145,25 @@ class WanCrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor | QuantizedActivation, context: torch.Tensor, context_img: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.o(self.attend_all(x, context, context_img))
+
+    def attend_all(
+        self, x: torch.Tensor | QuantizedActivation, context: torch.Tensor, context_img: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Everything but the output projection: [B, L, D] in the run dtype (the fused path projects it in
+        chunks of tokens, dit_fused.cross_attn_phase)."""
         x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
         context = context.to(self.run_dtype)
-        q = _heads(self.norm_q(self.q(x)), self.num_heads).to(self.run_dtype)
+        q = dit_fused.cross_q_norm(self, self.q(x)) if self.fused else self.norm_q(self.q(x))
+        del x
+        q = _heads(q, self.num_heads).to(self.run_dtype)
         out = self._attend(q, self.norm_k(self.k(context)), self.v(context))
         if self.has_image:
             ci = context_img.to(self.run_dtype)
             out_img = self._attend(q, self.norm_k_img(self.k_img(ci)), self.v_img(ci))
             out = out.float() + out_img.float()  # summed in fp32 as the official code does
-        return self.o(out.to(self.run_dtype))
+        del q
+        return out.to(self.run_dtype)
 
 
 class WanAttentionBlock(nn.Module):
@@ -178,6 +188,9 @@ class WanAttentionBlock(nn.Module):
         # (self-attn, cross-attn, FFN) the per-token format ("fp8" / "int8" / None) their input is emitted in.
         self.fused = False
         self.prequant: tuple[str | None, str | None, str | None] = (None, None, None)
+        # dtype of the residual stream x between phases: fp32 as the official code (speed.residual=run_dtype
+        # keeps it in the run dtype, as LightX2V's default and diffusers do: half its memory and traffic)
+        self.residual_dtype = torch.float32
 
     def modulation_terms(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """e0 [B, Lt, 6, D] fp32 -> six fp32 [B, Lt, D]: shift/scale/gate of self-attn, then of the FFN."""
@@ -188,26 +201,28 @@ class WanAttentionBlock(nn.Module):
             return dit_fused.self_attn_phase(self, x, mod, rope)
         shift, scale, gate = mod[0], mod[1], mod[2]
         y = self.self_attn(self.norm1(x).float() * (1 + scale) + shift, rope)
-        return x + y * gate  # fp32: the residual stream is fp32 from here on
+        return (x + y * gate).to(self.residual_dtype)  # fp32 (official): the stream is fp32 from here on
 
     def run_cross_attn(
         self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
     ) -> torch.Tensor:
         if self.fused:
             return dit_fused.cross_attn_phase(self, x, context, context_img)
-        return x + self.cross_attn(self.norm3(x), context, context_img)  # no gate
+        return (x + self.cross_attn(self.norm3(x), context, context_img)).to(self.residual_dtype)  # no gate
 
     def run_ffn(self, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.fused:
             return dit_fused.ffn_phase(self, x, mod)
         shift, scale, gate = mod[3], mod[4], mod[5]
         y = self.ffn((self.norm2(x).float() * (1 + scale) + shift).to(self.run_dtype))
-        return x + y * gate
+        return (x + y * gate).to(self.residual_dtype)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 context: torch.Tensor, context_img: torch.Tensor | None = None) -> torch.Tensor:
         # x [B, L, D]; e0 [B, Lt, 6, D] fp32 (Lt = 1, or L with per-token timesteps)
         mod = self.modulation_terms(e0)
+        if self.fused:  # the phases update the residual stream in place
+            x = dit_fused.residual_stream(self, x)
         # 1. self-attention
         x = self.run_self_attn(x, mod, rope)
         # 2. cross-attention
@@ -225,9 +240,12 @@ class WanHead(nn.Module):
         self.norm = WanLayerNorm(d, cfg.eps)  # no parameters
         self.head = nn.Linear(d, cfg.out_dim * math.prod(cfg.patch_size), dtype=dtype)
         self.modulation = nn.Parameter(torch.randn(1, 2, d, dtype=dtype) / d**0.5)
+        self.fused = False  # fast path: the norm and modulation in one Triton pass (models.wan.speed)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.unsqueeze(0) + e.unsqueeze(2)).float().unbind(2)  # [B, Lt, D]
+        if self.fused:
+            return fp32_linear(self.head, dit_fused.head_norm(self, x, shift, scale))
         return fp32_linear(self.head, self.norm(x).float() * (1 + scale) + shift)
 
 
@@ -382,6 +400,8 @@ class WanDiT(nn.Module):
         # 3. blocks; RoPE angles in float64, rotation in float64 for fp32 runs and fp32 otherwise
         rope_dtype = torch.float64 if self.run_dtype == torch.float32 else torch.float32
         rope = rope_tables(grid, self.cfg.head_dim, x.device, rope_dtype)
+        if self.blocks and self.blocks[0].fused:  # the stream the fused blocks update in place (and the only
+            x = dit_fused.residual_stream(self.blocks[0], x)  # reference: a run-dtype copy is freed here)
         for block in self.blocks:
             x = block(x, e0, rope, context, context_img)
         # 4. head (fp32) and unpatchify

@@ -1,10 +1,17 @@
 """The DIT block's fast path: the same three phases as ``WanAttentionBlock`` with the elementwise work in
 fused Triton kernels (``lightx2v_quant.fused``). Same math in fp32 as the official path (docs/speed.md).
 
-Each phase reads the fp32 residual stream once for its norm and once for its residual add (the FFN runs
-in chunks of tokens to bound its hidden activations); phases are not
-fused across their boundaries so that phase offload (which moves one phase's weights at a time) still
-holds every weight a phase touches.
+Memory is the other half of this path (480p Wan-14B: every [tokens, 5120] bf16 activation is 0.3 GiB,
+the fp32 residual stream 0.6 GiB, against 13.5 GiB of fp8 weights):
+- the residual adds and the q / k norm + RoPE are IN PLACE; the block owns its residual stream (a block
+  on the fast path updates the ``x`` it is given, once it has the residual dtype; the DIT's forward
+  passes a tensor of its own);
+- self-attention quantizes q, k and v for the low-precision backends one at a time and frees each bf16
+  tensor as soon as its quantized copy exists;
+- the FFN and the attention output projections run in chunks of tokens and add each chunk's output to the
+  residual stream right away.
+Phases are not fused across their boundaries so that phase offload (which moves one phase's weights at
+a time) still holds every weight a phase touches.
 """
 
 from __future__ import annotations
@@ -16,38 +23,65 @@ import torch
 
 from lightx2v_quant.quant.activation import QuantizedActivation
 
-# Tokens per FFN chunk on the fused path: a 480p Wan-14B FFN hidden is [32760, 13824] (0.9 GB in bf16, more
-# with its GELU output and quantized copy); 8192-token chunks keep GEMMs large and cut that by 4x.
-FFN_CHUNK = 8192
+# Tokens per chunk of the FFN and of the attention output projections on the fused path: a 480p Wan-14B
+# FFN hidden is [32760, 13824] (0.9 GB in bf16, more with its GELU output and quantized copy), a projection
+# output 0.3 GB; 8192-token chunks keep the GEMMs large and cut those by 4x.
+TOKEN_CHUNK = 8192
+LOWP_BACKENDS = {"int8qk-fp8pv": True, "int8qk": False}  # our low-precision attention -> fp8 P.V
 
 if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
 
 
+def residual_stream(block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """x in the block's residual dtype: block 0 receives the run-dtype patch embedding (a copy is made
+    when the dtypes differ); later blocks get the stream itself, which the phases update in place."""
+    return x if x.dtype == block.residual_dtype else x.to(block.residual_dtype)
+
+
 def self_attn_phase(
     block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor], rope
 ) -> torch.Tensor:
-    """x + self_attn(LN(x) * (1 + scale) + shift) * gate; the norm output may come pre-quantized."""
+    """x += self_attn(LN(x) * (1 + scale) + shift) * gate; the norm output may come pre-quantized."""
     from lightx2v_quant import fused
 
-    # the norm output is passed inline so that self_attn can drop it once q, k, v exist
-    y = block.self_attn(
-        fused.layer_norm_modulate(
-            x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1], quant=block.prequant[0]
-        ),
-        rope,
+    # the norm output is passed inline (no reference kept here) so that self_attention can free it early
+    if block.self_attn.fused:
+        return project_add_(block.self_attn.o, self_attention(block.self_attn, _norm1(block, x, mod), rope), x,
+                            mod[2])
+    return fused.gated_residual_(x, block.self_attn(_norm1(block, x, mod), rope), mod[2])
+
+
+def _norm1(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor]):
+    from lightx2v_quant import fused
+
+    return fused.layer_norm_modulate(
+        x, block.norm1.eps, block.run_dtype, shift=mod[0], scale=mod[1], quant=block.prequant[0]
     )
-    return fused.gated_residual(x, y, mod[2])
 
 
 def cross_attn_phase(
     block: WanAttentionBlock, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
 ) -> torch.Tensor:
-    """x + cross_attn(norm3(x)) (no gate). norm3 runs as a module call (its fused_to set by configure_dit),
-    so an offload hook on it still brings its weights in before they are read."""
+    """x += cross_attn(norm3(x)) (no gate). norm3 runs as a module call (its fused_to set by configure_dit),
+    so an offload hook on it still brings its weights (and the cross-attention's) in before they are read."""
+    ca = block.cross_attn
+    return project_add_(ca.o, ca.attend_all(block.norm3(x), context, context_img), x, None)
+
+
+def project_add_(linear, out: torch.Tensor, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """x += linear(out) * gate, TOKEN_CHUNK tokens at a time: the projection's output (and its quantized
+    input) never exists for all tokens at once."""
     from lightx2v_quant import fused
 
-    return fused.gated_residual(x, block.cross_attn(block.norm3(x), context, context_img))
+    for i in range(0, x.shape[1], TOKEN_CHUNK):
+        fused.gated_residual_(_rows(x, i, TOKEN_CHUNK), linear(_rows(out, i, TOKEN_CHUNK)), _gate_rows(gate, i))
+    return x
+
+
+def _gate_rows(gate: torch.Tensor | None, start: int) -> torch.Tensor | None:
+    """The gate of tokens [start, start + TOKEN_CHUNK): [B, 1, D] broadcasts; per-token gates [B, L, D] are cut."""
+    return gate if gate is None or gate.shape[1] == 1 else _rows(gate, start, TOKEN_CHUNK)
 
 
 def layer_norm(norm, x: torch.Tensor):
@@ -59,19 +93,14 @@ def layer_norm(norm, x: torch.Tensor):
 
 
 def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:
-    """x + FFN(LN(x) * (1 + scale) + shift) * gate."""
+    """x += FFN(LN(x) * (1 + scale) + shift) * gate, TOKEN_CHUNK tokens at a time (the norm output of all
+    tokens is made first, so updating x chunk by chunk does not feed back)."""
     from lightx2v_quant import fused
 
     h = fused.layer_norm_modulate(
         x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4], quant=block.prequant[2]
     )
-    tokens = x.shape[1]
-    if tokens <= FFN_CHUNK:
-        y = block.ffn(h)
-    else:  # the [tokens, ffn_dim] hidden (and its GELU / quantized copies) one chunk at a time
-        y = torch.cat([block.ffn(_rows(h, i, FFN_CHUNK)) for i in range(0, tokens, FFN_CHUNK)], dim=1)
-    del h
-    return fused.gated_residual(x, y, mod[5])
+    return project_add_(block.ffn, h, x, mod[5])
 
 
 def _rows(h, start: int, size: int):
@@ -81,19 +110,65 @@ def _rows(h, start: int, size: int):
     return h[:, start : start + size]
 
 
-def qk_norm_rope(
-    attn: WanSelfAttention, x, rope: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, ...]:
-    """q, k [B, L, D] after their RMSNorm and RoPE, in one pass over each."""
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (num_heads, -1))  # [B, L, D] -> [B, L, heads, head_dim]
+
+
+def self_attention(
+    attn: WanSelfAttention, x: torch.Tensor | QuantizedActivation, rope: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """WanSelfAttention.forward on the fast path up to the output projection ([B, L, D] before ``o``):
+    q / k RMSNorm + RoPE in place, and for our low-precision backends each of q, k, v quantized and its bf16
+    tensor freed before the next one exists.
+
+    ``x`` must be passed without another reference held (``del`` here frees it)."""
     from lightx2v_quant import fused
 
-    return fused.qk_norm_rope(
-        attn.q(x),
-        attn.k(x),
-        attn.norm_q.weight,
-        attn.norm_k.weight,
-        rope[0],
-        rope[1],
-        attn.num_heads,
-        attn.norm_q.eps,
-    )
+    x = x if isinstance(x, QuantizedActivation) else x.to(attn.run_dtype)
+    heads, cos, sin = attn.num_heads, rope[0], rope[1]
+    q = fused.rms_norm_rope_(attn.q(x), attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps)
+    if attn.attention_backend not in LOWP_BACKENDS:
+        k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
+        v = attn.v(x)
+        del x
+        from lightx2v_quant.models.wan.attention import attention
+
+        out = attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), attn.attention_backend)
+        del q, k, v
+        return out.flatten(2)
+
+    from lightx2v_quant.attention import lowp_triton as lowp
+
+    pv_fp8 = LOWP_BACKENDS[attn.attention_backend]
+    lq, dtype = q.shape[1], q.dtype
+    q8 = lowp.quantize_q(_heads(q, heads))
+    del q
+    k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
+    k8 = lowp.quantize_k(_heads(k, heads))
+    del k
+    v = attn.v(x)
+    del x
+    if pv_fp8:
+        v8 = lowp.quantize_v(_heads(v, heads))
+        del v
+        out = lowp.attend(q8, k8, v8, lq, lq, heads, dtype)
+        del v8
+    else:
+        out = lowp.attend(q8, k8, _heads(v, heads), lq, lq, heads, dtype)
+        del v
+    del q8, k8
+    return out.flatten(2)
+
+
+def cross_q_norm(attn, q: torch.Tensor) -> torch.Tensor:
+    """The cross-attention's q RMSNorm in place (one pass instead of an fp32 copy of [tokens, dim])."""
+    from lightx2v_quant import fused
+
+    return fused.rms_norm_rope_(q, attn.norm_q.weight, None, None, attn.num_heads, attn.norm_q.eps)
+
+
+def head_norm(head, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The head's LN(x) * (1 + scale) + shift in fp32, one pass (the official path makes three fp32 copies)."""
+    from lightx2v_quant import fused
+
+    return fused.layer_norm_modulate(x, head.norm.eps, torch.float32, shift=shift, scale=scale)

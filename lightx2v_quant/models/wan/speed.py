@@ -34,16 +34,22 @@ class SpeedSettings:
     cross_attention: str = "sdpa"  # cross-attention backend
     fused: bool | None = None  # None: on where the kernels run (CUDA, Triton, bf16 / fp16 run dtype)
     compile: bool = False
+    residual: str = "fp32"  # residual stream dtype: "fp32" (official) or "run_dtype"
     notes: list[str] = field(default_factory=list)
 
 
 def speed_settings(cfg: Any) -> SpeedSettings:
     """The resolved settings of a composed run config: ``speed.attention`` (null: ``hardware.attention``),
-    ``speed.cross_attention`` (null: same as attention), ``speed.fused``, ``speed.compile``."""
+    ``speed.cross_attention`` (null: same as attention), ``speed.fused``, ``speed.compile``,
+    ``speed.residual``."""
     sp = cfg.get("speed") or {}
     attention = sp.get("attention") or cfg.hardware.get("attention") or "sdpa"
     cross = sp.get("cross_attention") or attention
-    return SpeedSettings(str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)))
+    residual = str(sp.get("residual") or "fp32")
+    return SpeedSettings(str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)), residual)
+
+
+RESIDUAL_DTYPES = ("fp32", "run_dtype")
 
 
 def fused_problem(device: str, run_dtype: torch.dtype | str) -> str | None:
@@ -72,6 +78,10 @@ def speed_problems(cfg: Any, device: str, sm: int | None) -> list[str]:
             where = "speed." + key if (cfg.get("speed") or {}).get(key) else "hardware.attention"
             ok = [b for b in backends() if backend_problem(b, device, sm) is None]
             problems.append(f"{where}={name}: {why}. Backends that run here: {', '.join(ok)}")
+    if s.residual not in RESIDUAL_DTYPES:
+        problems.append(
+            f"speed.residual={s.residual}: unknown residual stream dtype; use one of {', '.join(RESIDUAL_DTYPES)}"
+        )
     if s.fused is True:
         why = fused_problem(device, str(cfg.model.dtype))
         if why:
@@ -97,16 +107,20 @@ def configure_dit(
     fused: bool | None = None,
     prequant: bool = True,
     compile: bool = False,
+    residual: str = "fp32",
     device: str | None = None,
 ) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
 
     ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms emit fp8 /
     int8 activations when every GEMM that reads them takes pre-quantized input. ``compile`` compiles each
-    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph. ``device`` is the
+    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph. ``residual`` is the
+    dtype of the residual stream: "fp32" (the official numerics) or "run_dtype". ``device`` is the
     compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
     whose weights live on the host between uses).
     """
+    if residual not in RESIDUAL_DTYPES:
+        raise ValueError(f"residual={residual!r}: use one of {', '.join(RESIDUAL_DTYPES)}")
     device = device or next(model.parameters()).device.type
     for name in (attention, cross_attention or attention):
         why = backend_problem(name, device, _sm(device))
@@ -127,11 +141,14 @@ def configure_dit(
     if {attention, cross_attention} & {"int8qk-fp8pv", "int8qk"}:
         importlib.import_module("lightx2v_quant.attention.lowp_triton")
     sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0}
+    residual_dtype = torch.float32 if residual == "fp32" else model.run_dtype
     for block in model.blocks:
         _configure_block(block, use_fused, prequant, sites)
+        block.residual_dtype = residual_dtype
+    model.head.fused = use_fused
     if compile:
         compile_blocks(model)
-    report = asdict(SpeedSettings(attention, cross_attention or attention, use_fused, compile))
+    report = asdict(SpeedSettings(attention, cross_attention or attention, use_fused, compile, residual))
     report.pop("notes")
     report["prequantized_inputs"] = {k: f"{v}/{len(model.blocks)} blocks" for k, v in sites.items()}
     if fused is None and why:
@@ -143,6 +160,7 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
     block.fused = fused
     sa = block.self_attn
     sa.fused = fused and isinstance(sa.norm_q, WanRMSNorm) and isinstance(sa.norm_k, WanRMSNorm)
+    block.cross_attn.fused = fused and isinstance(block.cross_attn.norm_q, WanRMSNorm)
     norm3 = block.norm3 if isinstance(block.norm3, WanLayerNorm) else None
     if norm3 is not None:
         norm3.fused_to = (block.run_dtype, None) if fused else None
