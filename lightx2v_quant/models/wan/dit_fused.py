@@ -74,6 +74,17 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
     return fused.gated_residual(x, y, mod[5])
 
 
+def ffn_gelu_quant(ffn, x) -> torch.Tensor:
+    """WanFFN.forward on the fast path: the up projection, then GELU + per-token quantization in one kernel
+    (no bf16 GELU copy, no quantization pass in the down projection), then the down projection."""
+    from lightx2v_quant import fused
+
+    h = ffn[0](x)  # [B, L, ffn_dim] in the run dtype
+    q = fused.gelu_quantize(h, ffn.gelu_quant)
+    del h
+    return ffn[2](q)
+
+
 def _rows(h, start: int, size: int):
     """Tokens [start, start + size) of a [B, L, D] activation (plain or pre-quantized)."""
     if isinstance(h, QuantizedActivation):
