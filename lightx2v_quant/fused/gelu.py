@@ -50,7 +50,9 @@ assert math.isclose(K_BETA.value, math.sqrt(2 / math.pi), rel_tol=1e-7)
 @triton.jit
 def _gelu_tanh(x):
     """fp32 GELU(tanh) in ATen's order: (0.5 * x) * (1 + tanh(kBeta * (x + kKappa * ((x * x) * x))))."""
-    inner = K_BETA * (x + K_KAPPA * (x * x * x))  # mul + add contract to one FMA, as nvcc does for ATen
+    # x + kKappa * x^3 as one FMA, as nvcc contracts it in ATen (explicit: not left to Triton's fp-fusion
+    # default, which Triton 3.10 turns off)
+    inner = K_BETA * tl.fma(K_KAPPA, x * x * x, x)
     if INTERPRET:
         # No libdevice in the interpreter: tanh(u) = 2 / (1 + exp(-2u)) - 1 (u >= -40: no exp overflow;
         # tanh(-40) is -1 in fp32). Where 1 + tanh(u) cancels (x << 0) the last bits of the tanh decide the
@@ -252,3 +254,32 @@ def gelu_quantize_reference(h: torch.Tensor, quant: str) -> QuantizedActivation:
     y = F.gelu(h, approximate="tanh")
     q, s = qf.FORMATS[PER_TOKEN_FORMATS[quant]].quantize_activation(y.reshape(-1, y.shape[-1]))
     return QuantizedActivation(q.view(y.shape), s.view(*y.shape[:-1], 1), h.dtype)
+
+
+def SASS_CASES():  # picked up by benchmarks/triton_sass.py
+    """The Wan-14B FFN hidden (K = 13824, bf16) at 8 warps (the default) and 16: registers and spills."""
+    ints = ("L", "K", "stride_xb", "stride_xl")
+    sig = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", **{n: "i32" for n in ints}}
+    for warps in (8, 16):
+        g, (r0, r1, r2, r3), masked = tile_rows(13824, warps, 2)
+        for name, out, qmax, is_int8 in (("fp8", "*fp8e4nv", 448.0, False), ("int8", "*i8", 127.0, True)):
+            const = {
+                "QMAX": qmax,
+                "IS_INT8": is_int8,
+                "IS_BF16": True,
+                "G": g,
+                "R0": r0,
+                "R1": r1,
+                "R2": r2,
+                "R3": r3,
+                "MASKED": masked,
+            }
+            opts = {"num_warps": warps}
+            yield (
+                f"gelu_{name}_13824_w{warps}",
+                _gelu_quant_kernel,
+                dict(sig, q_ptr=out),
+                const,
+                opts,
+                list(ints[1:]),
+            )
