@@ -35,6 +35,26 @@ def test_gelu_quantize_in_triton_interpreter():
             assert val < 1e-3, (key, val)
 
 
+def test_fused_ops_benchmark_smoke(tmp_path):
+    """benchmarks/fused_ops.py end to end on a tiny shape in the interpreter: JSON with the device name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.interp_util import ROOT
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    args = ["--device", "cpu", "--shapes", "3x260", "--target-s", "0", "--out", str(tmp_path)]
+    cmd = [sys.executable, "benchmarks/fused_ops.py", *args]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads((tmp_path / "fused_ops_cpu.json").read_text())
+    assert rep["device"] == "cpu" and [r["quant"] for r in rep["results"]] == ["fp8", "int8"]
+    assert all(r["bytes_equal"] and set(r["fused_ms_by_warps"]) == {"4", "8", "16"} for r in rep["results"])
+    assert (tmp_path / "fused_ops_cpu.md").exists()
+
+
 def test_gelu_quantize_rejects_bad_inputs():
     from lightx2v_quant import fused
 

@@ -87,7 +87,7 @@ def test_configure_dit_on_cpu_keeps_official_path():
             configure_dit(model, fused=True)
     with pytest.raises(ValueError, match="CUDA GPUs only"):
         configure_dit(model, attention="int8qk-fp8pv")
-    assert all(not b.fused for b in model.blocks)
+    assert all(not b.fused and b.ffn.gelu_quant is None for b in model.blocks)
 
 
 def test_fused_path_matches_official_in_triton_interpreter():
