@@ -21,7 +21,7 @@ from lightx2v_quant.quant.activation import QuantizedActivation
 FFN_CHUNK = 8192
 
 if TYPE_CHECKING:
-    from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
+    from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanFFN, WanSelfAttention
 
 
 def self_attn_phase(
@@ -74,7 +74,7 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
     return fused.gated_residual(x, y, mod[5])
 
 
-def ffn_gelu_quant(ffn, x) -> torch.Tensor:
+def ffn_gelu_quant(ffn: WanFFN, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
     """WanFFN.forward on the fast path: the up projection, then GELU + per-token quantization in one kernel
     (no bf16 GELU copy, no quantization pass in the down projection), then the down projection."""
     from lightx2v_quant import fused
