@@ -69,6 +69,7 @@ def _extra_cases():
     for mod in (
         "lightx2v_quant.attention.lowp_quant",
         "lightx2v_quant.fused.norm",
+        "lightx2v_quant.fused.gelu",
         "lightx2v_quant.fused.rope",
     ):
         try:

@@ -1,6 +1,7 @@
-"""Fused Triton kernels for the DIT's elementwise work (norms, modulation, RoPE, residual adds), each with
-a PyTorch reference of the official numerics. See docs/speed.md."""
+"""Fused Triton kernels for the DIT's elementwise work (norms, modulation, RoPE, residual adds, the FFN's
+GELU + quantization), each with a PyTorch reference of the official numerics. See docs/speed.md."""
 
+from lightx2v_quant.fused.gelu import gelu_quantize, gelu_quantize_reference
 from lightx2v_quant.fused.norm import (
     gated_residual_,
     gated_residual_reference,
@@ -10,6 +11,8 @@ from lightx2v_quant.fused.norm import (
 from lightx2v_quant.fused.rope import rms_norm_rope_, rms_norm_rope_reference
 
 __all__ = [
+    "gelu_quantize",
+    "gelu_quantize_reference",
     "gated_residual_",
     "gated_residual_reference",
     "layer_norm_modulate",

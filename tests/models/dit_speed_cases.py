@@ -54,6 +54,27 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
     return res
 
 
+def gelu_fusion(device: str, dtype: torch.dtype, quant: str) -> dict[str, float]:
+    """The fused, pre-quantized DIT with the FFN's GELU + quantization in one kernel vs the same path with
+    nn.GELU and the down projection quantizing its own input (``ffn.gelu_quant`` off), 0.0 when identical;
+    and the blocks configured (``ffn_hidden`` of configure_dit's report)."""
+    chunk, dit_fused.FFN_CHUNK = dit_fused.FFN_CHUNK, 7  # 18 tokens -> 3 FFN chunks, a ragged last one
+    try:
+        cfg = tiny(num_layers=2)
+        model = random_dit(cfg, dtype, device, seed=0, quant=quant)
+        prepare_model(model)
+        inp = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=2).items()}
+        with torch.no_grad():
+            rep = configure_dit(model, fused=True, prequant=True)
+            out = model(**inp)
+            for block in model.blocks:
+                block.ffn.gelu_quant = None
+            ref = model(**inp)
+    finally:
+        dit_fused.FFN_CHUNK = chunk
+    return {"gelu_fusion": rel(out, ref), "ffn_hidden_blocks": float(rep["prequantized_inputs"]["ffn_hidden"][0])}
+
+
 def offload_fused(scheme: str | None) -> float:
     """Phase offload (CPU fake transport that defers copies, so a weight read before its phase arrives is
     stale) on the fused path vs the fused path without offload; 0.0 when identical."""
@@ -110,5 +131,8 @@ if __name__ == "__main__":
     )
     out["int8-triton:prequant_linear"] = prequant_linear("cpu", "int8-triton")
     out["offload:fused_phase"] = offload_fused("int8-torch")
+    # the torch kernel's schemes (the triton GEMMs take ~1 min in the interpreter: on CUDA in the GPU test)
+    for scheme in ("fp8-torch", "int8-torch", "int4-g128-torch"):
+        out.update({f"{scheme}:{k}": v for k, v in gelu_fusion("cpu", torch.float16, scheme).items()})
     print(json.dumps(out))
     sys.stdout.flush()

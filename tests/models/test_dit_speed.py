@@ -89,7 +89,7 @@ def test_configure_dit_on_cpu_keeps_official_path():
             configure_dit(model, fused=True)
     with pytest.raises(ValueError, match="CUDA GPUs only"):
         configure_dit(model, attention="int8qk-fp8pv")
-    assert all(not b.fused for b in model.blocks)
+    assert all(not b.fused and b.ffn.gelu_quant is None for b in model.blocks)
 
 
 def test_fused_path_matches_official_in_triton_interpreter():
@@ -100,6 +100,10 @@ def test_fused_path_matches_official_in_triton_interpreter():
     assert res["int8:fused"] < 2e-2 and res["int8:fused_prequant"] < 2e-2, res  # int8 flips from those ties
     assert res["int8-triton:prequant_linear"] < 1e-3, res  # the triton kernel's pre-quantized entry
     assert res["offload:fused_phase"] == 0.0, res  # phase offload sees the fused path's weight reads
+    # the FFN's fused GELU + quantization: on where the down projection takes per-token fp8 / int8 input
+    for scheme in ("fp8-torch", "int8-torch"):
+        assert res[f"{scheme}:ffn_hidden_blocks"] == 2 and res[f"{scheme}:gelu_fusion"] < 1e-3, res
+    assert res["int4-g128-torch:ffn_hidden_blocks"] == 0, res
 
 
 @pytest.mark.parametrize("quant", ["int8-torch", "fp8-torch"])
@@ -129,6 +133,19 @@ def test_fused_path_matches_official_cuda(quant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("quant", ["fp8-torch", "int8-torch", "fp8-triton", "int8-triton"])
+def test_fused_gelu_quant_in_dit_cuda(quant):
+    """The FFN's GELU + quantization kernel vs nn.GELU + the down projection's own quantization: the same
+    quantized bytes (tests/fused/test_gelu.py), so the same DIT output up to the GEMM's tile config."""
+    from tests.models.dit_speed_cases import gelu_fusion
+
+    res = gelu_fusion("cuda", torch.bfloat16, quant)
+    assert res["ffn_hidden_blocks"] == 2, res
+    # the torch kernel runs the same GEMM on the same bytes either way; triton's may tune another tile config
+    assert res["gelu_fusion"] <= (0.0 if quant.endswith("torch") else 1e-3), res
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("quant", ["fp8-torch", "fp8-triton"])
 def test_compiled_fused_dit_with_lowp_attention_cuda(quant):
     """Inductor, fullgraph (a graph break raises), fused kernels + pre-quantized inputs + our attention."""
@@ -148,6 +165,7 @@ def test_compiled_fused_dit_with_lowp_attention_cuda(quant):
         out = model(**inp)
     torch._dynamo.reset()
     assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep
+    assert rep["prequantized_inputs"]["ffn_hidden"] == "2/2 blocks", rep  # the GELU + quant op, compiled
     assert torch.isfinite(out).all() and rel(out, ref) < 0.1, rel(out, ref)
 
 

@@ -90,6 +90,20 @@ class WanLayerNorm(nn.Module):
         return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).type_as(x)
 
 
+class WanFFN(nn.Sequential):
+    """Linear(dim -> ffn_dim), GELU(tanh), Linear(ffn_dim -> dim): an ``nn.Sequential`` (keys ffn.0, ffn.2)."""
+
+    # Fast path (models.wan.speed): the per-token format ("fp8" / "int8") in which one fused Triton kernel
+    # emits GELU(hidden) for the down projection, or None. It stays a forward of this module, so hooks on
+    # it (phase offload) still fire before ffn.0 / ffn.2 read their weights.
+    gelu_quant: str | None = None
+
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if self.gelu_quant is not None:
+            return dit_fused.ffn_gelu_quant(self, x)
+        return super().forward(x)
+
+
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.unflatten(-1, (num_heads, -1))  # [B, L, D] -> [B, L, heads, head_dim]
 
@@ -181,8 +195,8 @@ class WanAttentionBlock(nn.Module):
                       else nn.Identity())
         self.cross_attn = WanCrossAttention(cfg, dtype)
         self.norm2 = WanLayerNorm(d, cfg.eps)  # no parameters
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim, dtype=dtype), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.ffn_dim, d, dtype=dtype))
+        self.ffn = WanFFN(nn.Linear(d, cfg.ffn_dim, dtype=dtype), nn.GELU(approximate="tanh"),
+                          nn.Linear(cfg.ffn_dim, d, dtype=dtype))
         self.modulation = nn.Parameter(torch.randn(1, 6, d, dtype=dtype) / d**0.5)
         # Fast path (models.wan.speed): fused Triton norm / modulation / residual kernels, and per phase
         # (self-attn, cross-attn, FFN) the per-token format ("fp8" / "int8" / None) their input is emitted in.

@@ -30,7 +30,7 @@ TOKEN_CHUNK = 8192
 LOWP_BACKENDS = {"int8qk-fp8pv": True, "int8qk": False}  # our low-precision attention -> fp8 P.V
 
 if TYPE_CHECKING:
-    from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanSelfAttention
+    from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanFFN, WanSelfAttention
 
 
 def residual_stream(block: WanAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +101,17 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
         x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4], quant=block.prequant[2]
     )
     return project_add_(block.ffn, h, x, mod[5])
+
+
+def ffn_gelu_quant(ffn: WanFFN, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+    """WanFFN.forward on the fast path: the up projection, then GELU + per-token quantization in one kernel
+    (no bf16 GELU copy, no quantization pass in the down projection), then the down projection."""
+    from lightx2v_quant import fused
+
+    h = ffn[0](x)  # [B, L, ffn_dim] in the run dtype
+    q = fused.gelu_quantize(h, ffn.gelu_quant)
+    del h
+    return ffn[2](q)
 
 
 def _rows(h, start: int, size: int):

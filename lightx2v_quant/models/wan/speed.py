@@ -21,6 +21,7 @@ from lightx2v_quant.models.wan.dit import (
     WanAttentionBlock,
     WanCrossAttention,
     WanDiT,
+    WanFFN,
     WanLayerNorm,
     WanRMSNorm,
     WanSelfAttention,
@@ -112,10 +113,11 @@ def configure_dit(
 ) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
 
-    ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms emit fp8 /
-    int8 activations when every GEMM that reads them takes pre-quantized input. ``compile`` compiles each
-    block with ``torch.compile(fullgraph=True)``; the blocks share one compiled graph. ``residual`` is the
-    dtype of the residual stream: "fp32" (the official numerics) or "run_dtype". ``device`` is the
+    ``fused=None`` turns the fused kernels on where they run; ``prequant`` lets the fused norms (and the FFN's
+    fused GELU) emit fp8 / int8 activations when every GEMM that reads them takes pre-quantized input.
+    ``compile`` compiles each block with ``torch.compile(fullgraph=True)``; the blocks share one compiled
+    graph. ``residual`` is the dtype of the residual stream: "fp32" (the official numerics) or "run_dtype".
+    ``device`` is the
     compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
     whose weights live on the host between uses).
     """
@@ -140,7 +142,7 @@ def configure_dit(
         importlib.import_module("lightx2v_quant.fused")
     if {attention, cross_attention} & {"int8qk-fp8pv", "int8qk"}:
         importlib.import_module("lightx2v_quant.attention.lowp_triton")
-    sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0}
+    sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0, "ffn_hidden": 0}
     residual_dtype = torch.float32 if residual == "fp32" else model.run_dtype
     for block in model.blocks:
         _configure_block(block, use_fused, prequant, sites)
@@ -164,6 +166,10 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
     norm3 = block.norm3 if isinstance(block.norm3, WanLayerNorm) else None
     if norm3 is not None:
         norm3.fused_to = (block.run_dtype, None) if fused else None
+    # GELU(tanh) + quantization of the FFN hidden in one kernel (set below if the down projection takes it)
+    ffn = block.ffn if isinstance(block.ffn, WanFFN) and _is_tanh_gelu(block.ffn[1]) else None
+    if ffn is not None:
+        ffn.gelu_quant = None
     if not (fused and prequant):
         block.prequant = (None, None, None)
         return
@@ -176,8 +182,15 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
     block.prequant = fmts
     if norm3 is not None:
         norm3.fused_to = (block.run_dtype, fmts[1])
-    for key, fmt in zip(sites, fmts):
+    hidden = _prequant_format([ffn[2]]) if ffn is not None else None
+    if ffn is not None:
+        ffn.gelu_quant = hidden
+    for key, fmt in zip(sites, (*fmts, hidden)):
         sites[key] += fmt is not None
+
+
+def _is_tanh_gelu(act: torch.nn.Module) -> bool:
+    return isinstance(act, torch.nn.GELU) and act.approximate == "tanh"
 
 
 def compile_blocks(model: WanDiT, **options: Any) -> None:

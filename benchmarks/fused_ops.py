@@ -1,0 +1,181 @@
+"""Fused-op microbenchmark: the FFN hidden's GELU(tanh) + per-token quantization in one Triton kernel
+(``fused.gelu_quantize``) against the unfused path (``F.gelu``, then the per-token quantizer that
+QuantLinear runs), at one 480p FFN chunk of Wan-14B ([8192, 13824] bf16) and Wan-1.3B ([8192, 8960]).
+
+Per case: median GPU time (CUDA events), the kernel's effective bandwidth, the transient memory of one call
+(peak allocated above the input), the launch width sweep of the fused kernel, and exactness: the quantized
+bytes and scales against the unfused path's, and the GELU alone against ``F.gelu`` on 1M values. Writes
+``fused_ops_<device>.json`` and ``.md`` into ``--out``. Under a minute on an H100.
+
+    source .gpu/setup.sh && python benchmarks/fused_ops.py --out benchmarks/results
+    TRITON_INTERPRET=1 python benchmarks/fused_ops.py --device cpu --shapes 4x300 --out /tmp/x  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from bench_utils import Report, bench, md_table, timing_dict
+
+from lightx2v_quant import fused
+from lightx2v_quant.fused import gelu as fg
+from lightx2v_quant.quant import formats as qf
+from lightx2v_quant.quant.activation import PER_TOKEN_FORMATS
+
+SHAPES = {"wan14b-chunk": (8192, 13824), "wan1.3b-chunk": (8192, 8960)}
+
+
+def _quantize_unfused(y: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token quantizer QuantLinear runs (Triton on CUDA, the format's reference elsewhere)."""
+    if y.is_cuda:
+        from lightx2v_quant.quant.kernels.triton_ops import quantize_per_token
+
+        return quantize_per_token(y, fmt)
+    return qf.FORMATS[fmt].quantize_activation(y)
+
+
+def _peak_extra(fn: Callable[[], Any], device: str) -> int | None:
+    """Bytes allocated at the peak of one call above what was allocated before it (CUDA only)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return int(peak)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype == qf.FP8_DTYPE else t
+
+
+def run_case(name: str, m: int, k: int, quant: str, device: str, target_s: float) -> dict[str, Any]:
+    fmt = PER_TOKEN_FORMATS[quant]
+    g = torch.Generator(device).manual_seed(0)
+    copies = 2 if device == "cuda" else 1  # 2 x 226 MB: far more than the L2
+    hs = [torch.randn(m, k, generator=g, device=device, dtype=torch.bfloat16) * 2 for _ in range(copies)]
+
+    def unfused(i: int):
+        return _quantize_unfused(F.gelu(hs[i], approximate="tanh"), fmt)
+
+    def fused_call(i: int):
+        return fused.gelu_quantize(hs[i], quant)
+
+    res: dict[str, Any] = {"case": name, "m": m, "k": k, "quant": quant}
+    out, ref = fused_call(0), unfused(0)
+    res["bytes_equal"] = bool(torch.equal(_bits(out.data), _bits(ref[0])) and torch.equal(out.scale, ref[1]))
+    res["byte_mismatch"] = float((_bits(out.data) != _bits(ref[0])).double().mean())
+    del out, ref
+    res["unfused"] = timing_dict(bench(unfused, copies, target_s=target_s, device=device))
+    res["gelu_alone"] = timing_dict(
+        bench(lambda i: F.gelu(hs[i], approximate="tanh"), copies, target_s=target_s, device=device)
+    )
+    res["fused"] = timing_dict(bench(fused_call, copies, target_s=target_s, device=device))
+    # read 2 bytes, write 1 (+ 4 per row): the fused kernel's traffic; unfused moves 2 + 2 + 2 + 1
+    res["fused_gbps"] = round((3 * m * k + 4 * m) / (res["fused"]["median_ms"] * 1e6), 1)
+    res["unfused_gbps_equiv"] = round((3 * m * k + 4 * m) / (res["unfused"]["median_ms"] * 1e6), 1)
+    res["speedup"] = round(res["unfused"]["median_ms"] / res["fused"]["median_ms"], 3)
+    res["peak_extra_bytes"] = {
+        "unfused": _peak_extra(lambda: unfused(0), device),
+        "fused": _peak_extra(lambda: fused_call(0), device),
+    }
+    sweep = {}
+    for warps in (4, 8, 16):
+        q, s = fg._empty_outputs(hs[0], quant)
+
+        def launch(i: int, w: int = warps, q: torch.Tensor = q, s: torch.Tensor = s):
+            fg.launch(hs[i], q, s, quant, num_warps=w)
+
+        sweep[str(warps)] = timing_dict(bench(launch, copies, target_s=target_s, device=device))["median_ms"]
+    res["fused_ms_by_warps"] = sweep
+    return res
+
+
+def gelu_exactness(device: str, n: int = 1 << 20) -> dict[str, float]:
+    out = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        h = (torch.randn(n, generator=torch.Generator().manual_seed(1)) * 3).to(dtype).to(device)
+        y, ref = fg.gelu_values(h).float(), F.gelu(h, approximate="tanh").float()
+        out[str(dtype).replace("torch.", "")] = float((y != ref).double().mean())
+    return out
+
+
+def markdown(report: Report) -> str:
+    rows = []
+    for r in report.results:
+        rows.append(
+            [
+                r["case"],
+                f"{r['m']}x{r['k']}",
+                r["quant"],
+                f"{r['unfused']['median_ms']:.3f}",
+                f"{r['gelu_alone']['median_ms']:.3f}",
+                f"{r['fused']['median_ms']:.3f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['fused_gbps']}",
+                " / ".join(f"{w}w {ms:.3f}" for w, ms in r["fused_ms_by_warps"].items()),
+                str(r["peak_extra_bytes"]["unfused"]),
+                str(r["peak_extra_bytes"]["fused"]),
+                str(r["bytes_equal"]),
+            ]
+        )
+    header = [
+        "case",
+        "shape",
+        "quant",
+        "unfused ms",
+        "(gelu alone)",
+        "fused ms",
+        "speedup",
+        "fused GB/s",
+        "fused by warps (ms)",
+        "unfused peak B",
+        "fused peak B",
+        "same bytes",
+    ]
+    return (
+        f"# GELU(tanh) + per-token quantization, fused vs unfused: {report.device}\n\n"
+        + md_table(header, rows)
+        + f"\n\nGELU vs F.gelu, share of random values (1M on CUDA) that differ: {report.meta['gelu_mismatch']}\n"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="directory for the JSON + markdown")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run (interpreter)")
+    p.add_argument("--shapes", nargs="*", default=None, help="MxK shapes instead of the Wan chunks")
+    p.add_argument("--target-s", type=float, default=1.0, help="seconds of timed calls per measurement")
+    args = p.parse_args()
+    shapes = SHAPES if not args.shapes else {s: tuple(int(v) for v in s.split("x")) for s in args.shapes}
+    if args.device == "cuda":
+        dev, cap = torch.cuda.get_device_name(), "sm_{}{}".format(*torch.cuda.get_device_capability())
+    else:
+        dev, cap = "cpu", "none"
+    meta = {
+        "torch": torch.__version__,
+        "gelu_mismatch": gelu_exactness(args.device, 1 << (20 if args.device == "cuda" else 12)),
+    }
+    report = Report(dev, cap, meta)
+    for name, (m, k) in shapes.items():
+        for quant in ("fp8", "int8"):
+            report.results.append(run_case(name, m, k, quant, args.device, args.target_s))
+            print(report.results[-1], flush=True)
+    paths = report.write(args.out, "fused_ops", markdown(report))
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
