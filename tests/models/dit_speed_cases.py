@@ -58,7 +58,7 @@ def gelu_fusion(device: str, dtype: torch.dtype, quant: str) -> dict[str, float]
     """The fused, pre-quantized DIT with the FFN's GELU + quantization in one kernel vs the same path with
     nn.GELU and the down projection quantizing its own input (``ffn.gelu_quant`` off), 0.0 when identical;
     and the blocks configured (``ffn_hidden`` of configure_dit's report)."""
-    chunk, dit_fused.FFN_CHUNK = dit_fused.FFN_CHUNK, 7  # 18 tokens -> 3 FFN chunks, a ragged last one
+    chunk, dit_fused.TOKEN_CHUNK = dit_fused.TOKEN_CHUNK, 7  # 18 tokens -> 3 chunks, a ragged last one
     try:
         cfg = tiny(num_layers=2)
         model = random_dit(cfg, dtype, device, seed=0, quant=quant)
@@ -71,7 +71,7 @@ def gelu_fusion(device: str, dtype: torch.dtype, quant: str) -> dict[str, float]
                 block.ffn.gelu_quant = None
             ref = model(**inp)
     finally:
-        dit_fused.FFN_CHUNK = chunk
+        dit_fused.TOKEN_CHUNK = chunk
     return {"gelu_fusion": rel(out, ref), "ffn_hidden_blocks": float(rep["prequantized_inputs"]["ffn_hidden"][0])}
 
 
