@@ -65,7 +65,7 @@ def gelu_fusion(device: str, dtype: torch.dtype, quant: str) -> dict[str, float]
         prepare_model(model)
         inp = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=2).items()}
         with torch.no_grad():
-            rep = configure_dit(model, fused=True, prequant=True)
+            rep = configure_dit(model, fused=True, prequant=True, fuse_gelu=True)
             out = model(**inp)
             for block in model.blocks:
                 block.ffn.gelu_quant = None

@@ -161,7 +161,9 @@ def test_compiled_fused_dit_with_lowp_attention_cuda(quant):
     with torch.no_grad():
         configure_dit(model, fused=False)
         ref = model(**inp)
-        rep = configure_dit(model, attention="int8qk-fp8pv", cross_attention="sdpa", fused=True, compile=True)
+        rep = configure_dit(
+            model, attention="int8qk-fp8pv", cross_attention="sdpa", fused=True, compile=True, fuse_gelu=True
+        )
         out = model(**inp)
     torch._dynamo.reset()
     assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep

@@ -109,6 +109,7 @@ def configure_dit(
     prequant: bool = True,
     compile: bool = False,
     residual: str = "fp32",
+    fuse_gelu: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
@@ -117,6 +118,9 @@ def configure_dit(
     fused GELU) emit fp8 / int8 activations when every GEMM that reads them takes pre-quantized input.
     ``compile`` compiles each block with ``torch.compile(fullgraph=True)``; the blocks share one compiled
     graph. ``residual`` is the dtype of the residual stream: "fp32" (the official numerics) or "run_dtype".
+    ``fuse_gelu`` emits the FFN hidden with GELU + quantization in one kernel (off by default: on the H200 it
+    is slower than nn.GELU + the GEMM's own quantization, 0.30 vs 0.21 ms per 8192-token chunk, and the
+    0.23 GB of memory it saves is not at the forward's peak; benchmarks/results/fused_ops_nvidia-h200.md).
     ``device`` is the
     compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
     whose weights live on the host between uses).
@@ -145,7 +149,7 @@ def configure_dit(
     sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0, "ffn_hidden": 0}
     residual_dtype = torch.float32 if residual == "fp32" else model.run_dtype
     for block in model.blocks:
-        _configure_block(block, use_fused, prequant, sites)
+        _configure_block(block, use_fused, prequant, fuse_gelu, sites)
         block.residual_dtype = residual_dtype
     model.head.fused = use_fused
     if compile:
@@ -158,7 +162,9 @@ def configure_dit(
     return report
 
 
-def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, sites: dict[str, int]) -> None:
+def _configure_block(
+    block: WanAttentionBlock, fused: bool, prequant: bool, fuse_gelu: bool, sites: dict[str, int]
+) -> None:
     block.fused = fused
     sa = block.self_attn
     sa.fused = fused and isinstance(sa.norm_q, WanRMSNorm) and isinstance(sa.norm_k, WanRMSNorm)
@@ -182,7 +188,7 @@ def _configure_block(block: WanAttentionBlock, fused: bool, prequant: bool, site
     block.prequant = fmts
     if norm3 is not None:
         norm3.fused_to = (block.run_dtype, fmts[1])
-    hidden = _prequant_format([ffn[2]]) if ffn is not None else None
+    hidden = _prequant_format([ffn[2]]) if ffn is not None and fuse_gelu else None
     if ffn is not None:
         ffn.gelu_quant = hidden
     for key, fmt in zip(sites, (*fmts, hidden)):
