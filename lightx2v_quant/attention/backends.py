@@ -62,6 +62,10 @@ def _sage2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
 
 
+# Our low-precision Triton backends -> whether P.V runs in fp8 (else in the input dtype)
+LOWP_PV_FP8: dict[str, bool] = {"int8qk-fp8pv": True, "int8qk": False}
+
+
 def _int8qk_fp8pv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from lightx2v_quant.attention.lowp_triton import lowp_attention
 

@@ -256,8 +256,8 @@ def lowp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bo
     each bf16 input as soon as it is quantized (models/wan/dit_fused.py).
     """
     check_inputs(q, k, v)
-    B, Lq, H, D = q.shape
-    return attend(quantize_q(q), quantize_k(k), quantize_v(v) if pv_fp8 else v, Lq, k.shape[1], H, q.dtype)
+    vq = quantize_v(v) if pv_fp8 else v
+    return attend(quantize_q(q), quantize_k(k), vq, q.shape[1], k.shape[1], q.shape[2], q.dtype)
 
 
 def quantize_q(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,7 +362,7 @@ def lowp_attention_config(
 ) -> torch.Tensor:
     """For benchmarks: one pinned (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg) config, no autotuning."""
     check_inputs(q, k, v)
-    B, Lq, H, D = q.shape
+    _, Lq, H, D = q.shape
     qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=D**-0.5 * LOG2E, pv_fp8=pv_fp8)
     return _launch(qq, None if pv_fp8 else v, Lq, k.shape[1], H, q.dtype, config)
 

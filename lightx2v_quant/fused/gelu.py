@@ -28,12 +28,12 @@ from lightx2v_quant.quant.kernels.triton_quant import (
     INTERPRET,
     MAX_TILED_K,
     QUANT_PARAMS,
-    _absmax,
     _load_tile,
+    _quantize_row,
     _quantize_values,
     _row_scale,
-    _store_tile,
     libdevice,
+    long_block_k,
     tile_rows,
 )
 from lightx2v_quant.quant.kernels.triton_tuning import default_quant_config
@@ -109,26 +109,17 @@ def _gelu_quant_kernel(
     g0 = _gelu_tile(x_row, 0, K, R0, G, MASKED, IS_BF16)
     if R1 > 0:
         g1 = _gelu_tile(x_row, R0 * G, K, R1, G, MASKED, IS_BF16)
+    else:  # absent tile: a placeholder that is never read
+        g1 = g0
     if R2 > 0:
         g2 = _gelu_tile(x_row, (R0 + R1) * G, K, R2, G, MASKED, IS_BF16)
+    else:  # absent tile: a placeholder that is never read
+        g2 = g0
     if R3 > 0:
         g3 = _gelu_tile(x_row, (R0 + R1 + R2) * G, K, R3, G, MASKED, IS_BF16)
-    m = _absmax(g0)
-    if R1 > 0:
-        m = tl.maximum(m, _absmax(g1))
-    if R2 > 0:
-        m = tl.maximum(m, _absmax(g2))
-    if R3 > 0:
-        m = tl.maximum(m, _absmax(g3))
-    scale, rcp = _row_scale(m, QMAX)
-    _store_tile(q_row, g0, 0, K, scale, rcp, R0, G, MASKED, IS_INT8)
-    if R1 > 0:
-        _store_tile(q_row, g1, R0 * G, K, scale, rcp, R1, G, MASKED, IS_INT8)
-    if R2 > 0:
-        _store_tile(q_row, g2, (R0 + R1) * G, K, scale, rcp, R2, G, MASKED, IS_INT8)
-    if R3 > 0:
-        _store_tile(q_row, g3, (R0 + R1 + R2) * G, K, scale, rcp, R3, G, MASKED, IS_INT8)
-    tl.store(s_ptr + row, scale)
+    else:  # absent tile: a placeholder that is never read
+        g3 = g0
+    _quantize_row(q_row, s_ptr + row, g0, g1, g2, g3, K, QMAX, IS_INT8, G, R0, R1, R2, R3, MASKED)
 
 
 @triton.jit(do_not_specialize=["L"])
@@ -244,8 +235,7 @@ def launch(
         g, (r0, r1, r2, r3), masked = tile_rows(K, warps, x.element_size())
         _gelu_quant_kernel[(B * L,)](*args, G=g, R0=r0, R1=r1, R2=r2, R3=r3, MASKED=masked, **meta)
     else:
-        block = (16 // x.element_size()) * 32 * warps * 4
-        _gelu_quant_long_kernel[(B * L,)](*args, BLOCK_K=block, **meta)
+        _gelu_quant_long_kernel[(B * L,)](*args, BLOCK_K=long_block_k(warps, x.element_size()), **meta)
 
 
 def gelu_quantize_reference(h: torch.Tensor, quant: str) -> QuantizedActivation:

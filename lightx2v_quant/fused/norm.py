@@ -253,7 +253,7 @@ def gated_residual_(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None 
 
 
 def _check_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> None:
-    B, L, D = x.shape
+    B, L, _ = x.shape
     if y.shape != x.shape or x.stride(-1) != 1 or y.stride(-1) != 1:
         raise ValueError(
             f"gated_residual wants x and y of one shape with a contiguous last dim, got "

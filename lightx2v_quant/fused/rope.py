@@ -72,7 +72,7 @@ def rms_norm_rope_(
 
     In place because at 480p each q / k is 0.3 GB and a second copy would set the DIT's peak memory.
     cos / sin [L, head_dim/2] fp32 angles' cosines / sines for the tokens in order."""
-    B, L, D = x.shape
+    _, L, D = x.shape
     hd = D // num_heads
     if x.stride(-1) != 1:
         raise ValueError(f"rms_norm_rope_ wants a contiguous last dim, got strides {x.stride()}")

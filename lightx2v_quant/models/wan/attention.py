@@ -54,6 +54,11 @@ def get_backend(name: str) -> AttentionFn:
         raise ValueError(f"unknown attention backend {name!r}; backends: {', '.join(_BACKENDS)}") from None
 
 
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, L, D] -> [B, L, heads, head_dim] (a view)."""
+    return x.unflatten(-1, (num_heads, -1))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Softmax attention over [B, L, heads, head_dim] tensors with the named backend."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:

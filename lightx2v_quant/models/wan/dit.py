@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightx2v_quant.models.wan import dit_fused
-from lightx2v_quant.models.wan.attention import attention, get_backend
+from lightx2v_quant.models.wan.attention import attention, get_backend, split_heads
 from lightx2v_quant.models.wan.dit_config import WanDiTConfig
 from lightx2v_quant.models.wan.rope import apply_rope, rope_tables
 from lightx2v_quant.quant.activation import QuantizedActivation
@@ -104,10 +104,6 @@ class WanFFN(nn.Sequential):
         return super().forward(x)
 
 
-def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (num_heads, -1))  # [B, L, D] -> [B, L, heads, head_dim]
-
-
 class WanSelfAttention(nn.Module):
     """Self-attention over the video tokens with q/k RMSNorm (across all heads) and 3D RoPE."""
 
@@ -124,11 +120,11 @@ class WanSelfAttention(nn.Module):
         if self.fused:
             return self.o(dit_fused.self_attention(self, x, rope))
         x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
-        q = _heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
-        k = _heads(self.norm_k(self.k(x)), self.num_heads)
+        q = split_heads(self.norm_q(self.q(x)), self.num_heads)  # RMSNorm across all heads, then split
+        k = split_heads(self.norm_k(self.k(x)), self.num_heads)
         q = apply_rope(q, *rope).to(self.run_dtype)
         k = apply_rope(k, *rope).to(self.run_dtype)
-        v = _heads(self.v(x), self.num_heads)
+        v = split_heads(self.v(x), self.num_heads)
         del x  # drop references as soon as possible: at 480p each of these is 0.3 GB
         out = attention(q, k, v.to(self.run_dtype), self.attention_backend)
         del q, k, v
@@ -153,7 +149,7 @@ class WanCrossAttention(nn.Module):
             self.norm_k_img = WanRMSNorm(d, cfg.eps, dtype) if cfg.qk_norm else nn.Identity()
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k, v = _heads(k, self.num_heads).to(self.run_dtype), _heads(v, self.num_heads).to(self.run_dtype)
+        k, v = split_heads(k, self.num_heads).to(self.run_dtype), split_heads(v, self.num_heads).to(self.run_dtype)
         return attention(q, k, v, self.attention_backend).flatten(2)
 
     def forward(
@@ -170,7 +166,7 @@ class WanCrossAttention(nn.Module):
         context = context.to(self.run_dtype)
         q = dit_fused.cross_q_norm(self, self.q(x)) if self.fused else self.norm_q(self.q(x))
         del x
-        q = _heads(q, self.num_heads).to(self.run_dtype)
+        q = split_heads(q, self.num_heads).to(self.run_dtype)
         out = self._attend(q, self.norm_k(self.k(context)), self.v(context))
         if self.has_image:
             ci = context_img.to(self.run_dtype)

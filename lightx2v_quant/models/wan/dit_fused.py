@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lightx2v_quant.attention.backends import LOWP_PV_FP8
+from lightx2v_quant.models.wan.attention import attention, split_heads
 from lightx2v_quant.quant.activation import QuantizedActivation
 
 # Tokens per chunk of the FFN and of the attention output projections on the fused path: a 480p Wan-14B
 # FFN hidden is [32760, 13824] (0.9 GB in bf16, more with its GELU output and quantized copy), a projection
 # output 0.3 GB; 8192-token chunks keep the GEMMs large and cut those by 4x.
 TOKEN_CHUNK = 8192
-LOWP_BACKENDS = {"int8qk-fp8pv": True, "int8qk": False}  # our low-precision attention -> fp8 P.V
 
 if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanFFN, WanSelfAttention
@@ -121,10 +122,6 @@ def _rows(h, start: int, size: int):
     return h[:, start : start + size]
 
 
-def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return x.unflatten(-1, (num_heads, -1))  # [B, L, D] -> [B, L, heads, head_dim]
-
-
 def self_attention(
     attn: WanSelfAttention, x: torch.Tensor | QuantizedActivation, rope: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
@@ -138,37 +135,24 @@ def self_attention(
     x = x if isinstance(x, QuantizedActivation) else x.to(attn.run_dtype)
     heads, cos, sin = attn.num_heads, rope[0], rope[1]
     q = fused.rms_norm_rope_(attn.q(x), attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps)
-    if attn.attention_backend not in LOWP_BACKENDS:
+    if attn.attention_backend not in LOWP_PV_FP8:
         k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
         v = attn.v(x)
         del x
-        from lightx2v_quant.models.wan.attention import attention
-
-        out = attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), attn.attention_backend)
-        del q, k, v
-        return out.flatten(2)
+        q, k, v = (split_heads(t, heads) for t in (q, k, v))
+        return attention(q, k, v, attn.attention_backend).flatten(2)
 
     from lightx2v_quant.attention import lowp_triton as lowp
 
-    pv_fp8 = LOWP_BACKENDS[attn.attention_backend]
     lq, dtype = q.shape[1], q.dtype
-    q8 = lowp.quantize_q(_heads(q, heads))
-    del q
+    q = lowp.quantize_q(split_heads(q, heads))  # rebinding frees each bf16 tensor once quantized
     k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
-    k8 = lowp.quantize_k(_heads(k, heads))
-    del k
-    v = attn.v(x)
+    k = lowp.quantize_k(split_heads(k, heads))
+    v = split_heads(attn.v(x), heads)
     del x
-    if pv_fp8:
-        v8 = lowp.quantize_v(_heads(v, heads))
-        del v
-        out = lowp.attend(q8, k8, v8, lq, lq, heads, dtype)
-        del v8
-    else:
-        out = lowp.attend(q8, k8, _heads(v, heads), lq, lq, heads, dtype)
-        del v
-    del q8, k8
-    return out.flatten(2)
+    if LOWP_PV_FP8[attn.attention_backend]:
+        v = lowp.quantize_v(v)
+    return lowp.attend(q, k, v, lq, lq, heads, dtype).flatten(2)
 
 
 def cross_q_norm(attn, q: torch.Tensor) -> torch.Tensor:

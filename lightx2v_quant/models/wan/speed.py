@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lightx2v_quant.attention.backends import LOWP_PV_FP8
 from lightx2v_quant.models.wan.attention import backend_problem, backends
 from lightx2v_quant.models.wan.dit import (
     WanAttentionBlock,
@@ -144,7 +145,7 @@ def configure_dit(
     # import lazily-loaded kernel modules now, outside any torch.compile trace
     if use_fused:
         importlib.import_module("lightx2v_quant.fused")
-    if {attention, cross_attention} & {"int8qk-fp8pv", "int8qk"}:
+    if {attention, cross_attention} & LOWP_PV_FP8.keys():
         importlib.import_module("lightx2v_quant.attention.lowp_triton")
     sites = {"self_attn": 0, "cross_attn": 0, "ffn": 0, "ffn_hidden": 0}
     residual_dtype = torch.float32 if residual == "fp32" else model.run_dtype

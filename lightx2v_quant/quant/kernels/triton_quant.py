@@ -155,6 +155,45 @@ def _store_tile(
         tl.store(q_row_ptr + cols, q)
 
 
+@triton.jit
+def _quantize_row(
+    q_row,
+    s_out,
+    x0,
+    x1,
+    x2,
+    x3,
+    K,
+    QMAX: tl.constexpr,
+    IS_INT8: tl.constexpr,
+    G: tl.constexpr,
+    R0: tl.constexpr,
+    R1: tl.constexpr,
+    R2: tl.constexpr,
+    R3: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Per-token quantization of one row held as tiles x0..x3 of R0..R3 rows of G elements (R = 0: that
+    tile is absent and its argument a placeholder): the row's |max|, its scale (stored at ``s_out``),
+    then the quantized tiles. Shared by the per-token quantizer and fused producers (fused/gelu.py)."""
+    m = _absmax(x0)
+    if R1 > 0:
+        m = tl.maximum(m, _absmax(x1))
+    if R2 > 0:
+        m = tl.maximum(m, _absmax(x2))
+    if R3 > 0:
+        m = tl.maximum(m, _absmax(x3))
+    scale, rcp = _row_scale(m, QMAX)
+    _store_tile(q_row, x0, 0, K, scale, rcp, R0, G, MASKED, IS_INT8)
+    if R1 > 0:
+        _store_tile(q_row, x1, R0 * G, K, scale, rcp, R1, G, MASKED, IS_INT8)
+    if R2 > 0:
+        _store_tile(q_row, x2, (R0 + R1) * G, K, scale, rcp, R2, G, MASKED, IS_INT8)
+    if R3 > 0:
+        _store_tile(q_row, x3, (R0 + R1 + R2) * G, K, scale, rcp, R3, G, MASKED, IS_INT8)
+    tl.store(s_out, scale)
+
+
 @triton.jit(do_not_specialize=["M"])
 def _per_token_kernel(
     x_ptr,
@@ -188,26 +227,17 @@ def _per_token_kernel(
     x0 = _load_tile(x_row, 0, K, R0, G, MASKED)
     if R1 > 0:
         x1 = _load_tile(x_row, R0 * G, K, R1, G, MASKED)
+    else:  # absent tile: a placeholder that is never read
+        x1 = x0
     if R2 > 0:
         x2 = _load_tile(x_row, (R0 + R1) * G, K, R2, G, MASKED)
+    else:  # absent tile: a placeholder that is never read
+        x2 = x0
     if R3 > 0:
         x3 = _load_tile(x_row, (R0 + R1 + R2) * G, K, R3, G, MASKED)
-    m = _absmax(x0)
-    if R1 > 0:
-        m = tl.maximum(m, _absmax(x1))
-    if R2 > 0:
-        m = tl.maximum(m, _absmax(x2))
-    if R3 > 0:
-        m = tl.maximum(m, _absmax(x3))
-    scale, rcp = _row_scale(m, QMAX)
-    _store_tile(q_row, x0, 0, K, scale, rcp, R0, G, MASKED, IS_INT8)
-    if R1 > 0:
-        _store_tile(q_row, x1, R0 * G, K, scale, rcp, R1, G, MASKED, IS_INT8)
-    if R2 > 0:
-        _store_tile(q_row, x2, (R0 + R1) * G, K, scale, rcp, R2, G, MASKED, IS_INT8)
-    if R3 > 0:
-        _store_tile(q_row, x3, (R0 + R1 + R2) * G, K, scale, rcp, R3, G, MASKED, IS_INT8)
-    tl.store(s_ptr + row, scale)
+    else:  # absent tile: a placeholder that is never read
+        x3 = x0
+    _quantize_row(q_row, s_ptr + row, x0, x1, x2, x3, K, QMAX, IS_INT8, G, R0, R1, R2, R3, MASKED)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -322,8 +352,14 @@ def per_token_launch(
         g, (r0, r1, r2, r3), masked = tile_rows(k, num_warps, x.element_size())
         meta.update(G=g, R0=r0, R1=r1, R2=r2, R3=r3, MASKED=masked)
         return _per_token_kernel, args, meta
-    meta.update(BLOCK_K=(16 // x.element_size()) * 32 * num_warps * 4)
+    meta.update(BLOCK_K=long_block_k(num_warps, x.element_size()))
     return _per_token_long_kernel, args, meta
+
+
+def long_block_k(num_warps: int, elem_bytes: int) -> int:
+    """Columns per sweep step of the two-sweep kernels for rows longer than MAX_TILED_K: four 16-byte
+    vectors per thread."""
+    return (16 // elem_bytes) * 32 * num_warps * 4
 
 
 def per_group_launch(
