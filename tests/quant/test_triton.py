@@ -107,6 +107,31 @@ def test_linear_routes():
             assert not any(c.tma for c in tt.candidates(kind, m, 90, 232448, 1, 2))
 
 
+def test_gluon_tiles_only_where_they_run(monkeypatch):
+    """Gluon tiles (wgmma) are offered for large per-channel W8A8 GEMMs on sm_90 only, with a Triton
+    that has Gluon, and only where their ring plus the half-tile staging buffer fits in shared memory."""
+    pytest.importorskip("triton")
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
+
+    hopper = tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 2)
+    gluon = [c for c in hopper if c.gluon]
+    if tt.GLUON_GEMM:
+        assert gluon and all(c.tma and c.label().startswith("gluon") for c in gluon)
+    assert all(c.smem_bytes(1, 1, 2) <= 232448 for c in gluon)
+    # 128x256x128, four stages: 4 x 48 KiB operands + a 128x128 bf16 half tile = 224 KiB
+    assert tt._g(128, 256, 128, 8, 4).smem_bytes(1, 1, 2) == 4 * 49152 + 32768
+    # fp32 output doubles the staging buffer: the four-deep 128x256 ring no longer fits
+    assert tt._g(128, 256, 128, 8, 4) not in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 4)
+    for sm in (80, 89, 100, 120):
+        assert not any(c.gluon for c in tt.candidates(tt.W8A8, 32760, sm, 232448, 1, 2))
+    for kind in (tt.FP8_BLOCK, tt.W4A16):
+        assert not any(c.gluon for c in tt.candidates(kind, 32760, 90, 232448, 1, 2))
+    for m in (1, 257, 512):
+        assert not any(c.gluon for c in tt.candidates(tt.W8A8, m, 90, 232448, 1, 2))
+    monkeypatch.setattr(tt, "GLUON_GEMM", False)  # a Triton without Gluon
+    assert not any(c.gluon for c in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 2))
+
+
 def test_tuner_file_round_trip(tmp_path, monkeypatch):
     """Choices are saved with the device and Triton version in the key, and read back as the right
     config type; timing is faked (no GPU)."""

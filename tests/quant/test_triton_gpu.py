@@ -269,6 +269,32 @@ def test_gpu_w4a16_gemm(m, n, k, dtype, tol, poison, first_candidate):
     assert _rel(y, fmt.reference_linear(x, t, bias, torch.float32)) < tol
 
 
+# -- the Gluon W8A8 kernel (sm_90): same results as the tl TMA kernel ---------------------------------------
+@pytest.mark.parametrize("fmt_name", [FP8, INT8])
+@pytest.mark.parametrize("m,n,k", [(2048, 1088, 1040), (4133, 5120, 5120), (1500, 5120, 13824)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gluon_w8a8_matches_tma_kernel(fmt_name, m, n, k, out_dtype, poison):
+    """Every Gluon tile against the tl persistent TMA kernel on the same quantized inputs: the same
+    wgmma K order and the same epilogue order (acc * a_scale * w_scale + bias), so identical bits; edges
+    in M, N and K (TMA zero-fills reads past them and clips writes) and a bias."""
+    from lightx2v_quant.quant.kernels import gluon_gemm
+    from lightx2v_quant.quant.kernels.triton_tuning import W8A8, TileConfig, candidates
+
+    if torch.cuda.get_device_capability() != (9, 0) or not gluon_gemm.AVAILABLE:
+        pytest.skip("Gluon wgmma tiles need sm_90 and a Triton with Gluon")
+    T = _ops()
+    fmt, t, x, bias = problem(fmt_name, m, n, k)
+    q, s = quantized_inputs(fmt_name, x)
+    args = (q, s, t["weight"], t["weight_scale"], bias, out_dtype)
+    stages = 4 if out_dtype == torch.bfloat16 else 3  # fp32 staging leaves room for three
+    want = T.w8a8_matmul(*args, config=TileConfig(128, 256, 128, 8, stages, tma=True, subtile=True))
+    sm, _, smem = T.device_info(x.device)
+    tiles = [c for c in candidates(W8A8, m, sm, smem, 1, out_dtype.itemsize) if c.gluon]
+    assert tiles, "no Gluon candidate offered on sm_90"
+    for cfg in tiles:
+        assert_same_bits(cfg.label(), T.w8a8_matmul(*args, config=cfg), want)
+
+
 # -- the fused linears (through QuantLinear: tuning, the small-M kernel, replays) ---------------------------
 @pytest.mark.parametrize("fmt_name", [FP8, INT8])
 @pytest.mark.parametrize("m,n,k", [(257, 5120, 1280), (257, 1280, 5120), (512, 4096, 4096), (1, 1536, 5120)])

@@ -15,6 +15,7 @@ import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.quant import formats as qf
+from lightx2v_quant.quant.kernels import gluon_gemm
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_launch import Launched, run_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
@@ -174,6 +175,16 @@ def _w8a8_meta(
 ) -> dict:
     key = (cfg, has_bias, block_scaled, is_int8, even_k, num_sms, pdl)
     meta = _META.get(key)
+    if meta is None and cfg.gluon:  # no PDL: the Gluon kernel does not wait on the quantizer's grid
+        meta = dict(
+            GROUP_M=cfg.group_m,
+            STAGES=cfg.num_stages,
+            INSTR_N=gluon_gemm.instr_n(cfg.block_n, is_int8),
+            HAS_BIAS=has_bias,
+            IS_INT8=is_int8,
+            num_warps=cfg.num_warps,
+        )
+        _META[key] = meta
     if meta is None:
         meta = dict(
             BLOCK_M=cfg.block_m,
@@ -216,6 +227,10 @@ def launch_w8a8(
             cfg, bias is not None, block_scaled, a.dtype == torch.int8, k % cfg.block_k == 0, num_sms, pdl
         )
         tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
+        if cfg.gluon:
+            descs = gluon_gemm.descriptors(a, w, out, cfg.block_m, cfg.block_n, cfg.block_k)
+            args = (*descs, sa, sb, bias_arg, m, n, k)
+            return run_kernel(gluon_gemm.w8a8_gluon_kernel, (min(num_sms, tiles),), args, meta, warmup)
         if cfg.tma:
             a_desc = TensorDescriptor(a, a.shape, a.stride(), [cfg.block_m, cfg.block_k])
             b_desc = TensorDescriptor(w, w.shape, w.stride(), [cfg.block_n, cfg.block_k])
@@ -245,6 +260,12 @@ def launch_w8a8(
         if block_scaled:
             _check(
                 128 % config.block_k == 0, f"block-128 GEMM needs BLOCK_K dividing 128, got {config.block_k}"
+            )
+            _check(not config.gluon, "the Gluon W8A8 kernel has per-channel scales only, not block-128")
+        if config.gluon:
+            _check(
+                gluon_gemm.AVAILABLE and sm == 90,
+                f"Gluon tiles run on sm_90 (Hopper) with a Triton that has Gluon; this GPU is sm_{sm}",
             )
         if config.tma:
             _check(

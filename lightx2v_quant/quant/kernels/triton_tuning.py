@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 import triton
 
+from lightx2v_quant.quant.kernels.gluon_gemm import AVAILABLE as GLUON_GEMM
 from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING, cdiv, next_pow2
 
 W8A8, FP8_BLOCK, W4A16, QUANT, LINEAR = "w8a8", "fp8-block128", "w4a16", "quant", "w8a8-linear"
@@ -67,11 +68,12 @@ class TileConfig:
     subtile: bool = False  # TMA epilogue stored as two half tiles (less shared memory)
     swap_ab: bool = False  # W4A16: compute (W A^T)^T so the unpacked W tile is the register operand
     fused: bool = False  # W8A8 linear: the one-launch kernel that quantizes its own rows (triton_fused)
+    gluon: bool = False  # W8A8 per-channel on sm_90: the Gluon kernel with async int8 wgmma (gluon_gemm)
 
     def label(self) -> str:
         if self == SPLIT:
             return "split (quantizer + GEMM)"
-        kind = "fused" if self.fused else "tma" if self.tma else "ptr"
+        kind = "fused" if self.fused else "gluon" if self.gluon else "tma" if self.tma else "ptr"
         sub = "/sub" if self.subtile else ""
         swap = "/swap" if self.swap_ab else ""
         tile = f"{self.block_m}x{self.block_n}x{self.block_k}"
@@ -81,7 +83,8 @@ class TileConfig:
         """Estimate of the shared memory the pipeline needs, plus the TMA store staging, plus (packed
         int4 weights, b_bytes < 1) the dequantized W tile that the tensor cores read from shared memory."""
         stage = self.block_m * self.block_k * a_bytes + self.block_n * self.block_k * b_bytes
-        store = self.block_m * self.block_n * out_bytes // (2 if self.subtile else 1) if self.tma else 0
+        halved = self.subtile or self.gluon  # the Gluon kernel always stores column halves
+        store = self.block_m * self.block_n * out_bytes // (2 if halved else 1) if self.tma else 0
         unpacked = self.block_n * self.block_k * a_bytes if b_bytes < 1 and not self.swap_ab else 0
         return int(self.num_stages * stage + store + unpacked)
 
@@ -97,6 +100,11 @@ def _c(
 
 def _f(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:
     return TileConfig(bm, bn, bk, w, s, fused=True)
+
+
+def _g(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:
+    """A Gluon tile (TMA descriptors, persistent, sm_90 only): ``s`` is the depth of its operand ring."""
+    return TileConfig(bm, bn, bk, w, s, tma=True, gluon=True)
 
 
 # One-launch quantize+GEMM tiles (small and medium M). The activation tile is quantized in registers,
@@ -129,6 +137,11 @@ _SM90_W8A8 = {
         # Triton 3.6 waits for int8 wgmmas at the end of every K step (fp8 keeps one in flight):
         # twice the K per step halves how often the tensor cores drain.
         _c(128, 256, 256, 8, 2, tma=True, sub=True),
+        # Gluon: the wgmmas stay in flight for int8 too (gluon_gemm's docstring says why).
+        _g(128, 256, 128, 8, 4),
+        _g(256, 128, 128, 8, 4),
+        _g(128, 256, 128, 8, 3),
+        _g(128, 256, 64, 8, 6),
     ],
     "medium": [
         _c(64, 128, 128, 4, 4),
@@ -251,6 +264,8 @@ def candidates(kind: str, m: int, sm: int, max_smem: int, a_bytes: float, out_by
             table = [replace(c, block_k=min(c.block_k, 128), swap_ab=False) for c in table]
     b_bytes = 0.5 if kind == W4A16 else 1.0
     row_cap = m_bucket(m)
+    if sm != 90 or not GLUON_GEMM:  # wgmma is sm_90 only; the Gluon kernel needs a Triton with Gluon
+        table = [c for c in table if not c.gluon]
     out = [c for c in table if c.block_m <= row_cap and c.smem_bytes(a_bytes, b_bytes, out_bytes) <= max_smem]
     if not out:  # every candidate too big for this GPU: shrink the first one until it fits
         c = table[0]

@@ -1,0 +1,271 @@
+"""W8A8 GEMM for Hopper written in Gluon (Triton's explicit-layout dialect): per-token x per-channel scales.
+
+Why a second kernel next to ``triton_gemm.w8a8_tma_kernel``: Triton's software pipeliner keeps a
+wgmma in flight across K steps only when its accumulator is fp32 (``dotCanBeProperlyAsync``, rule
+2.1). An int8 GEMM accumulates in int32, so the ``tl`` kernel waits for every int8 wgmma to finish
+before issuing the next one, and the tensor cores drain once per K step. Gluon issues the wgmmas
+itself: here each K step issues ``wgmma(k)`` asynchronously and then waits until at most one is
+outstanding, i.e. until ``wgmma(k-1)`` is done, whose operand buffers are then refilled. The same
+schedule serves fp8.
+
+Schedule (persistent, one program per SM, tiles ``start, start + P, ...`` in grouped order): the
+(tile, K step) pairs of a program form one flat sequence. TMA loads run ``STAGES - 1`` items ahead
+of the wgmmas, across tile boundaries, so the next tile's first operands arrive while this tile's
+epilogue runs. The loader tracks its tile incrementally (no integer division between two wgmmas).
+Epilogue: ``acc * a_scale[m] * w_scale[n] (+ bias)`` in fp32 (the tl kernel's order, so the results
+are bit-identical to it), rounded to the output dtype, staged in shared memory and written by TMA in
+two column halves (half the staging buffer: room for a four-deep operand ring, and half the
+per-thread scale and bias registers). The scale and bias vectors are loaded when the tile starts,
+in a compact layout, so their latency hides behind the K loop.
+
+Measured on an H100 (GEMM alone, 14B 480p shapes, ``benchmarks/probes/gluon_gemm_probe.py``): int8
+1.07 / 3.31 / 3.00 ms against the tl kernel's 1.35 / 4.89 / 3.84 ms (qkvo / ffn-up / ffn-down); fp8
+within 1% of the tl kernel on qkvo and ffn-up, 3% faster on ffn-down. The tuner picks per shape.
+
+Gluon kernels run only on sm_90 GPUs (no CPU interpreter): ``AVAILABLE`` says whether this Triton
+has Gluon; the launcher in ``triton_ops`` offers these tiles to the tuner only on Hopper.
+"""
+
+from __future__ import annotations
+
+try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these tiles
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    AVAILABLE = False
+
+
+if AVAILABLE:
+
+    @gluon.jit
+    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
+        """Grouped order (as ``triton_gemm._tile_coords``): GROUP_M row tiles share each column sweep."""
+        width = GROUP_M * num_pid_n
+        group = tile_id // width
+        first_m = group * GROUP_M
+        size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (tile_id % width) % size_m
+        pid_n = (tile_id % width) // size_m
+        return pid_m, pid_n
+
+    @gluon.jit
+    def _issue_load(
+        item, kk, off_m, off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, STAGES: gl.constexpr
+    ):
+        """TMA loads of flat item ``item`` (K step ``kk`` of the tile at ``off_m, off_n``) into ring slot
+        ``item % STAGES``; predicated off past the end of this program's work."""
+        slot = item % STAGES
+        pred = item < total
+        bar = ready.index(slot)
+        off_k = kk * a_desc.block_type.shape[1]
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(a_desc, [off_m, off_k], bar, a_bufs.index(slot), pred)
+        tma.async_copy_global_to_shared(b_desc, [off_n, off_k], bar, b_bufs.index(slot), pred)
+
+    @gluon.jit
+    def _next_load(
+        kk,
+        t,
+        off_m,
+        off_n,
+        k_tiles,
+        start,
+        nprog,
+        num_pid_m,
+        num_pid_n,
+        GROUP_M: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+    ):
+        """The loader's next (K step, tile, offsets): divisions only when it crosses into a new tile, so
+        the K loop's path from one wgmma to the next stays short."""
+        kk += 1
+        if kk == k_tiles:
+            kk = 0
+            t += 1
+            pid_m, pid_n = _tile_coords(start + t * nprog, num_pid_m, num_pid_n, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+        return kk, t, off_m, off_n
+
+    @gluon.jit
+    def w8a8_gluon_kernel(
+        a_desc,
+        b_desc,
+        c_desc,
+        sa_ptr,
+        sb_ptr,
+        bias_ptr,
+        M,
+        N,
+        K,
+        GROUP_M: gl.constexpr,
+        STAGES: gl.constexpr,
+        INSTR_N: gl.constexpr,
+        HAS_BIAS: gl.constexpr,
+        IS_INT8: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        HALF_N: gl.constexpr = BLOCK_N // 2  # the epilogue and its TMA store work on column halves
+        # Warps stacked along M (16 rows each): 8 warps = two warpgroups, 64 rows each.
+        mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, INSTR_N, 32]
+        )
+        acc_dtype: gl.constexpr = gl.int32 if IS_INT8 else gl.float32
+        vec_layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # epilogue vectors
+
+        a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+
+        start = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        k_tiles = gl.cdiv(K, BLOCK_K)
+        my_tiles = gl.cdiv(num_pid_m * num_pid_n - start, nprog)
+        total = my_tiles * k_tiles
+
+        # Loader state: K step and tile of the next load, and that tile's offsets.
+        lk = 0
+        lt = 0
+        pid_m, pid_n = _tile_coords(start, num_pid_m, num_pid_n, GROUP_M)
+        l_off_m = pid_m * BLOCK_M
+        l_off_n = pid_n * BLOCK_N
+        for item in gl.static_range(STAGES - 1):
+            _issue_load(item, lk, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, STAGES)
+            lk, lt, l_off_m, l_off_n = _next_load(
+                lk,
+                lt,
+                l_off_m,
+                l_off_n,
+                k_tiles,
+                start,
+                nprog,
+                num_pid_m,
+                num_pid_n,
+                GROUP_M,
+                BLOCK_M,
+                BLOCK_N,
+            )
+
+        item = 0  # flat (tile, K step) counter: ring slot and barrier phase
+        for t in range(my_tiles):
+            # A fresh accumulator per tile: its registers die in the epilogue instead of being carried
+            # into the next tile's first wgmma (which would double the epilogue's register needs).
+            acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype, layout=mma_layout)
+            pid_m, pid_n = _tile_coords(start + t * nprog, num_pid_m, num_pid_n, GROUP_M)
+            off_m = pid_m * BLOCK_M
+            off_n = pid_n * BLOCK_N
+            # The epilogue's vectors are fetched now, one or two registers per thread, so their memory
+            # latency hides behind the K loop; the epilogue only redistributes them.
+            rows = off_m + gl.arange(0, BLOCK_M, layout=vec_layout)
+            sa_v = gl.load(sa_ptr + rows, mask=rows < M, other=0.0)
+            cols0 = off_n + gl.arange(0, HALF_N, layout=vec_layout)
+            cols1 = cols0 + HALF_N
+            sbs = (
+                gl.load(sb_ptr + cols0, mask=cols0 < N, other=0.0),
+                gl.load(sb_ptr + cols1, mask=cols1 < N, other=0.0),
+            )
+            if HAS_BIAS:
+                biases = (
+                    gl.load(bias_ptr + cols0, mask=cols0 < N, other=0.0).to(gl.float32),
+                    gl.load(bias_ptr + cols1, mask=cols1 < N, other=0.0).to(gl.float32),
+                )
+            else:
+                biases = sbs
+            for kk in range(k_tiles):
+                slot = item % STAGES
+                mbarrier.wait(ready.index(slot), (item // STAGES) & 1)
+                acc = warpgroup_mma(
+                    a_bufs.index(slot), b_bufs.index(slot).permute((1, 0)), acc, is_async=True
+                )
+                # At most one wgmma outstanding: wgmma(item - 1) is done, so its slot can be refilled.
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                _issue_load(
+                    item + STAGES - 1,
+                    lk,
+                    l_off_m,
+                    l_off_n,
+                    a_desc,
+                    b_desc,
+                    a_bufs,
+                    b_bufs,
+                    ready,
+                    total,
+                    STAGES,
+                )
+                lk, lt, l_off_m, l_off_n = _next_load(
+                    lk,
+                    lt,
+                    l_off_m,
+                    l_off_n,
+                    k_tiles,
+                    start,
+                    nprog,
+                    num_pid_m,
+                    num_pid_n,
+                    GROUP_M,
+                    BLOCK_M,
+                    BLOCK_N,
+                )
+                item += 1
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            # The epilogue runs on column halves: a thread holds BLOCK_N / 4 columns of each vector in
+            # the accumulator's layout, so half the w_scale and bias vectors fit beside the fp32 tile.
+            halves = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, HALF_N]), [0, 2, 1]))
+            for h in gl.static_range(2):
+                part = halves[h]
+                sa = gl.convert_layout(sa_v, gl.SliceLayout(1, part.type.layout))
+                sb = gl.convert_layout(sbs[h], gl.SliceLayout(0, part.type.layout))
+                out = part.to(gl.float32) * gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0)
+                if HAS_BIAS:
+                    out = out + gl.expand_dims(
+                        gl.convert_layout(biases[h], gl.SliceLayout(0, part.type.layout)), 0
+                    )
+                tma.store_wait(pendings=0)  # the previous store has left the staging buffer
+                c_smem.store(out.to(c_desc.dtype))
+                fence_async_shared()
+                tma.async_copy_shared_to_global(c_desc, [off_m, off_n + h * HALF_N], c_smem)
+        tma.store_wait(pendings=0)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+    def _shared_layout(block_shape: list[int], torch_dtype) -> "gl.NVMMASharedLayout":
+        import torch
+
+        gl_dtype = {
+            torch.int8: gl.int8,
+            torch.float8_e4m3fn: gl.float8e4nv,
+            torch.bfloat16: gl.bfloat16,
+            torch.float16: gl.float16,
+            torch.float32: gl.float32,
+        }[torch_dtype]
+        return gl.NVMMASharedLayout.get_default_for(block_shape, gl_dtype)
+
+    def descriptors(a, w, out, block_m: int, block_n: int, block_k: int):
+        """TMA descriptors for A [M, K], W [N, K] and the output [M, N] (stored in column halves)."""
+        blocks = ((a, [block_m, block_k]), (w, [block_n, block_k]), (out, [block_m, block_n // 2]))
+        return tuple(TensorDescriptor.from_tensor(t, b, _shared_layout(b, t.dtype)) for t, b in blocks)
+
+
+def instr_n(block_n: int, is_int8: bool) -> int:
+    """wgmma instruction width: the whole tile for fp8; at most 128 for int8 (PTX allows fewer N
+    sizes for 8-bit integers; 128 divides every tile width we use)."""
+    return min(block_n, 128) if is_int8 else min(block_n, 256)
