@@ -113,6 +113,16 @@ def _plan(kind: str) -> list[Entry]:
             warmup=2,
             residual="run_dtype",
         ),
+        # int8 linears on the Gluon GEMM (Hopper), next to the fp8 entries above
+        _ours("ours int8-triton sdpa fused", "int8-triton"),
+        _ours(
+            f"ours int8-triton {LOWP} fused compiled res-bf16",
+            "int8-triton",
+            LOWP,
+            compile=True,
+            warmup=2,
+            residual="run_dtype",
+        ),
     ]
     for scheme in (
         "int8-triton",
