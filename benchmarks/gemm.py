@@ -9,7 +9,7 @@ alone) and torchao's float8 per-row inference under ``torch.compile``. Median GP
 Writes ``gemm_<device>.json`` and ``gemm_<device>.md`` into ``--out``.
 
     source .gpu/setup.sh && python benchmarks/gemm.py --out benchmarks/results [--quick]
-    python benchmarks/gemm.py --out /tmp/r --only clip,t5 --schemes fp8-triton,int8-triton,fp8-vllm
+    python benchmarks/gemm.py --out /tmp/r --only clip,t5 --schemes fp8-triton,int8-triton --triton-routes
 
 The `triton` W8A8 rows also record the route (one-launch fused quantize+GEMM or quantizer + GEMM).
 """
@@ -127,14 +127,48 @@ def _run_scheme(report, shape, scheme, xs, lins, y_ref, base_ms, target_s) -> No
         _row(report, shape, scheme.name, "gemm", t, base_ms, copies=copies)
 
 
-def _triton_route(scheme, shape) -> dict:
+W8A8_CHANNEL = ("w8a8-fp8-channel", "w8a8-int8-channel")
+
+
+def _run_triton_routes(report, shape, scheme, xs, lins, y_ref, base_ms, target_s) -> None:
+    """The `triton` W8A8 scheme with each route forced (LIGHTX2V_QUANT_TRITON_ROUTE), fresh layers each:
+    rows '<scheme> [fused]' (one launch, quantization in the GEMM's prologue) and '<scheme> [split]'."""
+    import os
+
+    from lightx2v_quant.quant.kernels.triton_fused import FUSE_MAX_M
+
+    old = os.environ.get("LIGHTX2V_QUANT_TRITON_ROUTE")
+    try:
+        for mode in ("fused", "split"):
+            if mode == "fused" and shape[2] > FUSE_MAX_M:
+                _skip(report, shape, f"{scheme.name} [fused]", f"M > {FUSE_MAX_M}: no one-launch route")
+                continue
+            os.environ["LIGHTX2V_QUANT_TRITON_ROUTE"] = mode
+            layers = [QuantLinear.from_linear(lin, scheme) for lin in lins]
+            for layer in layers:
+                layer.prepare()
+            err = _rel_err(layers[0](xs[0]), y_ref)
+            t = bench(lambda i, ls=layers: ls[i](xs[i]), len(xs), target_s=target_s, device=xs[0].device.type)
+            extra = _triton_route(scheme, shape, mode)
+            name = f"{scheme.name} [{mode}]"
+            _row(report, shape, name, "forward", t, base_ms, rel_err_vs_bf16=round(err, 5), **extra)
+    finally:
+        if old is None:
+            os.environ.pop("LIGHTX2V_QUANT_TRITON_ROUTE", None)
+        else:
+            os.environ["LIGHTX2V_QUANT_TRITON_ROUTE"] = old
+
+
+def _triton_route(scheme, shape, mode: str = "") -> dict:
     """For the `triton` W8A8 schemes: the route the size rule and the tuner picked for this shape (one
     launch with the quantization fused into the GEMM, or quantizer + GEMM) and every route's tuning time."""
     from lightx2v_quant.quant.kernels.triton_tuning import LINEAR, TUNER, m_bucket
 
     _, _, m, n, k = shape
     for key, rec in TUNER.records.items():
-        if key[0] == LINEAR and key[1] == scheme.format and key[4:7] == (m_bucket(m), n, k):
+        if key[0] != LINEAR or key[1] != scheme.format or key[4:7] != (m_bucket(m), n, k):
+            continue
+        if key[7] == mode or (not mode and key[7] != "fused"):  # "split" alone: forced or by the rule
             return {"route": rec["config"], "route_timings_ms": rec.get("timings_ms", {})}
     return {}
 
@@ -216,6 +250,17 @@ def run_shape(report, shape, schemes, args, deadline) -> None:
             )
             for s in schemes
         ]
+        if args.triton_routes:
+            runs += [
+                (
+                    f"{s.name} [routes]",
+                    lambda s=s: _run_triton_routes(
+                        report, shape, s, xs, lins, y_ref, base.median_ms, args.target_s
+                    ),
+                )
+                for s in schemes
+                if s.kernel == "triton" and s.format in W8A8_CHANNEL
+            ]
         if args.device == "cuda" and hardware.detect().sm >= 89:
             runs.append(
                 (
@@ -353,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--target-s", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd torchao peer")
+    parser.add_argument(
+        "--triton-routes",
+        action="store_true",
+        help="also time fp8-triton / int8-triton with each W8A8 route forced ('<scheme> [fused]', '[split]')",
+    )
     parser.add_argument(
         "--device",
         default="cuda",
