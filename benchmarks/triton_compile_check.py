@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lightx2v_quant.quant.kernels import triton_tuning as tt
-from lightx2v_quant.quant.kernels.triton_fused import fused_candidates, w8a8_quant_gemm_kernel
+from lightx2v_quant.quant.kernels.triton_fused import SWEEP_STAGES, fused_candidates, w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     MAX_TILED_K,
@@ -50,7 +50,7 @@ def _source(kind: str, cfg: tt.TileConfig, a_ty: str, out_ty: str, num_sms: int,
             IS_INT8=a_ty == "i8",
             EVEN_K=True,
             HAS_BIAS=True,
-            SWEEP_STAGES=3,
+            SWEEP_STAGES=SWEEP_STAGES,
         )
     elif kind == tt.W4A16:
         fn = w4a16_kernel

@@ -1,7 +1,7 @@
 """One-launch W8A8 linear for small problems (CLIP, time embedding): per-token quantization inside the GEMM.
 
 Each program quantizes the rows of its output tile itself (prologue fusion): a pipelined sweep over K takes
-each row's |max| (in the input dtype, exact), the scale and its reciprocal come out exactly as in the
+each row's |max| (in fp32, exact), the scale and its reciprocal come out exactly as in the
 standalone quantizer (``triton_quant._row_scale``), and the main loop quantizes each activation tile in
 registers with the quantizer's arithmetic (``_quantize_values``) before feeding the tensor cores. So q and
 the scales are bit-identical to the two-kernel path (up to the sign of fp8 zeros, which no sum sees), and
@@ -64,16 +64,18 @@ def w8a8_quant_gemm_kernel(
 
     # Prologue: each row's |max| over the whole K. The loop is software-pipelined (tl.range with
     # stages: async copies keep several tiles in flight; without it each iteration waits a full L2
-    # round trip), and the max is kept element-wise in x's dtype (exact) and reduced across the tile
-    # once at the end, not per iteration (no shuffles, no conversions in the loop).
-    m_tile = tl.zeros([BLOCK_M, BLOCK_K], dtype=x_ptr.dtype.element_ty)
+    # round trip), and the max is kept element-wise and reduced across the tile once at the end, not
+    # per iteration (no shuffles in the loop). It is kept in fp32, as the long-row quantizer does:
+    # exact for every input dtype, and the only loop-carried type every Triton accepts (3.6's
+    # tl.maximum promotes bf16 operands to fp32, so a bf16 running max changes type in the loop).
+    m_tile = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
     for kt in tl.range(0, k_tiles, num_stages=SWEEP_STAGES):
         cols = kt * BLOCK_K + offs_k
         if EVEN_K:
             x = tl.load(x_rows + cols[None, :])
         else:
             x = tl.load(x_rows + cols[None, :], mask=cols[None, :] < K, other=0.0)
-        m_tile = tl.maximum(m_tile, tl.abs(x))
+        m_tile = tl.maximum(m_tile, tl.abs(x).to(tl.float32))
     scale, rcp = _row_scale(tl.max(m_tile, axis=1), QMAX)  # [BM], as the standalone quantizer computes them
 
     b_ptrs = b_ptr + offs_bn.to(tl.int64)[None, :] * stride_bn + offs_k[:, None]  # [BK, BN], K-major
@@ -101,6 +103,7 @@ def w8a8_quant_gemm_kernel(
 FUSE_MAX_M = 1024  # the one-launch quantize+GEMM kernel is never a candidate beyond this many rows
 FUSE_MAX_MNK = 1 << 32  # ... nor beyond this many multiply-adds, unless M <= 64 (see fused_route_eligible)
 ROUTES = ("auto", "split", "fused")
+SWEEP_STAGES = 3  # tiles in flight in the |max| sweep (its software pipeline's depth)
 
 
 def _f(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:

@@ -21,6 +21,7 @@ import torch
 from lightx2v_quant.quant.kernels import triton_launch
 from lightx2v_quant.quant.kernels import triton_ops as ops
 from lightx2v_quant.quant.kernels.triton_fused import (
+    SWEEP_STAGES,
     fused_route_eligible,
     linear_candidates,
     route_mode,
@@ -106,7 +107,7 @@ def launch_linear_w8a8(
             GROUP_M=cfg.group_m,
             EVEN_K=k % cfg.block_k == 0,
             HAS_BIAS=bias is not None,
-            SWEEP_STAGES=3,
+            SWEEP_STAGES=SWEEP_STAGES,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
