@@ -9,6 +9,9 @@ alone) and torchao's float8 per-row inference under ``torch.compile``. Median GP
 Writes ``gemm_<device>.json`` and ``gemm_<device>.md`` into ``--out``.
 
     source .gpu/setup.sh && python benchmarks/gemm.py --out benchmarks/results [--quick]
+    python benchmarks/gemm.py --out /tmp/r --only clip,t5 --schemes fp8-triton,int8-triton --triton-routes
+
+The `triton` W8A8 rows also record the route (one-launch fused quantize+GEMM or quantizer + GEMM).
 """
 
 from __future__ import annotations
@@ -104,13 +107,70 @@ def _run_scheme(report, shape, scheme, xs, lins, y_ref, base_ms, target_s) -> No
     err = _rel_err(layers[0](xs[0]), y_ref)
     copies, dev = len(xs), xs[0].device.type
     t = bench(lambda i: layers[i](xs[i]), copies, target_s=target_s, device=dev)
-    _row(report, shape, scheme.name, "forward", t, base_ms, rel_err_vs_bf16=round(err, 5), copies=copies)
+    route = _triton_route(scheme, shape) if scheme.kernel == "triton" else {}
+    _row(
+        report,
+        shape,
+        scheme.name,
+        "forward",
+        t,
+        base_ms,
+        rel_err_vs_bf16=round(err, 5),
+        copies=copies,
+        **route,
+    )
     if isinstance(kernel, Adapter):  # the GEMM alone, on inputs quantized beforehand
         qx = [kernel.quantize_input(layers[i], xs[i]) for i in range(copies)]
         t = bench(
             lambda i: kernel.gemm(layers[i], *qx[i], out_dtype=BF16), copies, target_s=target_s, device=dev
         )
         _row(report, shape, scheme.name, "gemm", t, base_ms, copies=copies)
+
+
+W8A8_CHANNEL = ("w8a8-fp8-channel", "w8a8-int8-channel")
+
+
+def _run_triton_routes(report, shape, scheme, xs, lins, y_ref, base_ms, target_s) -> None:
+    """The `triton` W8A8 scheme with each route forced (LIGHTX2V_QUANT_TRITON_ROUTE), fresh layers each:
+    rows '<scheme> [fused]' (one launch, quantization in the GEMM's prologue) and '<scheme> [split]'."""
+    import os
+
+    from lightx2v_quant.quant.kernels.triton_fused import FUSE_MAX_M
+
+    old = os.environ.get("LIGHTX2V_QUANT_TRITON_ROUTE")
+    try:
+        for mode in ("fused", "split"):
+            if mode == "fused" and shape[2] > FUSE_MAX_M:
+                _skip(report, shape, f"{scheme.name} [fused]", f"M > {FUSE_MAX_M}: no one-launch route")
+                continue
+            os.environ["LIGHTX2V_QUANT_TRITON_ROUTE"] = mode
+            layers = [QuantLinear.from_linear(lin, scheme) for lin in lins]
+            for layer in layers:
+                layer.prepare()
+            err = _rel_err(layers[0](xs[0]), y_ref)
+            t = bench(lambda i, ls=layers: ls[i](xs[i]), len(xs), target_s=target_s, device=xs[0].device.type)
+            extra = _triton_route(scheme, shape, mode)
+            name = f"{scheme.name} [{mode}]"
+            _row(report, shape, name, "forward", t, base_ms, rel_err_vs_bf16=round(err, 5), **extra)
+    finally:
+        if old is None:
+            os.environ.pop("LIGHTX2V_QUANT_TRITON_ROUTE", None)
+        else:
+            os.environ["LIGHTX2V_QUANT_TRITON_ROUTE"] = old
+
+
+def _triton_route(scheme, shape, mode: str = "") -> dict:
+    """For the `triton` W8A8 schemes: the route the size rule and the tuner picked for this shape (one
+    launch with the quantization fused into the GEMM, or quantizer + GEMM) and every route's tuning time."""
+    from lightx2v_quant.quant.kernels.triton_tuning import LINEAR, TUNER, m_bucket
+
+    _, _, m, n, k = shape
+    for key, rec in TUNER.records.items():
+        if key[0] != LINEAR or key[1] != scheme.format or key[4:7] != (m_bucket(m), n, k):
+            continue
+        if key[7] == mode or (not mode and key[7] != "fused"):  # "split" alone: forced or by the rule
+            return {"route": rec["config"], "route_timings_ms": rec.get("timings_ms", {})}
+    return {}
 
 
 def _peer_scaled_mm(report, shape, xs, lins, y_ref, base_ms, target_s) -> None:
@@ -190,6 +250,17 @@ def run_shape(report, shape, schemes, args, deadline) -> None:
             )
             for s in schemes
         ]
+        if args.triton_routes:
+            runs += [
+                (
+                    f"{s.name} [routes]",
+                    lambda s=s: _run_triton_routes(
+                        report, shape, s, xs, lins, y_ref, base.median_ms, args.target_s
+                    ),
+                )
+                for s in schemes
+                if s.kernel == "triton" and s.format in W8A8_CHANNEL
+            ]
         if args.device == "cuda" and hardware.detect().sm >= 89:
             runs.append(
                 (
@@ -221,7 +292,8 @@ def run_shape(report, shape, schemes, args, deadline) -> None:
                 run()
                 for r in report.results[before:]:
                     speed = f"{r['speedup_vs_bf16']:5.2f}x {r['tflops']:7.1f} TFLOP/s"
-                    print(f"    {name:44s} {r['mode']:8s} {speed}", flush=True)
+                    route = f"  route: {r['route']}" if "route" in r else ""
+                    print(f"    {name:44s} {r['mode']:8s} {speed}{route}", flush=True)
             except Exception as exc:  # record and go on: one broken library must not sink the run
                 _skip(report, shape, name, f"error: {type(exc).__name__}: {exc}")
                 print(f"    {name}: ERROR {exc}\n{traceback.format_exc(limit=3)}", flush=True)
@@ -258,6 +330,23 @@ def markdown(report: Report, shapes) -> str:
             f"## {title}: speed-up over bf16 F.linear (TFLOP/s)",
             "",
             md_table(["scheme", *labels], rows),
+            "",
+        ]
+    routed = [r for r in report.results if "route" in r]
+    if routed:
+        rows = [
+            [
+                _label(r["group"], r["layer"]),
+                r["scheme"],
+                r["route"],
+                ", ".join(f"{c}: {ms * 1e3:.1f} us" for c, ms in r["route_timings_ms"].items()) or "-",
+            ]
+            for r in routed
+        ]
+        out += [
+            "## Triton W8A8 routes (size rule + tuner; tuning times from triton.testing.do_bench)",
+            "",
+            md_table(["shape", "scheme", "route", "tuning times"], rows),
             "",
         ]
     dit = [r for r in report.results if r["group"] == "wan14b-480p" and r["mode"] == "forward"]
@@ -299,10 +388,21 @@ def main(argv: list[str] | None = None) -> int:
         "--schemes", default="", help="comma-separated scheme names to run (default: all available)"
     )
     parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated shape groups (clip, t5, wan14b-480p, ...) or group:layer (clip:mlp-up) to run; "
+        "all their layers, even with --quick",
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=300.0, help="stop starting new cases after this many seconds"
     )
     parser.add_argument("--target-s", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd torchao peer")
+    parser.add_argument(
+        "--triton-routes",
+        action="store_true",
+        help="also time fp8-triton / int8-triton with each W8A8 route forced ('<scheme> [fused]', '[split]')",
+    )
     parser.add_argument(
         "--device",
         default="cuda",
@@ -310,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu only to smoke-test this script (wall-clock timing, CPU kernels)",
     )
     args = parser.parse_args(argv)
+    only = {o for o in args.only.split(",") if o}
+    unknown = only - {g for g, *_ in SHAPES} - {f"{g}:{layer}" for g, layer, *_ in SHAPES}
+    if unknown:
+        groups = sorted({g for g, *_ in SHAPES})
+        print(f"--only: unknown {sorted(unknown)}; groups are {groups} (or group:layer)", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "benchmarks/gemm.py needs a CUDA GPU (--device cpu only smoke-tests the script)", file=sys.stderr
@@ -355,11 +461,17 @@ def main(argv: list[str] | None = None) -> int:
             schemes.append(s)
         report.schemes[s.name] = {"available": ok, "reason": why, "notes": notes}
         print(f"{s.name:20s} {'runs' if ok else 'skipped: ' + why}", flush=True)
-    shapes = [sh for sh in SHAPES if not args.quick or (sh[0], sh[1]) in QUICK]
+    if only:
+        shapes = [sh for sh in SHAPES if sh[0] in only or f"{sh[0]}:{sh[1]}" in only]
+    else:
+        shapes = [sh for sh in SHAPES if not args.quick or (sh[0], sh[1]) in QUICK]
     for shape in shapes:
         run_shape(report, shape, schemes, args, deadline)
     report.meta["elapsed_s"] = round(time.perf_counter() - start, 1)
-    paths = report.write(args.out, "gemm_quick" if args.quick else "gemm", markdown(report, shapes))
+    name = (
+        "gemm_" + "-".join(sorted(only)).replace(":", "_") if only else "gemm_quick" if args.quick else "gemm"
+    )
+    paths = report.write(args.out, name, markdown(report, shapes))
     print(f"wrote {paths[0]} and {paths[1]} in {report.meta['elapsed_s']} s")
     return 0
 

@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lightx2v_quant.quant.kernels import triton_tuning as tt
-from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
+from lightx2v_quant.quant.kernels.triton_fused import SWEEP_STAGES, fused_candidates, w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
     MAX_TILED_K,
@@ -45,7 +45,13 @@ def _source(kind: str, cfg: tt.TileConfig, a_ty: str, out_ty: str, num_sms: int,
         sig = {"x_ptr": "*bf16", "b_ptr": f"*{a_ty}", "c_ptr": f"*{out_ty}", "sb_ptr": "*fp32"}
         sig["bias_ptr"] = f"*{out_ty}"
         ints = ["M", "N", "K", "stride_xm", "stride_bn", "stride_cm"]
-        cons = dict(QMAX=127.0 if a_ty == "i8" else 448.0, IS_INT8=a_ty == "i8", EVEN_K=True, HAS_BIAS=True)
+        cons = dict(
+            QMAX=127.0 if a_ty == "i8" else 448.0,
+            IS_INT8=a_ty == "i8",
+            EVEN_K=True,
+            HAS_BIAS=True,
+            SWEEP_STAGES=SWEEP_STAGES,
+        )
     elif kind == tt.W4A16:
         fn = w4a16_kernel
         sig = {
@@ -233,7 +239,7 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
                 smem_limit = SMEM_LIMIT.get(arch, 101376)
                 cands = tt.candidates(kind, m, arch, smem_limit, a_bytes, 2)
                 if kind == tt.W8A8:  # the one-launch quantize+GEMM routes
-                    cands += [c for c in tt.linear_candidates(m, arch, smem_limit) if c.fused]
+                    cands += fused_candidates(m, arch, smem_limit)
                 for cfg in cands:
                     if cfg in seen:
                         continue
@@ -269,12 +275,17 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
                         **_ptxas_report(ptx, arch),
                     )
                     row["fits"] = row["smem"] <= SMEM_LIMIT.get(arch, 101376)
+                    if cfg.fused:  # the |max| sweep's tile loads went through async copies (pipelined)
+                        row["sweep_pipelined"] = not re.search(
+                            r"tt\.load [^:\n]*: tensor<\d+x\d+x!tt\.ptr<bf16>", ck.asm["ttgir"]
+                        )
                     rows.append(row)
                     print(
                         f"{kind:13s} {a_ty:8s} {cls:6s} {cfg.label():32s} smem {row['smem'] // 1024:4d}K "
                         f"regs {row['regs']} spill {row['spill_bytes']} "
                         f"wgmma {row['wgmma']} tma {row['tma_loads']}"
-                        f"{'' if row['fits'] else '  > SMEM LIMIT'}",
+                        f"{'' if row['fits'] else '  > SMEM LIMIT'}"
+                        f"{'' if row.get('sweep_pipelined', True) else '  SWEEP NOT PIPELINED'}",
                         flush=True,
                     )
     return rows
@@ -292,8 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(
             json.dumps({"arch": args.arch, "triton": triton.__version__, "rows": rows}, indent=1)
         )
-    bad = [r for r in rows if "error" in r or not r.get("fits", True) or (r.get("spill_bytes") or 0) > 0]
-    print(f"{len(rows)} configs, {len(bad)} failing / over the limit / spilling")
+    bad = [
+        r
+        for r in rows
+        if "error" in r
+        or not r.get("fits", True)
+        or (r.get("spill_bytes") or 0) > 0
+        or not r.get("sweep_pipelined", True)
+    ]
+    print(f"{len(rows)} configs, {len(bad)} failing / over the limit / spilling / with an unpipelined sweep")
     return 0
 
 

@@ -192,22 +192,93 @@ def _run_w8a8(fmt_name, m, n, k, config):
     assert rel(y, ref) < 1e-6
 
 
+def _selection_weight(fmt_name: str, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] with a single 1 per row (at column n % K) and unit scales: y[m, n] = q[m, n % K] *
+    scale[m] (+ bias) with one nonzero product per output, exact in any summation order. So an output
+    shows the quantized activation and its scale themselves, whatever the tiles."""
+    w = torch.zeros(n, k)
+    w[torch.arange(n), torch.arange(n) % k] = 1.0
+    return w.to(qf.FORMATS[fmt_name].weight_dtype), torch.ones(n)
+
+
+FUSED_ROUTES = [TileConfig(16, 32, 64, 4, 2, fused=True), TileConfig(32, 64, 128, 4, 2, fused=True)]
+EDGE_SHAPES = [(1, 64, 128), (5, 72, 200), (33, 40, 96)]  # M = 1; M, N, K off every block size
+
+
 @pytest.mark.parametrize("fmt_name", [FP8, INT8])
-@pytest.mark.parametrize("m,n,k", [(1, 64, 128), (5, 72, 200), (33, 256, 384)])
-@pytest.mark.parametrize(
-    "route", [TileConfig(16, 32, 64, 4, 2, fused=True), TileConfig(32, 64, 128, 4, 2, fused=True)]
-)
-def test_fused_linear_matches_split(fmt_name, m, n, k, route):
-    """The one-launch kernel quantizes exactly as the quantizer: same q, same scales, same epilogue."""
-    fmt, t, x, bias = _quantized_problem(fmt_name, m, n, k, torch.bfloat16)
+@pytest.mark.parametrize("m,n,k", EDGE_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_quantizes_exactly_as_the_reference(fmt_name, m, n, k, dtype, with_bias):
+    """Through a selection weight, the fused kernel's quantized values and scales (and epilogue) equal the
+    reference's bit for bit, and equal the unfused path's: the same q, the same scales."""
+    fmt = qf.FORMATS[fmt_name]
+    x = activations(m, k, dtype)
+    x[-1, ::5] = -0.0  # signed zeros: no output sees their sign (acc starts at +0)
+    w, w_scale = _selection_weight(fmt_name, n, k)
+    bias = torch.randn(n).to(dtype) if with_bias else None
+    q, s = fmt.quantize_activation(x)  # the reference: [M, K], [M, 1]
+    want = (q.float()[:, torch.arange(n) % k] + 0.0) * s * w_scale
+    if with_bias:
+        want = want + bias.float()
+    unfused = torch.empty((m, n), dtype=torch.float32)
+    L.launch_linear_w8a8(x, fmt_name, w, w_scale, bias, unfused, route=SPLIT)
+    assert same_bits(unfused, want)
+    for route in FUSED_ROUTES:
+        fused = torch.empty((m, n), dtype=torch.float32)
+        assert len(L.launch_linear_w8a8(x, fmt_name, w, w_scale, bias, fused, route=route)) == 1
+        assert same_bits(fused, want), route.label()
+
+
+@pytest.mark.parametrize("fmt_name", [FP8, INT8])
+@pytest.mark.parametrize("m,n,k", EDGE_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_random_weights_match_unfused(fmt_name, m, n, k, dtype):
+    """Random weights, output in the input dtype: int8 sums exactly (same bits); the interpreter adds fp8
+    products in fp32 in tile order, so there the tiles' different K splits leave rounding differences."""
+    fmt, t, _, _ = _quantized_problem(fmt_name, m, n, k)
+    x = activations(m, k, dtype)
+    bias = torch.randn(n).to(dtype)
     w_scale = t["weight_scale"].reshape(-1).contiguous()
-    y_split = torch.empty((m, n), dtype=torch.float32)
-    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_split, route=SPLIT)
-    y_fused = torch.empty((m, n), dtype=torch.float32)
-    launched = L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, y_fused, route=route)
-    assert len(launched) == 1
-    assert rel(y_fused, y_split) < 1e-6
-    assert rel(y_fused, fmt.reference_linear(x, t, bias, torch.float32)) < 1e-6
+    unfused = torch.empty((m, n), dtype=dtype)
+    L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, unfused, route=SPLIT)
+    ref = fmt.reference_linear(x, t, bias, torch.float32)
+    for route in FUSED_ROUTES:
+        fused = torch.empty((m, n), dtype=dtype)
+        L.launch_linear_w8a8(x, fmt_name, t["weight"], w_scale, bias, fused, route=route)
+        if fmt_name == INT8:
+            assert same_bits(fused, unfused), route.label()
+        else:
+            assert rel(fused, unfused) < 1e-5, route.label()  # fp32 sums, then one rounding to 16 bits
+        assert rel(fused, ref) < 1e-2, route.label()
+
+
+def test_route_rule_dispatch(monkeypatch):
+    """Without a route: the size rule's choice (one launch where it holds, quantizer + GEMM elsewhere);
+    LIGHTX2V_QUANT_TRITON_ROUTE forces either."""
+    from lightx2v_quant.quant.kernels import triton_fused as F
+
+    _, t, x, bias = _quantized_problem(INT8, 65, 40, 96, torch.bfloat16)
+    w_scale = t["weight_scale"].reshape(-1).contiguous()
+    ys = {}
+    for limit, mode, launches in [
+        (None, "auto", 1),
+        (1000, "auto", 2),
+        (1000, "fused", 1),
+        (None, "split", 2),
+    ]:
+        if limit is not None:
+            monkeypatch.setattr(F, "FUSE_MAX_MNK", limit)  # 65 x 40 x 96 above it, and M > 64
+        monkeypatch.setenv("LIGHTX2V_QUANT_TRITON_ROUTE", mode)
+        y = torch.empty((65, 40), dtype=torch.float32)
+        assert len(L.launch_linear_w8a8(x, INT8, t["weight"], w_scale, bias, y)) == launches, (limit, mode)
+        ys[(limit, mode)] = y
+        monkeypatch.undo()
+    first = next(iter(ys.values()))
+    assert all(same_bits(y, first) for y in ys.values())
+    monkeypatch.setenv("LIGHTX2V_QUANT_TRITON_ROUTE", "fast")
+    with pytest.raises(ValueError, match="LIGHTX2V_QUANT_TRITON_ROUTE must be one of"):
+        L.launch_linear_w8a8(x, INT8, t["weight"], w_scale, bias, y)
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 128, 128), (17, 256, 384), (64, 200, 256)])

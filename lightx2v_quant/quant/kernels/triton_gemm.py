@@ -38,14 +38,29 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _epilogue(
-    acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS: tl.constexpr, BLOCK_SCALED: tl.constexpr
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    sa,
+    sb_ptr,
+    bias_ptr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_SCALED: tl.constexpr,
+    SA_VALUES: tl.constexpr,
 ):
-    """fp32 [BM, BN] result: per-channel scales (unless already applied per K-block) and bias."""
+    """fp32 [BM, BN] result: per-channel scales (unless already applied per K-block) and bias. ``sa``
+    points to the per-token scales, or (SA_VALUES: the fused kernel, which computed them) is their [BM]
+    values."""
     out = acc.to(tl.float32)
     if not BLOCK_SCALED:
-        sa = tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)
+        if SA_VALUES:
+            sa_v = sa
+        else:
+            sa_v = tl.load(sa + offs_m, mask=offs_m < M, other=0.0)
         sb = tl.load(sb_ptr + offs_n, mask=offs_n < N, other=0.0)
-        out = out * sa[:, None] * sb[None, :]
+        out = out * sa_v[:, None] * sb[None, :]
     if HAS_BIAS:
         out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     return out
@@ -139,7 +154,7 @@ def w8a8_kernel(
             acc = tl.dot(a, b, acc, out_dtype=acc_dtype)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    out = _epilogue(acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS, BLOCK_SCALED)
+    out = _epilogue(acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS, BLOCK_SCALED, False)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
@@ -205,7 +220,7 @@ def w8a8_tma_kernel(
         pid_m, pid_n = _tile_coords(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        out = _epilogue(acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS, BLOCK_SCALED)
+        out = _epilogue(acc, offs_m, offs_n, M, N, sa_ptr, sb_ptr, bias_ptr, HAS_BIAS, BLOCK_SCALED, False)
         out = out.to(c_desc.dtype)
         if SUBTILE:  # two half-width stores: half the shared-memory staging, room for another stage
             halves = tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))

@@ -7,10 +7,10 @@ Small GEMMs (CLIP: M = 257, T5: M = 512) take a few microseconds on the GPU, les
 launches them through Triton's JIT. So the first call of a layer with a given activation shape goes the
 ordinary way (tuning the configs if needed) and records a :class:`Plan`: the compiled kernels with their
 grids and fixed arguments. Later calls with the same key allocate the outputs and replay the plan: two
-direct launches (one for W4A16, and for W8A8 shapes where the one-launch quantize+GEMM kernel won the
-tuning) and nothing else. Plans live on the layer (``plans``, a dict that
-``prepare`` resets) and hold no tensors, so moving or offloading the layer frees its memory as usual.
-Launches that take TMA descriptors (large M on Hopper) are not replayed: their CPU cost hides behind
+direct launches (one for W4A16, and for W8A8 shapes where the size rule of ``triton_fused`` offers the
+one-launch quantize+GEMM kernel and it won the tuning) and nothing else. Plans live on the layer
+(``plans``, a dict that ``prepare`` resets) and hold no tensors, so moving or offloading the layer frees
+its memory as usual. Launches that take TMA descriptors (large M on Hopper) are not replayed: their CPU cost hides behind
 milliseconds of GPU work there.
 """
 
@@ -20,16 +20,15 @@ import torch
 
 from lightx2v_quant.quant.kernels import triton_launch
 from lightx2v_quant.quant.kernels import triton_ops as ops
-from lightx2v_quant.quant.kernels.triton_fused import w8a8_quant_gemm_kernel
-from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING, cdiv
-from lightx2v_quant.quant.kernels.triton_tuning import (
-    LINEAR,
-    SPLIT,
-    TUNER,
-    TileConfig,
+from lightx2v_quant.quant.kernels.triton_fused import (
+    SWEEP_STAGES,
+    fused_route_eligible,
     linear_candidates,
-    m_bucket,
+    route_mode,
+    w8a8_quant_gemm_kernel,
 )
+from lightx2v_quant.quant.kernels.triton_quant import cdiv
+from lightx2v_quant.quant.kernels.triton_tuning import LINEAR, SPLIT, TUNER, TileConfig, m_bucket
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_PLANS = 32  # per layer: distinct activation shapes seen (resolutions, batch sizes)
@@ -87,7 +86,8 @@ def launch_linear_w8a8(
 ) -> list[triton_launch.Launched]:
     """Unchecked: quantize x [M, K] per token and multiply by w [N, K] into ``out``, by ``route``:
     SPLIT (the quantizer, then the GEMM) or a fused tile config (one launch, ``triton_fused``); by
-    default the tuned route for this shape. Returns what was launched, in order (M > 0)."""
+    default the route the size rule and the tuner pick for this shape. Returns what was launched, in
+    order (M > 0)."""
     m, k = x.shape
     n = w.shape[0]
     qmax, is_int8 = ops.QUANT_PARAMS[fmt_name][1:]
@@ -107,6 +107,7 @@ def launch_linear_w8a8(
             GROUP_M=cfg.group_m,
             EVEN_K=k % cfg.block_k == 0,
             HAS_BIAS=bias is not None,
+            SWEEP_STAGES=SWEEP_STAGES,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
@@ -117,14 +118,19 @@ def launch_linear_w8a8(
         return launched if warmup else [launched]
 
     if route is None:
-        if INTERPRETING:
-            route = SPLIT
-        else:
+        # The rule (triton_fused.fused_route_eligible) decides which routes are candidates: the one-launch
+        # tiles first where it holds (CLIP, M <= 64), quantizer + GEMM alone elsewhere (T5, the DIT); the
+        # tuner times the candidates once per key and keeps the fastest (the first one without tuning,
+        # and under the interpreter).
+        # The key says which routes were candidates: shapes sharing an M bucket may differ in the rule.
+        mode = route_mode()
+        routes = mode if mode != "auto" else "fused+split" if fused_route_eligible(m, n, k) else "split"
+        key = (LINEAR, fmt_name, str(x.dtype), str(out.dtype), m_bucket(m), n, k, routes)
+        route = TUNER.best.get(key)
+        if route is None:
             sm, _, max_smem = ops.device_info(x.device)
-            key = (LINEAR, fmt_name, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
-            route = TUNER.best.get(key) or TUNER.choose(
-                key, linear_candidates(m, sm, max_smem), launch, lambda: out.fill_(float("nan"))
-            )
+            cands = linear_candidates(m, n, k, sm, max_smem, mode)
+            route = TUNER.choose(key, cands, launch, lambda: out.fill_(float("nan")))
     return launch(route)
 
 

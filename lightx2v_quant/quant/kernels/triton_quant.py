@@ -92,8 +92,10 @@ def _div_by_scale(x, neg_s, r, SECOND_STEP: tl.constexpr):
 
 
 @triton.jit
-def _quantize_values(x_in, scale, rcp, IS_INT8: tl.constexpr):
-    """x_in (any float dtype), scale and rcp = 1 / scale fp32 (broadcastable) -> q int8 or e4m3."""
+def _quantize_values(x_in, scale, rcp, IS_INT8: tl.constexpr, ZERO_SIGN: tl.constexpr = True):
+    """x_in (any float dtype), scale and rcp = 1 / scale fp32 (broadcastable) -> q int8 or e4m3.
+    ZERO_SIGN=False skips restoring the sign of fp8 zeros (x = -0.0 then gives +0 instead of -0): for
+    callers that only multiply q, where a zero's sign never changes a sum (the fused GEMM)."""
     x = x_in.to(tl.float32)
     if INTERPRET:
         y = tl.math.div_rn(x, scale)
@@ -113,8 +115,9 @@ def _quantize_values(x_in, scale, rcp, IS_INT8: tl.constexpr):
         # A zero quotient takes the sign of x, as in IEEE division (the FMAs and the snap above turn
         # -0.0 into +0.0; bit-or is safe: y never has the opposite sign). On the GPU |y| <= 448 *
         # (1 + 2^-23) rounds to 448 at most: no clamp needed (the cast saturates anyway).
-        sign = x.to(tl.uint32, bitcast=True) & 0x80000000
-        y = (y.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+        if ZERO_SIGN:
+            sign = x.to(tl.uint32, bitcast=True) & 0x80000000
+            y = (y.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
         q = y.to(tl.float8e4nv)
     return q
 

@@ -12,6 +12,7 @@ Environment:
 - ``LIGHTX2V_QUANT_TRITON_AUTOTUNE=0``: no benchmarking, take the first candidate (fast start).
 - ``LIGHTX2V_QUANT_TRITON_TUNE_FILE=path.json``: load earlier choices and save new ones there.
 - ``LIGHTX2V_QUANT_TRITON_VERBOSE=1``: print each choice with the timings of all candidates.
+- ``LIGHTX2V_QUANT_TRITON_ROUTE=split|fused``: W8A8 linears take only that route (``triton_fused``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from lightx2v_quant.quant.kernels.triton_quant import INTERPRETING, cdiv, next_p
 
 W8A8, FP8_BLOCK, W4A16, QUANT, LINEAR = "w8a8", "fp8-block128", "w4a16", "quant", "w8a8-linear"
 KINDS = (W8A8, FP8_BLOCK, W4A16)
-FUSE_MAX_M = 1024  # the one-launch quantize+GEMM kernel is a candidate up to this many rows
 
 
 @dataclass(frozen=True)
@@ -98,26 +98,9 @@ def _c(
     return TileConfig(bm, bn, bk, w, s, tma=tma, subtile=sub, swap_ab=swap)
 
 
-def _f(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:
-    return TileConfig(bm, bn, bk, w, s, fused=True)
-
-
 def _g(bm: int, bn: int, bk: int, w: int, s: int) -> TileConfig:
     """A Gluon tile (TMA descriptors, persistent, sm_90 only): ``s`` is the depth of its operand ring."""
     return TileConfig(bm, bn, bk, w, s, tma=True, gluon=True)
-
-
-# One-launch quantize+GEMM tiles (small and medium M). The activation tile is quantized in registers,
-# so it is wgmma's register operand; 64-row tiles per warpgroup, narrow N for enough programs.
-_FUSED = {
-    "medium": [
-        _f(64, 128, 128, 4, 3),
-        _f(64, 64, 128, 4, 4),
-        _f(128, 128, 128, 8, 3),
-        _f(64, 256, 128, 8, 3),
-    ],
-    "small": [_f(16, 128, 128, 4, 3), _f(16, 64, 128, 4, 3), _f(32, 128, 128, 4, 3), _f(64, 64, 128, 4, 4)],
-}
 
 
 # Hopper, 1-byte operands. wgmma tiles: 8 warps = 2 warpgroups splitting BLOCK_M; fp32/int32 accumulators
@@ -240,17 +223,6 @@ def m_class(m: int) -> str:
 def m_bucket(m: int) -> int:
     """Shapes whose M rounds to the same power of two share one tuning result."""
     return max(16, next_pow2(m))
-
-
-def linear_candidates(m: int, sm: int, max_smem: int) -> list[TileConfig]:
-    """Routes for a W8A8 linear: SPLIT first, then (M <= FUSE_MAX_M) the one-launch tiles that fit."""
-    if m > FUSE_MAX_M:
-        return [SPLIT]
-    row_cap = m_bucket(m)
-    fused = [c for c in _FUSED[m_class(m)] if c.block_m <= row_cap and c.smem_bytes(2, 1, 2) <= max_smem]
-    if sm < 90:  # no wgmma: smaller tiles keep mma.sync's registers in check
-        fused = [replace(c, num_warps=4) for c in fused if c.block_m * c.block_n <= 64 * 128]
-    return [SPLIT, *dict.fromkeys(fused)]
 
 
 def candidates(kind: str, m: int, sm: int, max_smem: int, a_bytes: float, out_bytes: int) -> list[TileConfig]:
