@@ -23,6 +23,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import torch
+
+from lightx2v_quant.quant.kernels import gluon_gemm
 from lightx2v_quant.quant.kernels import triton_tuning as tt
 from lightx2v_quant.quant.kernels.triton_fused import SWEEP_STAGES, fused_candidates, w8a8_quant_gemm_kernel
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
@@ -34,6 +37,7 @@ from lightx2v_quant.quant.kernels.triton_quant import (
     tile_rows,
 )
 
+GLUON_DTYPES = {"fp8e4nv": torch.float8_e4m3fn, "i8": torch.int8, "bf16": torch.bfloat16}
 SMEM_LIMIT = {90: 232448, 89: 101376, 86: 101376, 80: 166912}  # opt-in bytes per block
 DIV16 = [["tt.divisibility", 16]]
 
@@ -247,13 +251,18 @@ def check(arch: int, kinds: list[str], num_sms: int = 132) -> list[dict]:
                     row = {"kind": kind, "a": a_ty, "m_class": cls, "config": cfg.label()}
                     t0 = time.time()
                     try:
+                        src = (
+                            gluon_gemm.ast_source(cfg, GLUON_DTYPES[a_ty], GLUON_DTYPES[out_ty])
+                            if cfg.gluon
+                            else _source(kind, cfg, a_ty, out_ty, num_sms, arch)
+                        )
                         ck = triton.compile(
-                            _source(kind, cfg, a_ty, out_ty, num_sms, arch),
+                            src,
                             target=target,
                             options=dict(
                                 num_warps=cfg.num_warps,
                                 num_stages=cfg.num_stages,
-                                launch_pdl=arch >= 90 and kind != tt.W4A16 and not cfg.fused,
+                                launch_pdl=arch >= 90 and kind != tt.W4A16 and not (cfg.fused or cfg.gluon),
                             ),
                         )
                     except Exception as exc:  # noqa: BLE001 - a report of what does not build

@@ -38,3 +38,33 @@ def test_fused_kernel_builds_for_hopper(monkeypatch, block_m, block_n, warps, st
     assert "error" not in row, row["error"]
     assert "problems" not in row, row["problems"]  # tensor-core instruction, no spills, fits smem
     assert row["sync_x_loads"] == 0 and row["cp_async"] > 0  # the |max| sweep and main loop pipelined
+
+
+@pytest.mark.parametrize("a_dtype", ["float8_e4m3fn", "int8"])
+def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
+    """The Gluon W8A8 kernel (no CPU interpreter exists for Gluon) builds for sm_90 with this Triton,
+    fits the shared memory it is offered with, and keeps one wgmma group in flight across K steps
+    (``wgmma.wait_group 1`` in the loop), for int8 as for fp8: the reason it exists."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    import torch
+    from triton.backends.compiler import GPUTarget
+
+    from lightx2v_quant.quant.kernels import gluon_gemm
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
+
+    if not gluon_gemm.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    cfg = tt._g(128, 256, 128, 8, 4)
+    assert cfg in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 2)
+    dtype = getattr(torch, a_dtype)
+    src = gluon_gemm.ast_source(cfg, dtype, torch.bfloat16)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps))
+    ptx = kernel.asm["ptx"]
+    assert kernel.metadata.shared <= 232448
+    # per K step each warpgroup issues (BLOCK_K / 32) x (BLOCK_N / instruction width) wgmmas
+    per_k_step = (cfg.block_k // 32) * (cfg.block_n // gluon_gemm.instr_n(cfg.block_n, dtype == torch.int8))
+    assert ptx.count("wgmma.mma_async") == per_k_step
+    assert "wgmma.wait_group.sync.aligned 1;" in ptx

@@ -40,6 +40,9 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
     AVAILABLE = True
 except ImportError:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
@@ -69,8 +72,8 @@ if AVAILABLE:
         bar = ready.index(slot)
         off_k = kk * a_desc.block_type.shape[1]
         mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        tma.async_copy_global_to_shared(a_desc, [off_m, off_k], bar, a_bufs.index(slot), pred)
-        tma.async_copy_global_to_shared(b_desc, [off_n, off_k], bar, b_bufs.index(slot), pred)
+        _tma_load(a_desc, [off_m, off_k], bar, a_bufs.index(slot), pred)
+        _tma_load(b_desc, [off_n, off_k], bar, b_bufs.index(slot), pred)
 
     @gluon.jit
     def _next_load(
@@ -242,7 +245,7 @@ if AVAILABLE:
                 tma.store_wait(pendings=0)  # the previous store has left the staging buffer
                 c_smem.store(out.to(c_desc.dtype))
                 fence_async_shared()
-                tma.async_copy_shared_to_global(c_desc, [off_m, off_n + h * HALF_N], c_smem)
+                _tma_store(c_desc, [off_m, off_n + h * HALF_N], c_smem)
         tma.store_wait(pendings=0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
@@ -269,3 +272,33 @@ def instr_n(block_n: int, is_int8: bool) -> int:
     """wgmma instruction width: the whole tile for fp8; at most 128 for int8 (PTX allows fewer N
     sizes for 8-bit integers; 128 divides every tile width we use)."""
     return min(block_n, 128) if is_int8 else min(block_n, 256)
+
+
+def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True):
+    """What the JIT builds for one tile config (``triton_tuning.TileConfig``): a GluonASTSource for
+    ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))``, so the
+    kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``)."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    k = 256  # any row length that keeps TMA's 16-byte row alignment
+    a = torch.empty(cfg.block_m, k, dtype=a_dtype)
+    w = torch.empty(cfg.block_n, k, dtype=a_dtype)
+    out = torch.empty(cfg.block_m, cfg.block_n, dtype=out_dtype)
+    descs = descriptors(a, w, out, cfg.block_m, cfg.block_n, cfg.block_k)
+    is_int8 = a_dtype == torch.int8
+    sig = {name: mangle_type(d) for name, d in zip(("a_desc", "b_desc", "c_desc"), descs)}
+    bias_ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[out_dtype]
+    sig.update(sa_ptr="*fp32", sb_ptr="*fp32", bias_ptr=bias_ty, M="i32", N="i32", K="i32")
+    cons = dict(
+        GROUP_M=cfg.group_m,
+        STAGES=cfg.num_stages,
+        INSTR_N=instr_n(cfg.block_n, is_int8),
+        HAS_BIAS=has_bias,
+        IS_INT8=is_int8,
+        num_warps=cfg.num_warps,
+    )
+    sig.update({name: "constexpr" for name in cons})
+    names = list(sig)
+    return GluonASTSource(w8a8_gluon_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})
