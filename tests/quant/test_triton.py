@@ -93,32 +93,31 @@ def test_quant_candidates():
 
 
 def test_linear_routes():
-    """The size rule: one-launch tiles (then SPLIT, for the tuner) for CLIP and small M; SPLIT alone for
-    T5 and the DIT; the route variable forces either."""
+    """The size rule: one-launch tiles (then SPLIT, for the tuner) for M <= 64 only; SPLIT alone for CLIP
+    (measured slower fused on an H100), T5 and the DIT; the route variable forces either."""
     pytest.importorskip("triton")
     from lightx2v_quant.quant.kernels import triton_fused as tf
     from lightx2v_quant.quant.kernels import triton_tuning as tt
 
     h100 = (90, 232448)
-    for m, n, k in [(32760, 5120, 5120), (32760, 13824, 5120), (512, 4096, 4096), (512, 10240, 4096)]:
+    split_only = [(32760, 5120, 5120), (32760, 13824, 5120), (512, 4096, 4096), (257, 5120, 1280), (65, 64, 64)]
+    for m, n, k in split_only:
         assert not tf.fused_route_eligible(m, n, k)
         assert tf.linear_candidates(m, n, k, *h100) == [tt.SPLIT]
-    eligible = [(257, 5120, 1280), (257, 1280, 5120), (257, 3840, 1280), (1, 30720, 5120), (16, 5120, 5120)]
-    for m, n, k in eligible:
+    for m, n, k in [(1, 30720, 5120), (16, 5120, 5120), (64, 1536, 5120)]:
         assert tf.fused_route_eligible(m, n, k)
         routes = tf.linear_candidates(m, n, k, *h100)
         assert routes[-1] == tt.SPLIT and len(routes) > 1 and all(r.fused for r in routes[:-1])
         assert routes[0].label().startswith("fused") and tt.SPLIT.label().startswith("split")
-        if m > 64:  # Hopper: wgmma tiles (64 rows per warpgroup)
-            assert all(r.block_m in (64, 128) for r in routes[:-1])
-        else:
-            assert all(r.block_m <= 16 for r in routes[:-1])
-    assert tf.linear_candidates(257, 5120, 1280, *h100, mode="split") == [tt.SPLIT]
+        assert all(r.block_m <= 64 for r in routes[:-1])
+    assert tf.linear_candidates(16, 5120, 5120, *h100, mode="split") == [tt.SPLIT]
+    forced = tf.linear_candidates(257, 5120, 1280, *h100, mode="fused")  # benchmarks force it for CLIP
+    assert forced and all(r.fused and r.block_m in (64, 128) for r in forced)  # wgmma: 64 rows / warpgroup
     assert all(r.fused for r in tf.linear_candidates(512, 4096, 4096, *h100, mode="fused"))
     with pytest.raises(ValueError, match="at most 1024 rows"):
         tf.linear_candidates(32760, 5120, 5120, *h100, mode="fused")
-    ampere = tf.linear_candidates(257, 5120, 1280, 80, 166912)
-    assert all(r.num_warps == 4 and r.block_m * r.block_n <= 64 * 128 for r in ampere[:-1])
+    ampere = tf.linear_candidates(257, 5120, 1280, 80, 166912, mode="fused")
+    assert all(r.num_warps == 4 and r.block_m * r.block_n <= 64 * 128 for r in ampere)
     # medium and small M: pointer kernels only (their launches are replayed)
     for kind in tt.KINDS:
         for m in (1, 257, 512):
@@ -173,10 +172,10 @@ def test_tuner_file_round_trip(tmp_path, monkeypatch):
     assert again == tt.QuantConfig(2) and fresh.records[key]["from_file"]
     from lightx2v_quant.quant.kernels.triton_fused import linear_candidates
 
-    route_key = (tt.LINEAR, "w8a8-fp8-channel", "torch.bfloat16", "torch.bfloat16", 512, 5120, 1280)
+    route_key = (tt.LINEAR, "w8a8-fp8-channel", "torch.bfloat16", "torch.bfloat16", 16, 5120, 1280)
     route_key += ("fused+split",)
     monkeypatch.setattr(tt, "_time", lambda launch, cfg: 0.1 if cfg.fused else 0.2)
-    cands = linear_candidates(257, 5120, 1280, 90, 232448)
+    cands = linear_candidates(16, 5120, 1280, 90, 232448)
     route = fresh.choose(route_key, cands, lambda cfg, warmup=False: None)
     assert tt.Tuner().choose(route_key, [tt.SPLIT], lambda cfg, warmup=False: None) == route and route.fused
 

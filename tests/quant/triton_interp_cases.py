@@ -262,13 +262,13 @@ def test_route_rule_dispatch(monkeypatch):
     w_scale = t["weight_scale"].reshape(-1).contiguous()
     ys = {}
     for limit, mode, launches in [
-        (None, "auto", 1),
-        (1000, "auto", 2),
-        (1000, "fused", 1),
+        (None, "auto", 2),  # M = 65 > FUSE_AUTO_MAX_M: quantizer + GEMM
+        (65, "auto", 1),  # the rule admits 65 rows: one launch (the interpreter's single candidate)
+        (None, "fused", 1),
         (None, "split", 2),
     ]:
         if limit is not None:
-            monkeypatch.setattr(F, "FUSE_MAX_MNK", limit)  # 65 x 40 x 96 above it, and M > 64
+            monkeypatch.setattr(F, "FUSE_AUTO_MAX_M", limit)
         monkeypatch.setenv("LIGHTX2V_QUANT_TRITON_ROUTE", mode)
         y = torch.empty((65, 40), dtype=torch.float32)
         assert len(L.launch_linear_w8a8(x, INT8, t["weight"], w_scale, bias, y)) == launches, (limit, mode)

@@ -101,7 +101,7 @@ def w8a8_quant_gemm_kernel(
 
 # -- the dispatch rule and the tiles ------------------------------------------------------------------
 FUSE_MAX_M = 1024  # the one-launch quantize+GEMM kernel is never a candidate beyond this many rows
-FUSE_MAX_MNK = 1 << 32  # ... nor beyond this many multiply-adds, unless M <= 64 (see fused_route_eligible)
+FUSE_AUTO_MAX_M = 64  # in the default ``auto`` mode it is a tuning candidate only up to this many rows
 ROUTES = ("auto", "split", "fused")
 SWEEP_STAGES = 3  # tiles in flight in the |max| sweep (its software pipeline's depth)
 
@@ -134,16 +134,16 @@ def fused_route_eligible(m: int, n: int, k: int) -> bool:
     microseconds on an H100, a fifth of a CLIP-sized GEMM). It pays per program: each of the N / BLOCK_N
     programs of a row block reads its BLOCK_M x K activation rows twice (|max| sweep, main loop) from L2
     and quantizes them again, so its extra work grows with M * N * K, the GEMM's own work. Hence:
-    - M <= 64 (time embedding, modulation: M = batch): always; a program's rows are few next to its
-      weight tile, which is what the GEMM streams anyway;
-    - otherwise M <= FUSE_MAX_M and M * N * K <= FUSE_MAX_MNK (2^32, a GEMM of a few microseconds on
-      an H100): CLIP ViT-H (257 x 1280 -> 5120: 1.7e9) is in, T5-XXL (512 x 4096 -> 4096: 8.6e9,
-      where the H200 timed this kernel's first version 1.3-2.5x slower than quantizer + GEMM) and the
-      DIT are out.
+    - M <= 64 (time embedding, modulation: M = batch): a candidate next to SPLIT; a program's rows are
+      few next to its weight tile, which is what the GEMM streams anyway;
+    - larger M: never in ``auto``. Measured on an H100 at CLIP ViT-H's shapes (M = 257,
+      ``benchmarks/results/gemm_clip-t5_routes_nvidia-h100.md``, GPU time with CUDA events): fused
+      0.28-0.49x of bf16 against 0.54-0.76x for quantizer + GEMM, and the tuner (which times with the
+      CPU in the loop) still picked fused for CLIP's fc2, so the shape rule keeps medium M on SPLIT.
+      T5 (M = 512) was 1.3-2.5x slower fused on the H200. ``LIGHTX2V_QUANT_TRITON_ROUTE=fused`` still
+      forces it for any M <= FUSE_MAX_M (benchmarks).
     """
-    if m <= 64:
-        return True
-    return m <= FUSE_MAX_M and m * n * k <= FUSE_MAX_MNK
+    return m <= FUSE_AUTO_MAX_M
 
 
 def route_mode() -> str:
