@@ -1,0 +1,70 @@
+"""Probe: does the DIT's token chunking of the output projections and the FFN (dit_fused.TOKEN_CHUNK)
+cost speed? Times one Wan-14B forward (480p, random weights) per chunk size, same process and input.
+
+    PYTHONPATH=. python benchmarks/probes/token_chunk.py --out $OUT/token_chunk.json --quant bf16 fp8-triton
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from benchmarks.dit import latent_shape, make_inputs
+from lightx2v_quant.models.wan import WanDiTConfig, random_dit
+from lightx2v_quant.models.wan import dit_fused
+from lightx2v_quant.models.wan.speed import configure_dit
+from lightx2v_quant.quant.apply import prepare_model
+
+
+def _time_ms(fn, iters: int = 3) -> float:
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--quant", nargs="+", default=["bf16"])
+    p.add_argument("--chunks", nargs="+", type=int, default=[8192, 16384, 1 << 30])
+    p.add_argument("--residual", default="fp32")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    cfg = WanDiTConfig.preset("wan2.1-t2v-14b")
+    inp = make_inputs(cfg, latent_shape("480p", 81), torch.bfloat16, 0, torch.device("cuda"))
+    rows = []
+    for quant in a.quant:
+        model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=None if quant == "bf16" else quant)
+        prepare_model(model)
+        configure_dit(model, attention="sdpa", fused=True, residual=a.residual)
+        with torch.inference_mode():
+            for chunk in a.chunks * 2:  # two interleaved rounds (clocks drift as the GPU heats)
+                dit_fused.TOKEN_CHUNK = chunk
+                model(**inp)  # warm-up (autotuning for new chunk shapes)
+                torch.cuda.reset_peak_memory_stats()
+                ms = _time_ms(lambda: model(**inp))
+                row = {"quant": quant, "chunk": chunk, "ms": round(ms, 1),
+                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        del model
+        torch.cuda.empty_cache()
+    dit_fused.TOKEN_CHUNK = 8192
+    with open(a.out, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "residual": a.residual, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
