@@ -7,8 +7,13 @@ Per case: median GPU time (CUDA events), the kernel's effective bandwidth, the t
 bytes and scales against the unfused path's, and the GELU alone against ``F.gelu`` on 1M values. Writes
 ``fused_ops_<device>.json`` and ``.md`` into ``--out``. Under a minute on an H100.
 
+With ``--ops norm`` (default: both) it also times the fused LayerNorm + modulation (+ quantization) at a
+480p Wan-14B residual stream, fp32 and bf16 in, bf16 / fp8 / int8 out, against the kernel it replaced
+(``benchmarks/fused_norm.py``).
+
     source .gpu/setup.sh && python benchmarks/fused_ops.py --out benchmarks/results
-    TRITON_INTERPRET=1 python benchmarks/fused_ops.py --device cpu --shapes 4x300 --out /tmp/x  # smoke
+    TRITON_INTERPRET=1 python benchmarks/fused_ops.py --device cpu --shapes 4x300 --norm-shapes 3x260 \
+        --out /tmp/x  # smoke
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 
 from bench_utils import Report, bench, md_table, timing_dict
+from fused_norm import NORM_SHAPES, run_norm_case
 
 from lightx2v_quant import fused
 from lightx2v_quant.fused import gelu as fg
@@ -115,6 +121,8 @@ def gelu_exactness(device: str, n: int = 1 << 20) -> dict[str, float]:
 def markdown(report: Report) -> str:
     rows = []
     for r in report.results:
+        if "d" in r:  # a norm case: its own table
+            continue
         rows.append(
             [
                 r["case"],
@@ -145,10 +153,39 @@ def markdown(report: Report) -> str:
         "fused peak B",
         "same bytes",
     ]
+    text = f"# GELU(tanh) + per-token quantization, fused vs unfused: {report.device}\n\n"
+    if rows:
+        text += md_table(header, rows)
+        text += f"\n\nGELU vs F.gelu, share of random values (1M on CUDA) that differ: {report.meta['gelu_mismatch']}\n"
+    return text + norm_markdown(report)
+
+
+def norm_markdown(report: Report) -> str:
+    rows = [
+        [
+            r["case"],
+            f"{r['m']}x{r['d']}",
+            r["x"],
+            r["out"],
+            f"{r['old']['median_ms']:.3f}",
+            f"{r['old_gbps']}",
+            f"{r['new']['median_ms']:.3f}",
+            f"{r['new_gbps']}",
+            f"{r['speedup']:.2f}x",
+            " / ".join(f"{w}w {ms:.3f}" for w, ms in r["new_ms_by_warps"].items())
+            + f" (default {r['default_warps']}w)",
+            f"{r['old_new_byte_mismatch']:.2e}",
+            str(r.get("new_equals_quantizer", "-")),
+        ]
+        for r in report.results
+        if "d" in r
+    ]
+    if not rows:
+        return ""
+    header = ["case", "shape", "x", "out", "old ms", "old GB/s", "new ms", "new GB/s", "speedup",
+              "new by warps (ms)", "bytes old != new", "q == quantizer(h)"]  # fmt: skip
     return (
-        f"# GELU(tanh) + per-token quantization, fused vs unfused: {report.device}\n\n"
-        + md_table(header, rows)
-        + f"\n\nGELU vs F.gelu, share of random values (1M on CUDA) that differ: {report.meta['gelu_mismatch']}\n"
+        "\n# LayerNorm + modulation (+ quantization), new vs old kernel\n\n" + md_table(header, rows) + "\n"
     )
 
 
@@ -158,8 +195,15 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run (interpreter)")
     p.add_argument("--shapes", nargs="*", default=None, help="MxK shapes instead of the Wan chunks")
     p.add_argument("--target-s", type=float, default=1.0, help="seconds of timed calls per measurement")
+    p.add_argument("--ops", nargs="*", default=["gelu", "norm"], choices=["gelu", "norm"])
+    p.add_argument("--norm-shapes", nargs="*", default=None, help="TOKENSxDIM shapes for the norm cases")
     args = p.parse_args()
     shapes = SHAPES if not args.shapes else {s: tuple(int(v) for v in s.split("x")) for s in args.shapes}
+    norm_shapes = (
+        NORM_SHAPES
+        if not args.norm_shapes
+        else {s: tuple(int(v) for v in s.split("x")) for s in args.norm_shapes}
+    )
     if args.device == "cuda":
         dev, cap = torch.cuda.get_device_name(), "sm_{}{}".format(*torch.cuda.get_device_capability())
     else:
@@ -169,10 +213,15 @@ def main() -> None:
         "gelu_mismatch": gelu_exactness(args.device, 1 << (20 if args.device == "cuda" else 12)),
     }
     report = Report(dev, cap, meta)
-    for name, (m, k) in shapes.items():
+    for name, (m, k) in shapes.items() if "gelu" in args.ops else ():
         for quant in ("fp8", "int8"):
             report.results.append(run_case(name, m, k, quant, args.device, args.target_s))
             print(report.results[-1], flush=True)
+    for name, (m, d) in norm_shapes.items() if "norm" in args.ops else ():
+        for x_dtype in (torch.float32, torch.bfloat16):
+            for quant in (None, "fp8", "int8"):
+                report.results.append(run_norm_case(name, m, d, x_dtype, quant, args.device, args.target_s))
+                print(report.results[-1], flush=True)
     paths = report.write(args.out, "fused_ops", markdown(report))
     print("wrote", *paths)
 

@@ -10,6 +10,7 @@ import torch
 
 from lightx2v_quant import fused
 from lightx2v_quant.models.wan.rope import rope_tables
+from lightx2v_quant.quant import formats as qf
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,6 +59,38 @@ def norm_cases(device: str, dtype: torch.dtype, B: int, L: int, D: int, Lt: int)
     return res
 
 
+def norm_geometry_cases(
+    device: str, x_dtype: torch.dtype, B: int, L: int, D: int, Lt: int, **launch_kw
+) -> dict[str, float]:
+    """The LN kernel at one launch geometry (``launch_kw``: num_warps, tiled=False for the sweeping
+    kernel; default: what layer_norm_modulate picks) on an x of ``x_dtype`` (fp32 residual stream, or
+    bf16 / fp16 with speed.residual=run_dtype). Against the reference: the fp32 output's error, and
+    whether its per-token quantization is EXACTLY the format's reference quantization of the kernel's own
+    fp32 output (same bytes, same scales), for modulated and affine norms."""
+    from lightx2v_quant.fused import norm as fn
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(B, L, D, generator=g) * 3 + 1).to(x_dtype).to(device)
+    mod = (torch.randn(B, Lt, 6, D, generator=g) * 0.5).to(device).unbind(2)
+    w = (1 + 0.1 * torch.randn(D, generator=g)).to(device)
+    bias = (0.1 * torch.randn(D, generator=g)).to(device)
+    res = {}
+    for name, kw in (("mod", {"shift": mod[0], "scale": mod[1]}), ("affine", {"weight": w, "bias": bias})):
+        args = (kw.get("weight"), kw.get("bias"), kw.get("shift"), kw.get("scale"))
+        h = torch.empty(B, L, D, device=device)
+        fn.launch_norm(x, h, h.new_empty(0), 1e-6, *args, None, **launch_kw)
+        ref = fn.layer_norm_modulate_reference(x, 1e-6, torch.float32, **kw)
+        res[f"{name}_err"] = _err(h, ref)
+        for quant, fmt in (("fp8", "w8a8-fp8-channel"), ("int8", "w8a8-int8-channel")):
+            q = torch.empty(B, L, D, device=device, dtype=fn._out_dtype(torch.float32, quant))
+            s = torch.empty(B, L, 1, device=device)
+            fn.launch_norm(x, q, s, 1e-6, *args, quant, **launch_kw)
+            q_ref, s_ref = qf.FORMATS[fmt].quantize_activation(h.reshape(-1, D))
+            res[f"{name}_q{quant}_bytes_differ"] = _mismatch(q.reshape(-1, D), q_ref)
+            res[f"{name}_q{quant}_scales_differ"] = _mismatch(s.reshape(-1, 1), s_ref)
+    return res
+
+
 def rope_cases(
     device: str,
     dtype: torch.dtype,
@@ -89,6 +122,21 @@ if __name__ == "__main__":
     # power of two, per-sample and per-token modulation, weights in the run dtype and in fp32
     out = {f"norm1:{k}": v for k, v in norm_cases("cpu", torch.float16, 2, 9, 320, 1).items()}
     out.update({f"norm2:{k}": v for k, v in norm_cases("cpu", torch.float16, 1, 7, 256, 7).items()})
+    # launch geometries: fp32 and fp16 x; widths not a power of two (nor a multiple of 4: unaligned,
+    # masked); four tiles per row (8 + 4 + 2 + 1 rows of one warp's G, the last masked); a width past
+    # MAX_TILED_K; the sweeping kernel forced on a short row (masked last block)
+    geometries = {
+        "g1": (torch.float32, 2, 3, 320, 1, {}),
+        "g2": (torch.float16, 1, 5, 1536, 5, {}),
+        "g3": (torch.float32, 1, 2, 1858, 1, {"num_warps": 1}),
+        "g4": (torch.float16, 1, 3, 3770, 3, {"num_warps": 1}),
+        "g5": (torch.float32, 1, 2, 16392, 1, {}),
+        "g6": (torch.float32, 2, 2, 1100, 1, {"tiled": False, "num_warps": 1}),
+    }
+    for tag, (x_dtype, B, L, D, Lt, kw) in geometries.items():
+        out.update(
+            {f"{tag}:{k}": v for k, v in norm_geometry_cases("cpu", x_dtype, B, L, D, Lt, **kw).items()}
+        )
     out.update(
         {
             f"rope1:{k}": v

@@ -45,13 +45,23 @@ def test_fused_ops_benchmark_smoke(tmp_path):
     from tests.interp_util import ROOT
 
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    args = ["--device", "cpu", "--shapes", "3x260", "--target-s", "0", "--out", str(tmp_path)]
+    args = ["--device", "cpu", "--shapes", "3x260", "--norm-shapes", "3x260", "--target-s", "0"]
+    args += ["--out", str(tmp_path)]
     cmd = [sys.executable, "benchmarks/fused_ops.py", *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads((tmp_path / "fused_ops_cpu.json").read_text())
-    assert rep["device"] == "cpu" and [r["quant"] for r in rep["results"]] == ["fp8", "int8"]
-    assert all(r["bytes_equal"] and set(r["fused_ms_by_warps"]) == {"4", "8", "16"} for r in rep["results"])
+    gelu = [r for r in rep["results"] if "quant" in r]
+    norm = [r for r in rep["results"] if "d" in r]
+    assert rep["device"] == "cpu" and [r["quant"] for r in gelu] == ["fp8", "int8"]
+    assert all(r["bytes_equal"] and set(r["fused_ms_by_warps"]) == {"4", "8", "16"} for r in gelu)
+    assert [(r["x"], r["out"]) for r in norm] == [
+        (x, o) for x in ("float32", "bfloat16") for o in ("bf16", "fp8", "int8")
+    ]
+    assert all(
+        r.get("new_equals_quantizer", True) and set(r["new_ms_by_warps"]) == {"2", "4", "8", "16"}
+        for r in norm
+    )
     assert (tmp_path / "fused_ops_cpu.md").exists()
 
 
