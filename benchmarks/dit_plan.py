@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from lightx2v_quant.models.wan import WanDiTConfig, random_dit
+from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK
 from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import kernels_used, prepare_model
 
@@ -42,6 +43,7 @@ class Entry:
     iters: int = 2
     reference: bool = False  # this entry's output is the quality reference of its resolution
     residual: str = "fp32"  # speed.residual: fp32 (official) or run_dtype (bf16, as LightX2V / diffusers)
+    token_chunk: int = TOKEN_CHUNK  # speed.token_chunk (0: output projections / FFN on all tokens at once)
 
 
 def _ours(name, quant=None, attention="sdpa", fused=True, **kw) -> Entry:
@@ -113,6 +115,9 @@ def _plan(kind: str) -> list[Entry]:
             warmup=2,
             residual="run_dtype",
         ),
+        # all tokens at once (speed.token_chunk=0): bf16 has memory to spare; the GEMMs run unsplit
+        _ours("ours bf16 sdpa fused unchunked", token_chunk=0),
+        _ours("ours bf16 sdpa fused unchunked res-bf16", token_chunk=0, residual="run_dtype"),
         # int8 linears on the Gluon GEMM (Hopper), next to the fp8 entries above
         _ours("ours int8-triton sdpa fused", "int8-triton"),
         _ours(
@@ -301,6 +306,7 @@ def run_plan(
                         fused=e.fused,
                         compile=e.compile,
                         residual=e.residual,
+                        token_chunk=e.token_chunk,
                     )
                     with torch.inference_mode():
                         times, peak, out, warm_s = _time(lambda: model(**x), e.warmup, e.iters, cuda)

@@ -188,7 +188,8 @@ def configure_speed(model: nn.Module, cfg: Any, device: torch.device) -> dict[st
 
     s = speed_settings(cfg)
     return configure_dit(model, attention=s.attention, cross_attention=s.cross_attention, fused=s.fused,
-                         compile=s.compile, residual=s.residual, device=device.type)
+                         compile=s.compile, residual=s.residual, token_chunk=s.token_chunk,
+                         device=device.type)
 
 
 # -- VAE ----------------------------------------------------------------------------------------------

@@ -8,10 +8,13 @@ import sys
 
 import torch
 
-from lightx2v_quant.models.wan import dit_fused, random_dit
+from lightx2v_quant.models.wan import random_dit
 from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import prepare_model
 from tests.models.dit_util import inputs, tiny
+
+
+CHUNK = 7  # speed.token_chunk for the tiny models: 18 test tokens -> 3 chunks, a ragged last one
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -21,11 +24,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def fused_vs_official(
     device: str, dtype: torch.dtype, quant: str | None, i2v: bool = False
 ) -> dict[str, float]:
-    chunk, dit_fused.TOKEN_CHUNK = dit_fused.TOKEN_CHUNK, 7  # 18 test tokens -> 3 chunks, a ragged last one
-    try:
-        return _fused_vs_official(device, dtype, quant, i2v)
-    finally:
-        dit_fused.TOKEN_CHUNK = chunk
+    return _fused_vs_official(device, dtype, quant, i2v)
 
 
 def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: bool) -> dict[str, float]:
@@ -37,17 +36,19 @@ def _fused_vs_official(device: str, dtype: torch.dtype, quant: str | None, i2v: 
     with torch.no_grad():
         configure_dit(model, fused=False)
         ref = model(**inp)
-        rep = configure_dit(model, fused=True, prequant=False)
-        assert rep["fused"] is True
+        rep = configure_dit(model, fused=True, prequant=False, token_chunk=CHUNK)
+        assert rep["fused"] is True and rep["token_chunk"] == CHUNK
         res["fused"] = rel(model(**inp), ref)
+        rep = configure_dit(model, fused=True, prequant=False, token_chunk=0)  # all tokens at once
+        res["fused_unchunked"] = rel(model(**inp), ref)
         if quant is not None:
-            rep = configure_dit(model, fused=True, prequant=True)
+            rep = configure_dit(model, fused=True, prequant=True, token_chunk=CHUNK)
             assert rep["prequantized_inputs"]["self_attn"] == "2/2 blocks", rep
             res["fused_prequant"] = rel(model(**inp), ref)
         else:  # the residual stream in the run dtype, official and fused paths
             configure_dit(model, fused=False, residual="run_dtype")
             ref16 = model(**inp)
-            rep = configure_dit(model, fused=True, prequant=False, residual="run_dtype")
+            rep = configure_dit(model, fused=True, prequant=False, residual="run_dtype", token_chunk=CHUNK)
             assert rep["residual"] == "run_dtype" and model.blocks[0].residual_dtype == dtype
             res["fused_residual16"] = rel(model(**inp), ref16)
             res["residual16_vs_fp32"] = rel(ref16, ref)
@@ -58,20 +59,16 @@ def gelu_fusion(device: str, dtype: torch.dtype, quant: str) -> dict[str, float]
     """The fused, pre-quantized DIT with the FFN's GELU + quantization in one kernel vs the same path with
     nn.GELU and the down projection quantizing its own input (``ffn.gelu_quant`` off), 0.0 when identical;
     and the blocks configured (``ffn_hidden`` of configure_dit's report)."""
-    chunk, dit_fused.TOKEN_CHUNK = dit_fused.TOKEN_CHUNK, 7  # 18 tokens -> 3 chunks, a ragged last one
-    try:
-        cfg = tiny(num_layers=2)
-        model = random_dit(cfg, dtype, device, seed=0, quant=quant)
-        prepare_model(model)
-        inp = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=2).items()}
-        with torch.no_grad():
-            rep = configure_dit(model, fused=True, prequant=True, fuse_gelu=True)
-            out = model(**inp)
-            for block in model.blocks:
-                block.ffn.gelu_quant = None
-            ref = model(**inp)
-    finally:
-        dit_fused.TOKEN_CHUNK = chunk
+    cfg = tiny(num_layers=2)
+    model = random_dit(cfg, dtype, device, seed=0, quant=quant)
+    prepare_model(model)
+    inp = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs(cfg, batch=2).items()}
+    with torch.no_grad():
+        rep = configure_dit(model, fused=True, prequant=True, fuse_gelu=True, token_chunk=CHUNK)
+        out = model(**inp)
+        for block in model.blocks:
+            block.ffn.gelu_quant = None
+        ref = model(**inp)
     return {"gelu_fusion": rel(out, ref), "ffn_hidden_blocks": float(rep["prequantized_inputs"]["ffn_hidden"][0])}
 
 

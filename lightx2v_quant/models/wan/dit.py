@@ -201,6 +201,9 @@ class WanAttentionBlock(nn.Module):
         # dtype of the residual stream x between phases: fp32 as the official code (speed.residual=run_dtype
         # keeps it in the run dtype, as LightX2V's default and diffusers do: half its memory and traffic)
         self.residual_dtype = torch.float32
+        # tokens per chunk of the output projections and the FFN on the fused path (speed.token_chunk;
+        # 0: all at once): bounds the activation memory those add to the residual stream
+        self.token_chunk = dit_fused.TOKEN_CHUNK
 
     def modulation_terms(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """e0 [B, Lt, 6, D] fp32 -> six fp32 [B, Lt, D]: shift/scale/gate of self-attn, then of the FFN."""

@@ -28,7 +28,7 @@ from lightx2v_quant.quant.activation import QuantizedActivation
 # Tokens per chunk of the FFN and of the attention output projections on the fused path: a 480p Wan-14B
 # FFN hidden is [32760, 13824] (0.9 GB in bf16, more with its GELU output and quantized copy), a projection
 # output 0.3 GB; 8192-token chunks keep the GEMMs large and cut those by 4x.
-TOKEN_CHUNK = 8192
+TOKEN_CHUNK = 16384  # speed.token_chunk's default (block.token_chunk; 0 = all tokens at once)
 
 if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanFFN, WanSelfAttention
@@ -48,8 +48,8 @@ def self_attn_phase(
 
     # the norm output is passed inline (no reference kept here) so that self_attention can free it early
     if block.self_attn.fused:
-        return project_add_(block.self_attn.o, self_attention(block.self_attn, _norm1(block, x, mod), rope), x,
-                            mod[2])
+        out = self_attention(block.self_attn, _norm1(block, x, mod), rope)
+        return project_add_(block.self_attn.o, out, x, block.token_chunk, mod[2])
     return fused.gated_residual_(x, block.self_attn(_norm1(block, x, mod), rope), mod[2])
 
 
@@ -67,22 +67,25 @@ def cross_attn_phase(
     """x += cross_attn(norm3(x)) (no gate). norm3 runs as a module call (its fused_to set by configure_dit),
     so an offload hook on it still brings its weights (and the cross-attention's) in before they are read."""
     ca = block.cross_attn
-    return project_add_(ca.o, ca.attend_all(block.norm3(x), context, context_img), x, None)
+    return project_add_(ca.o, ca.attend_all(block.norm3(x), context, context_img), x, block.token_chunk, None)
 
 
-def project_add_(linear, out: torch.Tensor, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    """x += linear(out) * gate, TOKEN_CHUNK tokens at a time: the projection's output (and its quantized
-    input) never exists for all tokens at once."""
+def project_add_(
+    linear, out: torch.Tensor, x: torch.Tensor, chunk: int, gate: torch.Tensor | None
+) -> torch.Tensor:
+    """x += linear(out) * gate, ``chunk`` tokens at a time (0: all at once): the projection's output (and
+    its quantized input) never exists for all tokens at once."""
     from lightx2v_quant import fused
 
-    for i in range(0, x.shape[1], TOKEN_CHUNK):
-        fused.gated_residual_(_rows(x, i, TOKEN_CHUNK), linear(_rows(out, i, TOKEN_CHUNK)), _gate_rows(gate, i))
+    chunk = chunk or x.shape[1]
+    for i in range(0, x.shape[1], chunk):
+        fused.gated_residual_(_rows(x, i, chunk), linear(_rows(out, i, chunk)), _gate_rows(gate, i, chunk))
     return x
 
 
-def _gate_rows(gate: torch.Tensor | None, start: int) -> torch.Tensor | None:
-    """The gate of tokens [start, start + TOKEN_CHUNK): [B, 1, D] broadcasts; per-token gates [B, L, D] are cut."""
-    return gate if gate is None or gate.shape[1] == 1 else _rows(gate, start, TOKEN_CHUNK)
+def _gate_rows(gate: torch.Tensor | None, start: int, chunk: int) -> torch.Tensor | None:
+    """The gate of tokens [start, start + chunk): [B, 1, D] broadcasts; per-token gates [B, L, D] are cut."""
+    return gate if gate is None or gate.shape[1] == 1 else _rows(gate, start, chunk)
 
 
 def layer_norm(norm, x: torch.Tensor):
@@ -94,14 +97,14 @@ def layer_norm(norm, x: torch.Tensor):
 
 
 def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Tensor]) -> torch.Tensor:
-    """x += FFN(LN(x) * (1 + scale) + shift) * gate, TOKEN_CHUNK tokens at a time (the norm output of all
+    """x += FFN(LN(x) * (1 + scale) + shift) * gate, block.token_chunk tokens at a time (the norm output of all
     tokens is made first, so updating x chunk by chunk does not feed back)."""
     from lightx2v_quant import fused
 
     h = fused.layer_norm_modulate(
         x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4], quant=block.prequant[2]
     )
-    return project_add_(block.ffn, h, x, mod[5])
+    return project_add_(block.ffn, h, x, block.token_chunk, mod[5])
 
 
 def ffn_gelu_quant(ffn: WanFFN, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:

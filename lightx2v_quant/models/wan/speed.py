@@ -18,6 +18,7 @@ import torch
 
 from lightx2v_quant.attention.backends import LOWP_PV_FP8
 from lightx2v_quant.models.wan.attention import backend_problem, backends
+from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK
 from lightx2v_quant.models.wan.dit import (
     WanAttentionBlock,
     WanCrossAttention,
@@ -37,18 +38,23 @@ class SpeedSettings:
     fused: bool | None = None  # None: on where the kernels run (CUDA, Triton, bf16 / fp16 run dtype)
     compile: bool = False
     residual: str = "fp32"  # residual stream dtype: "fp32" (official) or "run_dtype"
+    token_chunk: int = TOKEN_CHUNK  # tokens per output-projection / FFN chunk on the fused path; 0 = all
     notes: list[str] = field(default_factory=list)
 
 
 def speed_settings(cfg: Any) -> SpeedSettings:
     """The resolved settings of a composed run config: ``speed.attention`` (null: ``hardware.attention``),
     ``speed.cross_attention`` (null: same as attention), ``speed.fused``, ``speed.compile``,
-    ``speed.residual``."""
+    ``speed.residual``, ``speed.token_chunk``."""
     sp = cfg.get("speed") or {}
     attention = sp.get("attention") or cfg.hardware.get("attention") or "sdpa"
     cross = sp.get("cross_attention") or attention
     residual = str(sp.get("residual") or "fp32")
-    return SpeedSettings(str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)), residual)
+    chunk = sp.get("token_chunk")
+    chunk = TOKEN_CHUNK if chunk is None else chunk
+    return SpeedSettings(
+        str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)), residual, chunk
+    )
 
 
 RESIDUAL_DTYPES = ("fp32", "run_dtype")
@@ -84,6 +90,10 @@ def speed_problems(cfg: Any, device: str, sm: int | None) -> list[str]:
         problems.append(
             f"speed.residual={s.residual}: unknown residual stream dtype; use one of {', '.join(RESIDUAL_DTYPES)}"
         )
+    if isinstance(s.token_chunk, bool) or not isinstance(s.token_chunk, int) or s.token_chunk < 0:
+        problems.append(
+            f"speed.token_chunk={s.token_chunk}: give a number of tokens (e.g. {TOKEN_CHUNK}) or 0 for all at once"
+        )
     if s.fused is True:
         why = fused_problem(device, str(cfg.model.dtype))
         if why:
@@ -110,6 +120,7 @@ def configure_dit(
     prequant: bool = True,
     compile: bool = False,
     residual: str = "fp32",
+    token_chunk: int = TOKEN_CHUNK,
     fuse_gelu: bool = False,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -119,6 +130,9 @@ def configure_dit(
     fused GELU) emit fp8 / int8 activations when every GEMM that reads them takes pre-quantized input.
     ``compile`` compiles each block with ``torch.compile(fullgraph=True)``; the blocks share one compiled
     graph. ``residual`` is the dtype of the residual stream: "fp32" (the official numerics) or "run_dtype".
+    ``token_chunk``: tokens per chunk of the output projections and the FFN on the fused path (0: all at
+    once); 16384 measured 1.3% faster than 8192 at the same fp8 peak on an H100, all at once adds ~0.6 GiB
+    (benchmarks/results/logs/token_chunk_nvidia-h100.json).
     ``fuse_gelu`` emits the FFN hidden with GELU + quantization in one kernel (off by default: on the H200 it
     is slower than nn.GELU + the GEMM's own quantization, 0.30 vs 0.21 ms per 8192-token chunk, and the
     0.23 GB of memory it saves is not at the forward's peak; benchmarks/results/fused_ops_nvidia-h200.md).
@@ -128,6 +142,8 @@ def configure_dit(
     """
     if residual not in RESIDUAL_DTYPES:
         raise ValueError(f"residual={residual!r}: use one of {', '.join(RESIDUAL_DTYPES)}")
+    if isinstance(token_chunk, bool) or not isinstance(token_chunk, int) or token_chunk < 0:
+        raise ValueError(f"token_chunk={token_chunk!r}: a number of tokens, or 0 for all at once")
     device = device or next(model.parameters()).device.type
     for name in (attention, cross_attention or attention):
         why = backend_problem(name, device, _sm(device))
@@ -152,10 +168,13 @@ def configure_dit(
     for block in model.blocks:
         _configure_block(block, use_fused, prequant, fuse_gelu, sites)
         block.residual_dtype = residual_dtype
+        block.token_chunk = token_chunk
     model.head.fused = use_fused
     if compile:
         compile_blocks(model)
-    report = asdict(SpeedSettings(attention, cross_attention or attention, use_fused, compile, residual))
+    report = asdict(
+        SpeedSettings(attention, cross_attention or attention, use_fused, compile, residual, token_chunk)
+    )
     report.pop("notes")
     report["prequantized_inputs"] = {k: f"{v}/{len(model.blocks)} blocks" for k, v in sites.items()}
     if fused is None and why:
