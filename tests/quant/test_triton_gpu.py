@@ -492,7 +492,8 @@ def test_gpu_every_tuning_candidate(kind, poison):
 
 
 def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
-    """A tuned linear records its route and its kernels' configs, and writes them to the tune file."""
+    """A tuned linear records its route and its kernels' configs, and writes them to the tune file
+    (M = 48: a size where both routes are candidates, so the route is tuned too)."""
     _need_sm(89)
     L = _linear()
     from lightx2v_quant.quant.kernels.triton_tuning import TUNER
@@ -500,8 +501,8 @@ def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
     path = tmp_path / "tune.json"
     monkeypatch.setenv("LIGHTX2V_QUANT_TRITON_TUNE_FILE", str(path))
     monkeypatch.setattr(TUNER, "_saved", None)
-    fmt, t, x, bias = problem(FP8, 300, 2048, 2048)
-    y = torch.empty((300, 2048), dtype=torch.bfloat16, device="cuda")
+    fmt, t, x, bias = problem(FP8, 48, 2048, 2048)
+    y = torch.empty((48, 2048), dtype=torch.bfloat16, device="cuda")
     L.launch_linear_w8a8(x, FP8, t["weight"], t["weight_scale"].reshape(-1).contiguous(), bias, y)
     ref = fmt.reference_linear(x, t, bias, torch.float32)
     assert _rel(y, ref) < 1e-2 + BF16_OUT
