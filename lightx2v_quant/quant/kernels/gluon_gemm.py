@@ -28,6 +28,10 @@ has Gluon; the launcher in ``triton_ops`` offers these tiles to the tuner only o
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these tiles
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -43,6 +47,13 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    _GL_DTYPES = {
+        torch.int8: gl.int8,
+        torch.float8_e4m3fn: gl.float8e4nv,
+        torch.bfloat16: gl.bfloat16,
+        torch.float16: gl.float16,
+        torch.float32: gl.float32,
+    }
     AVAILABLE = True
 except ImportError:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
@@ -62,36 +73,39 @@ if AVAILABLE:
         return pid_m, pid_n
 
     @gluon.jit
-    def _issue_load(
-        item, kk, off_m, off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, STAGES: gl.constexpr
-    ):
-        """TMA loads of flat item ``item`` (K step ``kk`` of the tile at ``off_m, off_n``) into ring slot
-        ``item % STAGES``; predicated off past the end of this program's work."""
-        slot = item % STAGES
-        pred = item < total
-        bar = ready.index(slot)
-        off_k = kk * a_desc.block_type.shape[1]
-        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        _tma_load(a_desc, [off_m, off_k], bar, a_bufs.index(slot), pred)
-        _tma_load(b_desc, [off_n, off_k], bar, b_bufs.index(slot), pred)
-
-    @gluon.jit
-    def _next_load(
+    def _load_next(
+        item,
         kk,
         t,
         off_m,
         off_n,
+        a_desc,
+        b_desc,
+        a_bufs,
+        b_bufs,
+        ready,
+        total,
         k_tiles,
         start,
         nprog,
         num_pid_m,
         num_pid_n,
         GROUP_M: gl.constexpr,
-        BLOCK_M: gl.constexpr,
-        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
     ):
-        """The loader's next (K step, tile, offsets): divisions only when it crosses into a new tile, so
-        the K loop's path from one wgmma to the next stays short."""
+        """TMA loads of flat item ``item`` (K step ``kk`` of this program's tile ``t``, at ``off_m,
+        off_n``) into ring slot ``item % STAGES``, predicated off past the end of the program's work;
+        returns the loader's next (K step, tile, offsets), with divisions only when it crosses into a
+        new tile, so the K loop's path from one wgmma to the next stays short."""
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        slot = item % STAGES
+        pred = item < total
+        bar = ready.index(slot)
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        _tma_load(a_desc, [off_m, kk * BLOCK_K], bar, a_bufs.index(slot), pred)
+        _tma_load(b_desc, [off_n, kk * BLOCK_K], bar, b_bufs.index(slot), pred)
         kk += 1
         if kk == k_tiles:
             kk = 0
@@ -152,21 +166,10 @@ if AVAILABLE:
         l_off_m = pid_m * BLOCK_M
         l_off_n = pid_n * BLOCK_N
         for item in gl.static_range(STAGES - 1):
-            _issue_load(item, lk, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, STAGES)
-            lk, lt, l_off_m, l_off_n = _next_load(
-                lk,
-                lt,
-                l_off_m,
-                l_off_n,
-                k_tiles,
-                start,
-                nprog,
-                num_pid_m,
-                num_pid_n,
-                GROUP_M,
-                BLOCK_M,
-                BLOCK_N,
-            )
+            lk, lt, l_off_m, l_off_n = _load_next(
+                item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
+                start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES,
+            )  # fmt: skip
 
         item = 0  # flat (tile, K step) counter: ring slot and barrier phase
         for t in range(my_tiles):
@@ -201,33 +204,10 @@ if AVAILABLE:
                 )
                 # At most one wgmma outstanding: wgmma(item - 1) is done, so its slot can be refilled.
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-                _issue_load(
-                    item + STAGES - 1,
-                    lk,
-                    l_off_m,
-                    l_off_n,
-                    a_desc,
-                    b_desc,
-                    a_bufs,
-                    b_bufs,
-                    ready,
-                    total,
-                    STAGES,
-                )
-                lk, lt, l_off_m, l_off_n = _next_load(
-                    lk,
-                    lt,
-                    l_off_m,
-                    l_off_n,
-                    k_tiles,
-                    start,
-                    nprog,
-                    num_pid_m,
-                    num_pid_n,
-                    GROUP_M,
-                    BLOCK_M,
-                    BLOCK_N,
-                )
+                lk, lt, l_off_m, l_off_n = _load_next(
+                    item + STAGES - 1, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total,
+                    k_tiles, start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES,
+                )  # fmt: skip
                 item += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             # The epilogue runs on column halves: a thread holds BLOCK_N / 4 columns of each vector in
@@ -250,22 +230,15 @@ if AVAILABLE:
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
 
-    def _shared_layout(block_shape: list[int], torch_dtype) -> "gl.NVMMASharedLayout":
-        import torch
-
-        gl_dtype = {
-            torch.int8: gl.int8,
-            torch.float8_e4m3fn: gl.float8e4nv,
-            torch.bfloat16: gl.bfloat16,
-            torch.float16: gl.float16,
-            torch.float32: gl.float32,
-        }[torch_dtype]
-        return gl.NVMMASharedLayout.get_default_for(block_shape, gl_dtype)
+    @functools.lru_cache(maxsize=None)
+    def _shared_layout(block_shape: tuple[int, ...], torch_dtype) -> "gl.NVMMASharedLayout":
+        """The TMA / wgmma shared-memory layout of a block (cached: descriptors are made per call)."""
+        return gl.NVMMASharedLayout.get_default_for(list(block_shape), _GL_DTYPES[torch_dtype])
 
     def descriptors(a, w, out, block_m: int, block_n: int, block_k: int):
         """TMA descriptors for A [M, K], W [N, K] and the output [M, N] (stored in column halves)."""
         blocks = ((a, [block_m, block_k]), (w, [block_n, block_k]), (out, [block_m, block_n // 2]))
-        return tuple(TensorDescriptor.from_tensor(t, b, _shared_layout(b, t.dtype)) for t, b in blocks)
+        return tuple(TensorDescriptor.from_tensor(t, b, _shared_layout(tuple(b), t.dtype)) for t, b in blocks)
 
 
 def instr_n(block_n: int, is_int8: bool) -> int:
@@ -278,7 +251,6 @@ def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True):
     """What the JIT builds for one tile config (``triton_tuning.TileConfig``): a GluonASTSource for
     ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))``, so the
     kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``)."""
-    import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
