@@ -152,6 +152,21 @@ def _row_absmax(t0, t1, t2, t3, R1: tl.constexpr, R2: tl.constexpr, R3: tl.const
 
 
 @triton.jit
+def _row_ptrs(
+    row, L, x_ptr, out_ptr, scale_ptr, shift_ptr, stride_xb, stride_xl, stride_mb, stride_ml, stride_ob, stride_ol
+):
+    """Pointers to token ``row`` (flat over [B, L]) of x, the output and the modulation's scale and shift."""
+    b = row // L
+    t = row % L
+    return (
+        x_ptr + b * stride_xb + t * stride_xl,
+        out_ptr + b * stride_ob + t * stride_ol,
+        scale_ptr + b * stride_mb + t * stride_ml,
+        shift_ptr + b * stride_mb + t * stride_ml,
+    )
+
+
+@triton.jit
 def _norm_kernel(
     x_ptr,
     out_ptr,
@@ -186,12 +201,9 @@ def _norm_kernel(
     variance over the registers), optional affine, optional (1 + scale) / shift, then the output dtype
     (QUANT=0) or fp8 (1) / int8 (2) with one scale per token, quantized as the per-token quantizer does."""
     row = tl.program_id(0).to(tl.int64)
-    b = row // L
-    t = row % L
-    x_row = x_ptr + b * stride_xb + t * stride_xl
-    o_row = out_ptr + b * stride_ob + t * stride_ol
-    sc_row = scale_ptr + b * stride_mb + t * stride_ml
-    sh_row = shift_ptr + b * stride_mb + t * stride_ml
+    x_row, o_row, sc_row, sh_row = _row_ptrs(
+        row, L, x_ptr, out_ptr, scale_ptr, shift_ptr, stride_xb, stride_xl, stride_mb, stride_ml, stride_ob, stride_ol
+    )
     k1 = R0 * G  # first columns of the tiles
     k2 = (R0 + R1) * G
     k3 = (R0 + R1 + R2) * G
@@ -263,12 +275,9 @@ def _norm_long_kernel(
     """Rows longer than MAX_TILED_K: sweeps of [1, BLOCK] tiles for the mean, the variance, then the
     output (quantized: one sweep for the |max| of the result, one to quantize); re-reads mostly hit L2."""
     row = tl.program_id(0).to(tl.int64)
-    b = row // L
-    t = row % L
-    x_row = x_ptr + b * stride_xb + t * stride_xl
-    o_row = out_ptr + b * stride_ob + t * stride_ol
-    sc_row = scale_ptr + b * stride_mb + t * stride_ml
-    sh_row = shift_ptr + b * stride_mb + t * stride_ml
+    x_row, o_row, sc_row, sh_row = _row_ptrs(
+        row, L, x_ptr, out_ptr, scale_ptr, shift_ptr, stride_xb, stride_xl, stride_mb, stride_ml, stride_ob, stride_ol
+    )
     acc = tl.zeros([1, BLOCK], dtype=tl.float32)
     for k0 in range(0, D, BLOCK):
         acc += _load_f32(x_row, k0, D, 1, BLOCK, VEC, True)
