@@ -185,7 +185,7 @@ class SpeedOptions:
     fused: Optional[bool] = None  # fused Triton norm/modulation/RoPE/residual kernels; None = where they run
     compile: bool = False  # torch.compile each DIT block (fullgraph; the blocks share one graph)
     residual: str = "fp32"  # residual stream dtype: fp32 (official) or run_dtype (LightX2V / diffusers)
-    token_chunk: int = 16384  # tokens per output-projection / FFN chunk on the fused path; 0 = all at once
+    token_chunk: Optional[int] = None  # tokens per output-projection / FFN chunk (fused path); None = 16384; 0 = all
 
 
 @dataclass
