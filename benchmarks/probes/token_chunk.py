@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
 
-from benchmarks.dit import latent_shape, make_inputs
+from benchmarks.dit import _timed_ms, latent_shape, make_inputs
 from lightx2v_quant.models.wan import WanDiTConfig, random_dit
 from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import prepare_model
-
-
-def _time_ms(fn, iters: int = 3) -> float:
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def measure(quant: str, chunks: list[int], residual: str) -> list[dict]:
@@ -44,7 +33,7 @@ def measure(quant: str, chunks: list[int], residual: str) -> list[dict]:
             configure_dit(model, attention="sdpa", fused=True, residual=residual, token_chunk=chunk)
             model(**inp)  # warm-up (autotuning for new chunk shapes)
             torch.cuda.reset_peak_memory_stats()
-            ms = _time_ms(lambda: model(**inp))
+            ms = statistics.median(_timed_ms(lambda: model(**inp), torch.device("cuda"))[0] for _ in range(3))
             row = {"quant": quant, "chunk": chunk, "ms": round(ms, 1),
                    "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
             rows.append(row)
