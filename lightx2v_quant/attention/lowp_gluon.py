@@ -1,0 +1,351 @@
+"""The int8 Q.K^T / fp8 P.V attention kernel for Hopper in Gluon, with two warpgroups taking turns on
+the tensor cores (FlashAttention-3's "ping-pong" schedule).
+
+Same numerics as ``lowp_triton`` on the same quantized inputs (``lowp_quant``): int8 Q.K^T with the
+softmax scale and log2(e) folded into Q's per-token scales, K's per-128-key scales, the magic-number
+int32 -> fp32 conversion, P computed as 448 * exp2(.) and cast to fp8 e4m3, fp8 P.V into an fp32
+accumulator, V's channel scale and mean applied at the end.
+
+Why: per key block, one warpgroup needs the tensor cores (Q.K^T and P.V, ~512 cycles for 64 query
+rows) and then the MUFU / ALU pipes (the softmax: one exp2 per logit, MUFU-bound at ~512 cycles too).
+In ``lowp_triton`` several independent programs share an SM and fall into step: Nsight Compute shows
+the tensor pipe 45% busy and instruction issue 53% busy, their sum, i.e. almost no overlap. Here one
+program holds two warpgroups (64 query rows each) and two named barriers make them alternate: a
+warpgroup issues its two wgmmas only after the other has issued its own, so while warpgroup 0 runs its
+softmax the tensor cores work for warpgroup 1, and the other way round.
+
+Per key block j, for each warpgroup:
+
+1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block);
+2. wait for its turn; issue P.V(j) and S(j+1) = Q.K(j+1)^T (async); hand the turn to the other group;
+3. wait for both wgmmas; refill the ring slot of block j-2 with block j-2+STAGES by TMA.
+
+The refill is safe without an extra barrier: a warpgroup at step 3 of block j has passed its turn,
+which needs the other group's hand-over of block j-1 (or j) - and a group hands over only after its
+step 3 of the block before, so both groups are done with block j-2 (STAGES >= 4 keeps every slot a
+lagging group may still wait on distinct from the one refilled).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # TMA copies were renamed after Triton 3.6 (async_load); the old name now raises.
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    AVAILABLE = False
+
+BLOCK_M = 128  # two warpgroups of 64 query rows
+BLOCK_N = 128  # keys per block (= lowp_quant.QBLOCK: one K scale per block)
+NUM_WARPS = 4  # the default partition: warpgroup 0 (warpgroup 1 and the producer warp are workers)
+STAGES = 5
+CONSUMER_REGS = 232  # registers per thread of warpgroup 1 (setmaxnreg; the producer warp keeps 24)
+
+if AVAILABLE:
+    MAGIC_I = gl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i, |i| < 2^22
+    MAGIC_F = gl.constexpr(12582912.0)
+    LOG2_PSCALE = gl.constexpr(math.log2(448.0))
+    MASKED_LOGIT = gl.constexpr(-4194304)
+    # Named barriers 8 and 9 (Gluon numbers its own from 0 up): warpgroup g waits for its turn on 8 + g
+    # and hands the turn over on 9 - g (256 threads: both warpgroups).
+    _SYNC_8 = gl.constexpr("bar.sync 8, 256; mov.u32 $0, 0;")
+    _SYNC_9 = gl.constexpr("bar.sync 9, 256; mov.u32 $0, 0;")
+    _ARRIVE_8 = gl.constexpr("bar.arrive 8, 256; mov.u32 $0, 0;")
+    _ARRIVE_9 = gl.constexpr("bar.arrive 9, 256; mov.u32 $0, 0;")
+
+    @gluon.jit
+    def _barrier(asm: gl.constexpr, num_warps: gl.constexpr):
+        """One named-barrier instruction in every thread of the calling warpgroup."""
+        tid = gl.arange(0, 32 * num_warps, layout=gl.BlockedLayout([1], [32], [num_warps], [0]))
+        gl.inline_asm_elementwise(asm, "=r,r", [tid], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _wait_turn(WG: gl.constexpr, num_warps: gl.constexpr):
+        if WG == 0:
+            _barrier(_SYNC_8, num_warps)
+        else:
+            _barrier(_SYNC_9, num_warps)
+
+    @gluon.jit
+    def _hand_over(WG: gl.constexpr, num_warps: gl.constexpr):
+        if WG == 0:
+            _barrier(_ARRIVE_9, num_warps)
+        else:
+            _barrier(_ARRIVE_8, num_warps)
+
+    @gluon.jit
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty, q_row, k_row0, v_row0, n_blocks):
+        """One warp: both halves of the Q tile, then K and V^T of every key block into the ring, each
+        slot as soon as both warpgroups have released it."""
+        STAGES: gl.constexpr = k_bufs.shape[0]
+        BN: gl.constexpr = k_desc.block_type.shape[0]
+        HALF: gl.constexpr = q_desc.block_type.shape[0]
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        _tma_load(q_desc, [q_row, 0], q_bar, q_smem.index(0))
+        _tma_load(q_desc, [q_row + HALF, 0], q_bar, q_smem.index(1))
+        for j in range(n_blocks):
+            slot = j % STAGES
+            mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1, pred=j >= STAGES)
+            bar = ready.index(slot)
+            mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+            _tma_load(k_desc, [k_row0 + j * BN, 0], bar, k_bufs.index(slot))
+            _tma_load(v_desc, [v_row0, j * BN], bar, v_bufs.index(slot))
+
+    @gluon.jit
+    def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr):
+        """Online softmax of the int32 logits ``s`` in log2 units (scales folded as in
+        lowp_triton._softmax_pv); returns fp8 448 * P in the P.V operand layout, the new row max and
+        sum, and O rescaled."""
+        BN: gl.constexpr = s.shape[1]
+        if MASKED:  # the ragged last block
+            valid = gl.expand_dims(start + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout)), 0) < L_K
+            s = gl.where(valid, s, MASKED_LOGIT)
+        m_new = gl.maximum(m_i, gl.max(s, 1).to(gl.float32) * sc)
+        c = MAGIC_F * sc + m_new - LOG2_PSCALE
+        t = (s + MAGIC_I).to(gl.float32, bitcast=True) * gl.expand_dims(sc, 1) - gl.expand_dims(c, 1)
+        if MASKED:
+            t = gl.where(valid, t, float("-inf"))
+        p = gl.exp2(t)  # 448 * P
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+        o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        return p8, m_new, l_i, o
+
+    @gluon.jit
+    def _consumer(
+        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+        pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+        WG: gl.constexpr, PINGPONG: gl.constexpr,
+    ):
+        """Warpgroup WG (its own 64 query rows), taking turns with the other one on the tensor cores."""
+        STAGES: gl.constexpr = k_bufs.shape[0]
+        BM: gl.constexpr = q_smem.shape[1]
+        D: gl.constexpr = q_smem.shape[2]
+        BN: gl.constexpr = k_bufs.shape[1]
+        W: gl.constexpr = 4
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 32])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, D, 32])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+        q_tile = q_smem.index(WG)
+        row0 = pid_m * 2 * BM + WG * BM
+
+        q_sc = gl.load(qs_ptr + bh * LQP + row0 + gl.arange(0, BM, layout=row_s))  # (buffers padded)
+        ks_base = ks_ptr + bh * (LKP // BN)
+        ks = gl.load(ks_base)  # K scale of block 0
+        s_zero = gl.zeros((BM, BN), dtype=gl.int32, layout=s_layout)
+
+        mbarrier.wait(q_bar, 0)
+        mbarrier.wait(ready.index(0), 0)
+        if PINGPONG:
+            if WG == 1:
+                _hand_over(1, W)  # warpgroup 0 takes the first turn
+            _wait_turn(WG, W)
+        s = warpgroup_mma(q_tile, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        if PINGPONG:
+            _hand_over(WG, W)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+
+        m_i = gl.full([BM], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([BM], gl.float32, layout=row_s)
+        o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)
+        n_full = L_K // BN
+        for j in range(n_blocks):
+            # 1. softmax of S(j) on the CUDA cores, O rescaled (P.V(j-1) finished last block)
+            if j < n_full:
+                p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, False, p_layout, row_o)
+            else:
+                p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, True, p_layout, row_o)
+            # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats
+            #    its own S: same slot)
+            jn = gl.minimum(j + 1, n_blocks - 1)
+            mbarrier.wait(ready.index(jn % STAGES), (jn // STAGES) & 1)
+            ks = gl.load(ks_base + jn)
+            if PINGPONG:
+                _wait_turn(WG, W)
+            o = warpgroup_mma(p8, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
+            s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            if PINGPONG:
+                _hand_over(WG, W)
+            # 3. both done: this warpgroup releases block j's slot (S(j) finished a block earlier)
+            o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
+            mbarrier.arrive(empty.index(j % STAGES))
+        if PINGPONG:
+            if WG == 0:
+                _wait_turn(0, W)  # take warpgroup 1's last hand-over: no arrival left pending
+
+        out = o / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
+        offs_d = gl.arange(0, D, layout=col_o)
+        vs = gl.load(vs_ptr + bh * D + offs_d)
+        vm = gl.load(vm_ptr + bh * D + offs_d)
+        out = out * gl.expand_dims(vs, 0) + gl.expand_dims(vm, 0)  # undo V's channel scale, add its mean
+        rows = row0 + gl.arange(0, BM, layout=row_o)
+        ptrs = o_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(rows, 1) * stride_ol
+        ptrs = ptrs + gl.expand_dims(offs_d, 0)
+        gl.store(ptrs, out.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(rows < L_Q, 1))
+
+    # Worker partitions take IR values only: warpgroup 1's constexprs are bound here.
+    @gluon.jit
+    def _consumer1_pingpong(
+        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+    ):
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, True)
+
+    @gluon.jit
+    def _consumer1_lockstep(
+        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+    ):
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, False)
+
+    @gluon.jit
+    def _attn_pingpong_kernel(
+        q_desc,
+        k_desc,
+        v_desc,
+        qs_ptr,
+        ks_ptr,
+        vs_ptr,
+        vm_ptr,
+        o_ptr,
+        L_Q,
+        L_K,
+        LQP,
+        LKP,
+        H,
+        stride_ob,
+        stride_ol,
+        stride_oh,
+        STAGES: gl.constexpr,
+        PINGPONG: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        gl.static_assert(k_desc.block_type.shape[0] == 128, "one K scale per block of 128 keys")
+        gl.static_assert(num_warps == 4, "the default partition is warpgroup 0")
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        n_blocks = gl.cdiv(L_K, k_desc.block_type.shape[0])
+        HALF: gl.constexpr = q_desc.block_type.shape[0]
+        D: gl.constexpr = q_desc.block_type.shape[1]
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)  # one arrival per warpgroup
+
+        args = (q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+                pid_m, bh, bh // H, bh % H, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks)
+        gl.warp_specialize(
+            [
+                (_consumer, args + (gl.constexpr(0), PINGPONG)),
+                (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
+                (
+                    _producer,
+                    (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty,
+                     bh * LQP + pid_m * 2 * HALF, bh * LKP, bh * D, n_blocks),
+                ),
+            ],
+            [4, 1],
+            [CONSUMER_REGS, 24],
+        )
+
+    def _layout(block: list[int], dtype) -> "gl.NVMMASharedLayout":
+        gl_dtype = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}[dtype]
+        return gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
+
+    def descriptors(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor):
+        """TMA descriptors of the quantized buffers (``lowp_quant.QuantizedQKV``): Q [BH*LQP, D] and K
+        [BH*LKP, D] int8, V^T [BH*D, LKP] fp8."""
+        bh, lqp, d = q8.shape
+        lkp = k8.shape[1]
+        views = (
+            (q8.view(bh * lqp, d), [BLOCK_M // 2, d]),
+            (k8.view(bh * lkp, d), [BLOCK_N, d]),
+            (v8.view(bh * d, lkp), [d, BLOCK_N]),
+        )
+        return tuple(TensorDescriptor.from_tensor(t, blk, _layout(blk, t.dtype)) for t, blk in views)
+
+
+def supported(device: torch.device, head_dim: int) -> bool:
+    """Whether this kernel runs here: Gluon present, a Hopper GPU (wgmma), head_dim 64 or 128."""
+    return (
+        AVAILABLE
+        and device.type == "cuda"
+        and torch.cuda.get_device_capability(device) == (9, 0)
+        and head_dim in (64, 128)
+    )
+
+
+def launch(qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: bool = True, stages: int = STAGES):
+    """The attention over quantized inputs ``qq`` (``lowp_quant.QuantizedQKV`` with fp8 V^T):
+    [B, lq, heads, D] in ``out_dtype``."""
+    bh, lqp, d = qq.q.shape
+    out = torch.empty(bh // heads, lq, heads, d, device=qq.q.device, dtype=out_dtype)
+    q_desc, k_desc, v_desc = descriptors(qq.q, qq.k, qq.v)
+    grid = (-(-lq // BLOCK_M), bh)
+    _attn_pingpong_kernel[grid](
+        q_desc,
+        k_desc,
+        v_desc,
+        qq.q_scale,
+        qq.k_scale,
+        qq.v_scale,
+        qq.v_mean,
+        out,
+        lq,
+        lk,
+        lqp,
+        qq.k.shape[1],
+        heads,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        STAGES=stages,
+        PINGPONG=pingpong,
+        CONSUMER_REGS=CONSUMER_REGS,
+        num_warps=NUM_WARPS,
+    )
+    return out
+
+
+def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128):
+    """What the JIT builds for one launch: a GluonASTSource for ``triton.compile(src,
+    target=GPUTarget("cuda", 90, 32), options=dict(num_warps=NUM_WARPS))``, so the kernel can be
+    compiled for sm_90 without a GPU (tests, SASS checks)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    q8 = torch.empty(1, BLOCK_M, head_dim, dtype=torch.int8)
+    k8 = torch.empty(1, BLOCK_N, head_dim, dtype=torch.int8)
+    v8 = torch.empty(1, head_dim, BLOCK_N, dtype=torch.float8_e4m3fn)
+    descs = descriptors(q8, k8, v8)
+    sig = {name: mangle_type(d) for name, d in zip(("q_desc", "k_desc", "v_desc"), descs)}
+    sig.update(qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", vm_ptr="*fp32", o_ptr="*bf16")
+    sig.update({n: "i32" for n in ("L_Q", "L_K", "LQP", "LKP", "H", "stride_ob", "stride_ol", "stride_oh")})
+    cons = dict(STAGES=stages, PINGPONG=pingpong, CONSUMER_REGS=CONSUMER_REGS, num_warps=NUM_WARPS)
+    sig.update({name: "constexpr" for name in cons})
+    names = list(sig)
+    return GluonASTSource(_attn_pingpong_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})

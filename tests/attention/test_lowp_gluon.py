@@ -1,0 +1,76 @@
+"""The Gluon ping-pong attention kernel (lowp_gluon): builds for sm_90 without a GPU (Gluon has no CPU
+interpreter) with the schedule it exists for; on a Hopper GPU, the same output as the Triton kernel."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("pingpong", [True, False])
+def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong):
+    """Warp-specialized (a producer warp with few registers, two consumer warpgroups with many), both
+    8-bit wgmmas, fits the shared memory of an H100, and with ``pingpong`` the two warpgroups' turn
+    barriers (named barriers 8 and 9, 256 threads) around the wgmma issue."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    from triton.backends.compiler import GPUTarget
+
+    from lightx2v_quant.attention import lowp_gluon
+
+    if not lowp_gluon.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    src = lowp_gluon.ast_source(pingpong=pingpong)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=lowp_gluon.NUM_WARPS))
+    ptx = kernel.asm["ptx"]
+    assert kernel.metadata.shared <= 232448
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx
+    assert "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in ptx
+    regs = {int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx)}
+    assert 24 in regs and lowp_gluon.CONSUMER_REGS in regs
+    turns = {b for b in ("bar.sync 8, 256", "bar.sync 9, 256", "bar.arrive 8, 256", "bar.arrive 9, 256") if b in ptx}
+    assert turns == ({"bar.sync 8, 256", "bar.sync 9, 256", "bar.arrive 8, 256", "bar.arrive 9, 256"} if pingpong else set())
+
+
+def _pinned_triton(qq, lq, lk, heads):
+    from lightx2v_quant.attention import lowp_triton
+
+    # the Triton kernel with 128-key blocks, as the Gluon kernel: the same online-softmax steps
+    return lowp_triton._launch(qq, None, lq, lk, heads, torch.bfloat16, (64, 128, 4, 2, 168))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,lq,lk,heads", [(1, 4096, 4096, 4), (1, 1000, 300, 2), (2, 77, 513, 3), (1, 129, 128, 1)])
+def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads):
+    from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
+
+    if not lowp_gluon.supported(torch.device("cuda"), 128):
+        pytest.skip("needs a Hopper GPU and a Triton with Gluon")
+    gen = torch.Generator("cuda").manual_seed(0)
+    q = torch.randn(b, lq, heads, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    k, v = (torch.randn(b, lk, heads, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
+    for pingpong in (True, False):
+        out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pingpong)
+        ref = _pinned_triton(qq, lq, lk, heads)
+        assert out.shape == ref.shape and torch.isfinite(out).all()
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)  # same arithmetic, same order
+
+
+@pytest.mark.gpu
+def test_gpu_dispatch_takes_gluon_kernel_on_hopper(monkeypatch):
+    from lightx2v_quant.attention import lowp_gluon, lowp_triton
+
+    if not lowp_gluon.supported(torch.device("cuda"), 128):
+        pytest.skip("needs a Hopper GPU and a Triton with Gluon")
+    cuda = torch.device("cuda")
+    assert lowp_triton.use_gluon(cuda, 128, 32760)
+    assert not lowp_triton.use_gluon(cuda, 64, 32760)
+    assert not lowp_triton.use_gluon(cuda, 128, 512)  # cross-attention: the Triton kernel is faster there
+    monkeypatch.setenv("LIGHTX2V_QUANT_ATTN_KERNEL", "triton")
+    assert not lowp_triton.use_gluon(cuda, 128, 32760)
