@@ -2,8 +2,9 @@
 
 GEMM tile candidates depend on the GEMM kind, the GPU (Hopper gets TMA + persistent variants and deep
 pipelines) and the size of M (small: time embedding, M <= 64; medium: T5 / CLIP, M <= 1024; large: the
-DIT). Small and medium M get pointer kernels only: their launches are replayed without per-call
-descriptor setup (``triton_launch``), which matters more there than TMA's few percent of GPU time. The
+DIT). Small M gets pointer kernels only: their launches are replayed without per-call descriptor setup
+(``triton_launch``), which matters more there than TMA's few percent of GPU time; medium M may also take
+the Gluon kernel on sm_90 (T5's GEMMs are long enough for its descriptors to pay). The
 per-token quantizer's candidates are warps per row. The first candidate of each list is the one used
 without tuning. The tuner benchmarks the candidates once per key (kind, dtypes, M bucket, N, K) on the
 real inputs and keeps the fastest.
@@ -133,6 +134,12 @@ _SM90_W8A8 = {
         _c(64, 64, 128, 4, 5),
         _c(32, 128, 128, 4, 4),
         _c(128, 256, 128, 8, 3),
+        # T5's 512 tokens: the Gluon kernel keeps int8 wgmmas in flight here too (one tile row per SM
+        # at N = 4096, about 2.5 waves of 128-wide tiles at N = 10240)
+        _g(128, 128, 128, 8, 4),
+        _g(64, 256, 128, 4, 4),
+        _g(128, 256, 128, 8, 3),
+        _g(64, 128, 128, 4, 6),
     ],
     "small": [
         _c(16, 64, 128, 4, 4),
