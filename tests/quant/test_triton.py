@@ -118,14 +118,17 @@ def test_linear_routes():
         tf.linear_candidates(32760, 5120, 5120, *h100, mode="fused")
     ampere = tf.linear_candidates(257, 5120, 1280, 80, 166912, mode="fused")
     assert all(r.num_warps == 4 and r.block_m * r.block_n <= 64 * 128 for r in ampere)
-    # medium and small M: pointer kernels only (their launches are replayed)
+    # small M: pointer kernels only (their launches are replayed); medium M: pointer kernels, plus the
+    # Gluon W8A8 kernel on sm_90 (T5's GEMMs), never the tl TMA kernels
     for kind in tt.KINDS:
         for m in (1, 257, 512):
-            assert not any(c.tma for c in tt.candidates(kind, m, 90, 232448, 1, 2))
+            cands = tt.candidates(kind, m, 90, 232448, 1, 2)
+            assert not any(c.tma and not c.gluon for c in cands)
+            assert not any(c.gluon for c in cands) or (kind == tt.W8A8 and m > 64)
 
 
 def test_gluon_tiles_only_where_they_run(monkeypatch):
-    """Gluon tiles (wgmma) are offered for large per-channel W8A8 GEMMs on sm_90 only, with a Triton
+    """Gluon tiles (wgmma) are offered for medium and large per-channel W8A8 GEMMs on sm_90 only, with a Triton
     that has Gluon, and only where their ring plus the half-tile staging buffer fits in shared memory."""
     pytest.importorskip("triton")
     from lightx2v_quant.quant.kernels import triton_tuning as tt
@@ -143,8 +146,11 @@ def test_gluon_tiles_only_where_they_run(monkeypatch):
         assert not any(c.gluon for c in tt.candidates(tt.W8A8, 32760, sm, 232448, 1, 2))
     for kind in (tt.FP8_BLOCK, tt.W4A16):
         assert not any(c.gluon for c in tt.candidates(kind, 32760, 90, 232448, 1, 2))
-    for m in (1, 257, 512):
-        assert not any(c.gluon for c in tt.candidates(tt.W8A8, m, 90, 232448, 1, 2))
+    assert not any(c.gluon for c in tt.candidates(tt.W8A8, 16, 90, 232448, 1, 2))  # small M: pointer only
+    for m in (257, 512):  # medium M (CLIP, T5): Gluon tiles of at most the rows M fills
+        medium = [c for c in tt.candidates(tt.W8A8, m, 90, 232448, 1, 2) if c.gluon]
+        assert medium if tt.GLUON_GEMM else not medium
+        assert all(c.block_m <= 128 for c in medium)
     monkeypatch.setattr(tt, "GLUON_GEMM", False)  # a Triton without Gluon
     assert not any(c.gluon for c in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 2))
 
