@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -23,7 +24,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--variants", nargs="*", default=["pingpong", "lockstep"])
-    p.add_argument("--stages", type=int, nargs="*", default=[4])
+    p.add_argument("--stages", type=int, nargs="*", default=[5])
+    p.add_argument("--warpgroups", type=int, nargs="*", default=[2, 3], help="consumer warpgroups per program")
     a = p.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -31,6 +33,8 @@ def main() -> int:
     import triton
 
     from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
+
+    os.environ["LIGHTX2V_QUANT_ATTN_KERNEL"] = "triton"  # the baseline: lowp_triton's own (autotuned) kernel
 
     def rel(x, y):
         return ((x.float() - y.float()).norm() / y.float().norm()).item()
@@ -53,20 +57,20 @@ def main() -> int:
             row["triton_ms"] = triton.testing.do_bench(
                 lambda: lowp_triton._launch(qq, None, lq, lk, heads, torch.bfloat16), warmup=5, rep=200)
             row["triton_TOPS"] = flops / row["triton_ms"] / 1e9
-        for variant in a.variants:
-            for stages in a.stages:
-                name = f"{variant} s{stages}"
+        for variant, stages, nwg in [(v, s, w) for v in a.variants for s in a.stages for w in a.warpgroups]:
+            if True:
+                name = f"{variant} s{stages} wg{nwg}"
                 pp = variant == "pingpong"
                 print(f"  {lq}x{lk}x{heads} {name}", flush=True)
                 try:
-                    out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages)
+                    out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg)
                     torch.cuda.synchronize()
                     row[name + " err_vs_triton"] = rel(out, tri)
                     row[name + " max_abs_vs_triton"] = (out.float() - tri.float()).abs().max().item()
                     row[name + " err_vs_sdpa"] = rel(out, ref)
                     if timed:
                         row[name + " ms"] = triton.testing.do_bench(
-                            lambda: lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages),
+                            lambda: lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg),
                             warmup=5, rep=200)
                         row[name + " TOPS"] = flops / row[name + " ms"] / 1e9
                 except Exception as exc:  # report what does not build or run

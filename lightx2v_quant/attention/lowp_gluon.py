@@ -1,34 +1,37 @@
-"""The int8 Q.K^T / fp8 P.V attention kernel for Hopper in Gluon, with two warpgroups taking turns on
-the tensor cores (FlashAttention-3's "ping-pong" schedule).
+"""The int8 Q.K^T / fp8 P.V attention kernel for Hopper in Gluon: warp-specialized, with the consumer
+warpgroups taking turns on the tensor cores (FlashAttention-3's "ping-pong" schedule).
 
 Same numerics as ``lowp_triton`` on the same quantized inputs (``lowp_quant``): int8 Q.K^T with the
 softmax scale and log2(e) folded into Q's per-token scales, K's per-128-key scales, the magic-number
 int32 -> fp32 conversion, P computed as 448 * exp2(.) and cast to fp8 e4m3, fp8 P.V into an fp32
-accumulator, V's channel scale and mean applied at the end.
+accumulator, V's channel scale and mean applied at the end. With 128-key blocks its output is
+bit-identical to ``lowp_triton``'s (GPU tests).
 
-Why: per key block, one warpgroup needs the tensor cores (Q.K^T and P.V, ~512 cycles for 64 query
-rows) and then the MUFU / ALU pipes (the softmax: one exp2 per logit, MUFU-bound at ~512 cycles too).
-In ``lowp_triton`` several independent programs share an SM and fall into step: Nsight Compute shows
-the tensor pipe 45% busy and instruction issue 53% busy, their sum, i.e. almost no overlap. Here one
-program holds two warpgroups (64 query rows each) and two named barriers make them alternate: a
-warpgroup issues its two wgmmas only after the other has issued its own, so while warpgroup 0 runs its
-softmax the tensor cores work for warpgroup 1, and the other way round.
+Why: per key block a warpgroup needs the tensor cores (Q.K^T and P.V, ~512 cycles for 64 query rows)
+and the MUFU pipe (one exp2 per logit, ~512 cycles too). Nsight Compute on an H100 shows
+``lowp_triton``'s independent programs using each about half the time (tensor pipe 46%, MUFU 47%,
+issue slots 53%): they barely overlap. Here one program holds ``NUM_WG`` consumer warpgroups (64
+query rows each) fed by a producer warp (TMA loads of K and V^T into a ring of ``STAGES`` slots,
+released by the consumers through mbarriers), and named barriers make the consumers issue their
+wgmmas in turn, so that one warpgroup's softmax runs while the tensor cores work for another.
+Measured at Wan-14B's 480p self-attention (32,760 tokens x 40 heads) on an H100: 24.8 ms with three
+warpgroups, 25.1-26.6 ms with two, 28.4 ms for ``lowp_triton`` (``benchmarks/probes/
+attn_gluon_probe.py``); tensor and MUFU pipes then run ~49% / 50% busy: the softmax of each warp stays
+latency-bound, which is where the rest of the gap to FlashAttention-3's fp8 rate lies.
 
-Per key block j, for each warpgroup:
+Per key block j, for each consumer warpgroup:
 
 1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block);
-2. wait for its turn; issue P.V(j) and S(j+1) = Q.K(j+1)^T (async); hand the turn to the other group;
-3. wait for both wgmmas; refill the ring slot of block j-2 with block j-2+STAGES by TMA.
+2. wait for its turn; issue P.V(j) and S(j+1) = Q.K(j+1)^T (async); hand the turn to the next group;
+3. wait for both wgmmas; release block j's ring slot to the producer.
 
-The refill is safe without an extra barrier: a warpgroup at step 3 of block j has passed its turn,
-which needs the other group's hand-over of block j-1 (or j) - and a group hands over only after its
-step 3 of the block before, so both groups are done with block j-2 (STAGES >= 4 keeps every slot a
-lagging group may still wait on distinct from the one refilled).
+``PINGPONG=False`` drops the turns (all groups issue when ready), for comparison.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -49,23 +52,35 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
 
-BLOCK_M = 128  # two warpgroups of 64 query rows
+WG_ROWS = 64  # query rows per consumer warpgroup
 BLOCK_N = 128  # keys per block (= lowp_quant.QBLOCK: one K scale per block)
-NUM_WARPS = 4  # the default partition: warpgroup 0 (warpgroup 1 and the producer warp are workers)
+NUM_WARPS = 4  # the default partition: warpgroup 0 (the other warpgroups and the producer warp are workers)
 STAGES = 5
-CONSUMER_REGS = 232  # registers per thread of warpgroup 1 (setmaxnreg; the producer warp keeps 24)
+PRODUCER_REGS = 24
+# Consumer warpgroups per program; LIGHTX2V_QUANT_ATTN_WARPGROUPS=2|3 at import picks (comparisons).
+NUM_WG = int(os.environ.get("LIGHTX2V_QUANT_ATTN_WARPGROUPS", "3"))
+
+
+def consumer_regs(num_wg: int) -> int:
+    """Registers per thread of a consumer warpgroup (setmaxnreg): the SM's 64K split over the warpgroups,
+    the producer's at PRODUCER_REGS, rounded down to a multiple of 8."""
+    return min(240, (512 - PRODUCER_REGS) // num_wg // 8 * 8)
 
 if AVAILABLE:
+    PRODUCER_REGS_C = gl.constexpr(PRODUCER_REGS)
     MAGIC_I = gl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i, |i| < 2^22
     MAGIC_F = gl.constexpr(12582912.0)
     LOG2_PSCALE = gl.constexpr(math.log2(448.0))
     MASKED_LOGIT = gl.constexpr(-4194304)
-    # Named barriers 8 and 9 (Gluon numbers its own from 0 up): warpgroup g waits for its turn on 8 + g
-    # and hands the turn over on 9 - g (256 threads: both warpgroups).
+    # Named barriers 8, 9, 10 (Gluon numbers its own from 0 up): warpgroup g waits for its turn on 8 + g
+    # and hands it to the next one (g + 1 mod NUM_WG) on that one's barrier; 256 threads each (the
+    # waiting warpgroup and the one handing over).
     _SYNC_8 = gl.constexpr("bar.sync 8, 256; mov.u32 $0, 0;")
     _SYNC_9 = gl.constexpr("bar.sync 9, 256; mov.u32 $0, 0;")
+    _SYNC_10 = gl.constexpr("bar.sync 10, 256; mov.u32 $0, 0;")
     _ARRIVE_8 = gl.constexpr("bar.arrive 8, 256; mov.u32 $0, 0;")
     _ARRIVE_9 = gl.constexpr("bar.arrive 9, 256; mov.u32 $0, 0;")
+    _ARRIVE_10 = gl.constexpr("bar.arrive 10, 256; mov.u32 $0, 0;")
 
     @gluon.jit
     def _barrier(asm: gl.constexpr, num_warps: gl.constexpr):
@@ -77,26 +92,32 @@ if AVAILABLE:
     def _wait_turn(WG: gl.constexpr, num_warps: gl.constexpr):
         if WG == 0:
             _barrier(_SYNC_8, num_warps)
-        else:
+        elif WG == 1:
             _barrier(_SYNC_9, num_warps)
+        else:
+            _barrier(_SYNC_10, num_warps)
 
     @gluon.jit
-    def _hand_over(WG: gl.constexpr, num_warps: gl.constexpr):
-        if WG == 0:
+    def _hand_over(TO: gl.constexpr, num_warps: gl.constexpr):
+        """Give the turn to warpgroup TO."""
+        if TO == 0:
+            _barrier(_ARRIVE_8, num_warps)
+        elif TO == 1:
             _barrier(_ARRIVE_9, num_warps)
         else:
-            _barrier(_ARRIVE_8, num_warps)
+            _barrier(_ARRIVE_10, num_warps)
 
     @gluon.jit
     def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty, q_row, k_row0, v_row0, n_blocks):
-        """One warp: both halves of the Q tile, then K and V^T of every key block into the ring, each
-        slot as soon as both warpgroups have released it."""
+        """One warp: the Q tile (64 rows per warpgroup), then K and V^T of every key block into the ring,
+        each slot as soon as every warpgroup has released it."""
         STAGES: gl.constexpr = k_bufs.shape[0]
         BN: gl.constexpr = k_desc.block_type.shape[0]
-        HALF: gl.constexpr = q_desc.block_type.shape[0]
-        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        _tma_load(q_desc, [q_row, 0], q_bar, q_smem.index(0))
-        _tma_load(q_desc, [q_row + HALF, 0], q_bar, q_smem.index(1))
+        NUM_WG: gl.constexpr = q_smem.shape[0]
+        PART: gl.constexpr = q_desc.block_type.shape[0]
+        mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
+        for g in gl.static_range(NUM_WG):
+            _tma_load(q_desc, [q_row + g * PART, 0], q_bar, q_smem.index(g))
         for j in range(n_blocks):
             slot = j % STAGES
             mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1, pred=j >= STAGES)
@@ -132,8 +153,10 @@ if AVAILABLE:
         pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
         WG: gl.constexpr, PINGPONG: gl.constexpr,
     ):
-        """Warpgroup WG (its own 64 query rows), taking turns with the other one on the tensor cores."""
+        """Warpgroup WG (its own 64 query rows), taking turns with the others on the tensor cores."""
         STAGES: gl.constexpr = k_bufs.shape[0]
+        NUM_WG: gl.constexpr = q_smem.shape[0]
+        NEXT: gl.constexpr = (WG + 1) % NUM_WG
         BM: gl.constexpr = q_smem.shape[1]
         D: gl.constexpr = q_smem.shape[2]
         BN: gl.constexpr = k_bufs.shape[1]
@@ -145,9 +168,10 @@ if AVAILABLE:
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
         q_tile = q_smem.index(WG)
-        row0 = pid_m * 2 * BM + WG * BM
+        row0 = pid_m * NUM_WG * BM + WG * BM
 
-        q_sc = gl.load(qs_ptr + bh * LQP + row0 + gl.arange(0, BM, layout=row_s))  # (buffers padded)
+        q_rows = row0 + gl.arange(0, BM, layout=row_s)
+        q_sc = gl.load(qs_ptr + bh * LQP + q_rows, mask=q_rows < LQP, other=0.0)  # (tiles may pass LQP)
         ks_base = ks_ptr + bh * (LKP // BN)
         ks = gl.load(ks_base)  # K scale of block 0
         s_zero = gl.zeros((BM, BN), dtype=gl.int32, layout=s_layout)
@@ -155,12 +179,12 @@ if AVAILABLE:
         mbarrier.wait(q_bar, 0)
         mbarrier.wait(ready.index(0), 0)
         if PINGPONG:
-            if WG == 1:
-                _hand_over(1, W)  # warpgroup 0 takes the first turn
+            if WG == NUM_WG - 1:
+                _hand_over(0, W)  # warpgroup 0 takes the first turn
             _wait_turn(WG, W)
         s = warpgroup_mma(q_tile, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         if PINGPONG:
-            _hand_over(WG, W)
+            _hand_over(NEXT, W)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
         m_i = gl.full([BM], float("-inf"), gl.float32, layout=row_s)
@@ -183,13 +207,13 @@ if AVAILABLE:
             o = warpgroup_mma(p8, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
             s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             if PINGPONG:
-                _hand_over(WG, W)
+                _hand_over(NEXT, W)
             # 3. both done: this warpgroup releases block j's slot (S(j) finished a block earlier)
             o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
             mbarrier.arrive(empty.index(j % STAGES))
         if PINGPONG:
             if WG == 0:
-                _wait_turn(0, W)  # take warpgroup 1's last hand-over: no arrival left pending
+                _wait_turn(0, W)  # take the last warpgroup's last hand-over: no arrival left pending
 
         out = o / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
         offs_d = gl.arange(0, D, layout=col_o)
@@ -201,7 +225,7 @@ if AVAILABLE:
         ptrs = ptrs + gl.expand_dims(offs_d, 0)
         gl.store(ptrs, out.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(rows < L_Q, 1))
 
-    # Worker partitions take IR values only: warpgroup 1's constexprs are bound here.
+    # Worker partitions take IR values only: their constexprs are bound here.
     @gluon.jit
     def _consumer1_pingpong(
         q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
@@ -213,6 +237,18 @@ if AVAILABLE:
         q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
     ):
         _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, False)
+
+    @gluon.jit
+    def _consumer2_pingpong(
+        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+    ):
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, True)
+
+    @gluon.jit
+    def _consumer2_lockstep(
+        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+    ):
+        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, False)
 
     @gluon.jit
     def _attn_pingpong_kernel(
@@ -234,18 +270,20 @@ if AVAILABLE:
         stride_oh,
         STAGES: gl.constexpr,
         PINGPONG: gl.constexpr,
+        NUM_WG: gl.constexpr,
         CONSUMER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         gl.static_assert(k_desc.block_type.shape[0] == 128, "one K scale per block of 128 keys")
         gl.static_assert(num_warps == 4, "the default partition is warpgroup 0")
+        gl.static_assert(NUM_WG == 2 or NUM_WG == 3, "two or three consumer warpgroups")
         pid_m = gl.program_id(0)
         bh = gl.program_id(1)
         n_blocks = gl.cdiv(L_K, k_desc.block_type.shape[0])
-        HALF: gl.constexpr = q_desc.block_type.shape[0]
+        PART: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
 
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_WG] + q_desc.block_type.shape, q_desc.layout)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -254,23 +292,33 @@ if AVAILABLE:
         mbarrier.init(q_bar, count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=2)  # one arrival per warpgroup
+            mbarrier.init(empty.index(i), count=NUM_WG)  # one arrival per warpgroup
 
         args = (q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
                 pid_m, bh, bh // H, bh % H, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks)
-        gl.warp_specialize(
-            [
-                (_consumer, args + (gl.constexpr(0), PINGPONG)),
-                (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
-                (
-                    _producer,
-                    (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty,
-                     bh * LQP + pid_m * 2 * HALF, bh * LKP, bh * D, n_blocks),
-                ),
-            ],
-            [4, 1],
-            [CONSUMER_REGS, 24],
-        )
+        prod_args = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty,
+                     bh * LQP + pid_m * NUM_WG * PART, bh * LKP, bh * D, n_blocks)
+        if NUM_WG == 2:
+            gl.warp_specialize(
+                [
+                    (_consumer, args + (gl.constexpr(0), PINGPONG)),
+                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
+                    (_producer, prod_args),
+                ],
+                [4, 1],
+                [CONSUMER_REGS, PRODUCER_REGS_C],
+            )
+        else:
+            gl.warp_specialize(
+                [
+                    (_consumer, args + (gl.constexpr(0), PINGPONG)),
+                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
+                    (_consumer2_pingpong if PINGPONG else _consumer2_lockstep, args),
+                    (_producer, prod_args),
+                ],
+                [4, 4, 1],
+                [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS_C],
+            )
 
     def _layout(block: list[int], dtype) -> "gl.NVMMASharedLayout":
         gl_dtype = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}[dtype]
@@ -282,7 +330,7 @@ if AVAILABLE:
         bh, lqp, d = q8.shape
         lkp = k8.shape[1]
         views = (
-            (q8.view(bh * lqp, d), [BLOCK_M // 2, d]),
+            (q8.view(bh * lqp, d), [WG_ROWS, d]),
             (k8.view(bh * lkp, d), [BLOCK_N, d]),
             (v8.view(bh * d, lkp), [d, BLOCK_N]),
         )
@@ -299,13 +347,16 @@ def supported(device: torch.device, head_dim: int) -> bool:
     )
 
 
-def launch(qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: bool = True, stages: int = STAGES):
+def launch(
+    qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: bool = True, stages: int = STAGES,
+    num_wg: int = NUM_WG,
+):
     """The attention over quantized inputs ``qq`` (``lowp_quant.QuantizedQKV`` with fp8 V^T):
     [B, lq, heads, D] in ``out_dtype``."""
     bh, lqp, d = qq.q.shape
     out = torch.empty(bh // heads, lq, heads, d, device=qq.q.device, dtype=out_dtype)
     q_desc, k_desc, v_desc = descriptors(qq.q, qq.k, qq.v)
-    grid = (-(-lq // BLOCK_M), bh)
+    grid = (-(-lq // (WG_ROWS * num_wg)), bh)
     _attn_pingpong_kernel[grid](
         q_desc,
         k_desc,
@@ -325,27 +376,30 @@ def launch(qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: b
         out.stride(2),
         STAGES=stages,
         PINGPONG=pingpong,
-        CONSUMER_REGS=CONSUMER_REGS,
+        NUM_WG=num_wg,
+        CONSUMER_REGS=consumer_regs(num_wg),
         num_warps=NUM_WARPS,
     )
     return out
 
 
-def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128):
+def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128, num_wg: int = NUM_WG):
     """What the JIT builds for one launch: a GluonASTSource for ``triton.compile(src,
     target=GPUTarget("cuda", 90, 32), options=dict(num_warps=NUM_WARPS))``, so the kernel can be
     compiled for sm_90 without a GPU (tests, SASS checks)."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    q8 = torch.empty(1, BLOCK_M, head_dim, dtype=torch.int8)
+    q8 = torch.empty(1, WG_ROWS * num_wg, head_dim, dtype=torch.int8)
     k8 = torch.empty(1, BLOCK_N, head_dim, dtype=torch.int8)
     v8 = torch.empty(1, head_dim, BLOCK_N, dtype=torch.float8_e4m3fn)
     descs = descriptors(q8, k8, v8)
     sig = {name: mangle_type(d) for name, d in zip(("q_desc", "k_desc", "v_desc"), descs)}
     sig.update(qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", vm_ptr="*fp32", o_ptr="*bf16")
     sig.update({n: "i32" for n in ("L_Q", "L_K", "LQP", "LKP", "H", "stride_ob", "stride_ol", "stride_oh")})
-    cons = dict(STAGES=stages, PINGPONG=pingpong, CONSUMER_REGS=CONSUMER_REGS, num_warps=NUM_WARPS)
+    cons = dict(
+        STAGES=stages, PINGPONG=pingpong, NUM_WG=num_wg, CONSUMER_REGS=consumer_regs(num_wg), num_warps=NUM_WARPS
+    )
     sig.update({name: "constexpr" for name in cons})
     names = list(sig)
     return GluonASTSource(_attn_pingpong_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})

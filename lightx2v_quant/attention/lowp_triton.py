@@ -376,8 +376,8 @@ GLUON_MIN_KEYS = 4096  # shorter key sequences (cross-attention's 512 text token
 def use_gluon(device: torch.device, head_dim: int, keys: int) -> bool:
     """Whether fp8 P.V attention runs on the Gluon ping-pong kernel (``lowp_gluon``: Hopper with Gluon,
     head_dim 128, at least GLUON_MIN_KEYS keys) rather than on this module's kernel. On an H100 at
-    Wan-14B's 480p self-attention (32,760 tokens x 40 heads) it takes 26.0 ms against 28.6 ms; over
-    512 keys its start-up (warp specialization, a 128-row Q tile) makes it slower (1.02 vs 0.66-0.73 ms).
+    Wan-14B's 480p self-attention (32,760 tokens x 40 heads) it takes 24.8 ms against 28.4 ms; over
+    512 keys its start-up (warp specialization, a 192-row Q tile) makes it slower (0.73 vs 0.59 ms).
     ``LIGHTX2V_QUANT_ATTN_KERNEL=triton`` or a pinned ``LIGHTX2V_QUANT_ATTN_CONFIG`` keeps this module's
     kernel."""
     if os.environ.get(_ENV_KERNEL, "").lower() == "triton" or os.environ.get(_ENV_CONFIG):
