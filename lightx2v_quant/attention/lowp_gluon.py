@@ -148,6 +148,36 @@ if AVAILABLE:
         return p8, m_new, l_i, o
 
     @gluon.jit
+    def _block_step(
+        j, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
+        MASKED: gl.constexpr, WG: gl.constexpr, NEXT: gl.constexpr, PINGPONG: gl.constexpr,
+        p_layout: gl.constexpr, row_o: gl.constexpr,
+    ):
+        """Key block j for one consumer warpgroup (module docstring, steps 1-3)."""
+        STAGES: gl.constexpr = k_bufs.shape[0]
+        BN: gl.constexpr = k_bufs.shape[1]
+        W: gl.constexpr = 4
+        # 1. softmax of S(j) on the CUDA cores, O rescaled (P.V(j-1) finished last block)
+        p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, MASKED, p_layout, row_o)
+        # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats its own
+        #    S: same slot); block j+1's K and V arrived (waited for at the end of the previous block)
+        jn = gl.minimum(j + 1, n_blocks - 1)
+        ks = gl.load(ks_base + jn)
+        if PINGPONG:
+            _wait_turn(WG, W)
+        o = warpgroup_mma(p8, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
+        s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        if PINGPONG:
+            _hand_over(NEXT, W)
+        # 3. both done: release block j's slot (S(j) finished a block earlier), then wait for block j+2
+        #    (right after the release, whose barrier covers the wait)
+        o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
+        mbarrier.arrive(empty.index(j % STAGES))
+        jw = gl.minimum(j + 2, n_blocks - 1)
+        mbarrier.wait(ready.index(jw % STAGES), (jw // STAGES) & 1)
+        return o, s, m_i, l_i, ks
+
+    @gluon.jit
     def _consumer(
         q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
         pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
@@ -186,31 +216,23 @@ if AVAILABLE:
         if PINGPONG:
             _hand_over(NEXT, W)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        j1 = gl.minimum(1, n_blocks - 1)
+        mbarrier.wait(ready.index(j1 % STAGES), (j1 // STAGES) & 1)
 
         m_i = gl.full([BM], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([BM], gl.float32, layout=row_s)
         o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)
         n_full = L_K // BN
-        for j in range(n_blocks):
-            # 1. softmax of S(j) on the CUDA cores, O rescaled (P.V(j-1) finished last block)
-            if j < n_full:
-                p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, False, p_layout, row_o)
-            else:
-                p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, True, p_layout, row_o)
-            # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats
-            #    its own S: same slot)
-            jn = gl.minimum(j + 1, n_blocks - 1)
-            mbarrier.wait(ready.index(jn % STAGES), (jn // STAGES) & 1)
-            ks = gl.load(ks_base + jn)
-            if PINGPONG:
-                _wait_turn(WG, W)
-            o = warpgroup_mma(p8, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
-            s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            if PINGPONG:
-                _hand_over(NEXT, W)
-            # 3. both done: this warpgroup releases block j's slot (S(j) finished a block earlier)
-            o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
-            mbarrier.arrive(empty.index(j % STAGES))
+        for j in range(n_full):
+            o, s, m_i, l_i, ks = _block_step(
+                j, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
+                False, WG, NEXT, PINGPONG, p_layout, row_o,
+            )
+        if n_full < n_blocks:  # the ragged last block: the only one with masks (kept out of the loop body)
+            o, s, m_i, l_i, ks = _block_step(
+                n_full, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks,
+                L_K, True, WG, NEXT, PINGPONG, p_layout, row_o,
+            )
         if PINGPONG:
             if WG == 0:
                 _wait_turn(0, W)  # take the last warpgroup's last hand-over: no arrival left pending
