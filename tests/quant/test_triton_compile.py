@@ -68,3 +68,34 @@ def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
     per_k_step = (cfg.block_k // 32) * (cfg.block_n // gluon_gemm.instr_n(cfg.block_n, dtype == torch.int8))
     assert ptx.count("wgmma.mma_async") == per_k_step
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
+
+
+def test_gluon_gemm_waits_for_the_quantizer_only_before_activations(monkeypatch):
+    """With programmatic dependent launch the Gluon kernel loads its first weight stages, then waits for
+    the quantizer's grid (griddepcontrol.wait), then loads activations: the wait sits between the two."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    triton = pytest.importorskip("triton")
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    import torch
+    from triton.backends.compiler import GPUTarget
+
+    from lightx2v_quant.quant.kernels import gluon_gemm
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
+
+    if not gluon_gemm.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    cfg = tt._g(64, 128, 128, 4, 6)
+    target = GPUTarget("cuda", 90, 32)
+    ptx = {
+        pdl: triton.compile(
+            gluon_gemm.ast_source(cfg, torch.int8, torch.bfloat16, True, pdl), target=target,
+            options={"num_warps": cfg.num_warps},
+        ).asm["ptx"]
+        for pdl in (False, True)
+    }
+    assert "griddepcontrol.wait" not in ptx[False]
+    before, after = ptx[True].split("griddepcontrol.wait", 1)
+    loads = "cp.async.bulk.tensor"
+    assert before.count(loads) == cfg.num_stages - 1  # the weights' first stages
+    assert ptx[True].count(loads) == ptx[False].count(loads)  # the same loads, only reordered

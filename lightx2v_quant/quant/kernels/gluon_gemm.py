@@ -92,20 +92,26 @@ if AVAILABLE:
         num_pid_n,
         GROUP_M: gl.constexpr,
         STAGES: gl.constexpr,
+        LOAD_A: gl.constexpr = True,
+        LOAD_B: gl.constexpr = True,
     ):
         """TMA loads of flat item ``item`` (K step ``kk`` of this program's tile ``t``, at ``off_m,
         off_n``) into ring slot ``item % STAGES``, predicated off past the end of the program's work;
         returns the loader's next (K step, tile, offsets), with divisions only when it crosses into a
-        new tile, so the K loop's path from one wgmma to the next stays short."""
+        new tile, so the K loop's path from one wgmma to the next stays short. ``LOAD_A`` / ``LOAD_B``
+        False: that operand is loaded by another call (the slot's byte count is announced with B)."""
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         slot = item % STAGES
         pred = item < total
         bar = ready.index(slot)
-        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        _tma_load(a_desc, [off_m, kk * BLOCK_K], bar, a_bufs.index(slot), pred)
-        _tma_load(b_desc, [off_n, kk * BLOCK_K], bar, b_bufs.index(slot), pred)
+        if LOAD_B:
+            mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        if LOAD_A:
+            _tma_load(a_desc, [off_m, kk * BLOCK_K], bar, a_bufs.index(slot), pred)
+        if LOAD_B:
+            _tma_load(b_desc, [off_n, kk * BLOCK_K], bar, b_bufs.index(slot), pred)
         kk += 1
         if kk == k_tiles:
             kk = 0
@@ -132,6 +138,7 @@ if AVAILABLE:
         HAS_BIAS: gl.constexpr,
         IS_INT8: gl.constexpr,
         num_warps: gl.constexpr,
+        USE_PDL: gl.constexpr = False,
     ):
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
@@ -160,15 +167,29 @@ if AVAILABLE:
         total = my_tiles * k_tiles
 
         # Loader state: K step and tile of the next load, and that tile's offsets.
+        pid_m, pid_n = _tile_coords(start, num_pid_m, num_pid_n, GROUP_M)
+        if USE_PDL:
+            # Launched while the quantizer still runs (programmatic dependent launch): the weights'
+            # first stages load now, the activations (and their scales, read per tile below) only
+            # once the quantizer's grid has completed.
+            lk = 0
+            lt = 0
+            l_off_m = pid_m * BLOCK_M
+            l_off_n = pid_n * BLOCK_N
+            for item in gl.static_range(STAGES - 1):
+                lk, lt, l_off_m, l_off_n = _load_next(
+                    item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
+                    start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES, False, True,
+                )  # fmt: skip
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
         lk = 0
         lt = 0
-        pid_m, pid_n = _tile_coords(start, num_pid_m, num_pid_n, GROUP_M)
         l_off_m = pid_m * BLOCK_M
         l_off_n = pid_n * BLOCK_N
         for item in gl.static_range(STAGES - 1):
             lk, lt, l_off_m, l_off_n = _load_next(
                 item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
-                start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES,
+                start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES, True, not USE_PDL,
             )  # fmt: skip
 
         item = 0  # flat (tile, K step) counter: ring slot and barrier phase
@@ -247,7 +268,7 @@ def instr_n(block_n: int, is_int8: bool) -> int:
     return min(block_n, 128) if is_int8 else min(block_n, 256)
 
 
-def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True):
+def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = False):
     """What the JIT builds for one tile config (``triton_tuning.TileConfig``): a GluonASTSource for
     ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))``, so the
     kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``)."""
@@ -270,6 +291,7 @@ def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True):
         HAS_BIAS=has_bias,
         IS_INT8=is_int8,
         num_warps=cfg.num_warps,
+        USE_PDL=use_pdl,
     )
     sig.update({name: "constexpr" for name in cons})
     names = list(sig)
