@@ -81,14 +81,25 @@ def bench(
     iters = max(min_iters, min(max_iters, int(target_s / est)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    torch.cuda._sleep(int(min(iters * 0.4, 100.0) * _cycles_per_ms()))  # ~0.4 ms of head start per call
-    t0 = time.perf_counter()
-    for j in range(iters):
-        starts[j].record()
-        fn(j % copies)
-        ends[j].record()
-    host = (time.perf_counter() - t0) / iters
-    torch.cuda.synchronize()
+    head_ms = min(iters * 0.4, 100.0)  # ~0.4 ms of head start per call
+    for _ in range(3):
+        # The GPU sleeps while the CPU queues every call, so each event pair times the GPU work alone.
+        # If the queuing outlasted the sleep (launch-bound calls; the sleep's clock calibration can
+        # also be off while the GPU clocks up), the GPU waited for launches: repeat with a longer sleep.
+        slept = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        slept[0].record()
+        torch.cuda._sleep(int(head_ms * _cycles_per_ms()))
+        slept[1].record()
+        t0 = time.perf_counter()
+        for j in range(iters):
+            starts[j].record()
+            fn(j % copies)
+            ends[j].record()
+        host = (time.perf_counter() - t0) / iters
+        torch.cuda.synchronize()
+        if host * iters * 1e3 < slept[0].elapsed_time(slept[1]) or head_ms >= 2000.0:
+            break
+        head_ms = min(2000.0, 2.0 * host * iters * 1e3)
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
     return Timing(statistics.median(times), q[0], q[3], host * 1e3, first, iters)
