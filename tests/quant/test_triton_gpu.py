@@ -509,3 +509,34 @@ def test_gpu_tuner_records_its_choices(poison, tmp_path, monkeypatch):
     kinds = {key[0] for key in TUNER.records if 2048 in key}
     assert {"w8a8-linear", "quant"} <= kinds, kinds
     assert path.exists() and "w8a8-linear" in path.read_text()
+
+
+@pytest.mark.parametrize("scheme", ["fp8-triton", "int8-triton"])
+@pytest.mark.parametrize("m", [257, 512])
+def test_gpu_gluon_medium_m_replays(scheme, m, monkeypatch, poison, first_candidate):
+    """Medium M on the Gluon GEMM (its tile first in the list, no tuning): the second call replays the
+    recorded launches, rebuilding the GEMM's TMA descriptors around the new tensors
+    (``triton_launch.DescriptorReplay``), with the same bits; a fresh input of the same shape goes through
+    the replay too and matches the reference."""
+    from lightx2v_quant.quant.kernels import gluon_gemm, triton_launch
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
+    from lightx2v_quant.quant.linear import QuantLinear
+
+    _ops()
+    if torch.cuda.get_device_capability() != (9, 0) or not gluon_gemm.AVAILABLE:
+        pytest.skip("the Gluon GEMM runs on sm_90 with a Triton that has Gluon")
+    gluon_tile = tt._g(64, 128, 128, 4, 6)
+    monkeypatch.setitem(tt._SM90_W8A8, "medium", [gluon_tile, *tt._SM90_W8A8["medium"]])
+    monkeypatch.setattr(tt.TUNER, "best", {})
+    linear = torch.nn.Linear(1280, 5120, bias=True, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(linear.weight, std=1280**-0.5)
+    layer = QuantLinear.from_linear(linear, scheme)
+    x = torch.randn(m, 1280, device="cuda").bfloat16()
+    y1 = layer(x)
+    (plan,) = layer.k_triton_plans.values()
+    assert isinstance(plan.launches[1], triton_launch.DescriptorReplay)
+    assert_same_bits("replayed call", layer(x), y1)
+    x2 = torch.randn(m, 1280, device="cuda").bfloat16()
+    tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
+    ref = layer.format.reference_linear(x2, tensors, layer.bias, torch.float32)
+    assert _rel(layer(x2), ref) < LINEAR_TOL[scheme] + BF16_OUT

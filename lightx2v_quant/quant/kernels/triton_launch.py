@@ -7,7 +7,8 @@ grid and the arguments that stay fixed (sizes, strides, constexprs), and launche
 (``CompiledKernel[grid](*args, stream=...)``, Triton's own entry point for a compiled kernel).
 
 A replay is only valid for arguments that Triton would specialize the same way: same dtypes, same
-16-byte alignment of pointers, same integer values. Callers key their replays on exactly that (M, the
+16-byte alignment of pointers, same integer values. The Gluon GEMM's TMA descriptors are rebuilt per
+call around the new tensors (same block shapes and layouts, :class:`DescriptorReplay`). Callers key their replays on exactly that (M, the
 activation's dtype, row stride and alignment, the device) and pass freshly allocated, hence aligned,
 buffers; layer tensors are checked once when the replay is made.
 """
@@ -52,9 +53,27 @@ class Replay:
         self._run(*dynamic, *self._tail, stream=stream)
 
 
+class DescriptorReplay(Replay):
+    """A replay whose leading dynamic arguments are TMA descriptors (the Gluon GEMM's): each call
+    rebuilds them around the tensors it is given, with the block shapes and shared-memory layouts of the
+    captured launch (the compiled kernel is specialized on those, not on the tensors' addresses)."""
+
+    __slots__ = ("_descs",)
+
+    def __init__(self, run: Callable, tail: tuple, label: str, descs: list) -> None:
+        super().__init__(run, tail, label)
+        self._descs = [(type(d), list(d.block_shape), d.layout) for d in descs]
+
+    def __call__(self, stream: int, *dynamic) -> None:
+        n = len(self._descs)
+        descs = [cls.from_tensor(t, block, layout) for (cls, block, layout), t in zip(self._descs, dynamic[:n])]
+        self._run(*descs, *dynamic[n:], *self._tail, stream=stream)
+
+
 def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: int) -> Replay | None:
     """A replay of ``kernel[grid](*args, **meta)``, whose result ``compiled`` is; None when this Triton
-    returned no compiled kernel (interpreter) or the launch used arguments a replay cannot hold."""
+    returned no compiled kernel (interpreter) or the launch used arguments a replay cannot hold. Leading
+    Gluon TMA descriptors become a :class:`DescriptorReplay` (called with the tensors instead)."""
     if compiled is None or not hasattr(compiled, "__getitem__"):
         return None
     names = list(kernel.arg_names)
@@ -62,13 +81,25 @@ def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: i
         full = list(args) + [meta[name] for name in names[len(args) :]]
     except KeyError:  # a parameter left to its default: not worth supporting
         return None
-    if any(not isinstance(a, torch.Tensor) for a in full[:n_dynamic]) or any(
+    n_desc = 0
+    while n_desc < n_dynamic and _is_gluon_descriptor(full[n_desc]):
+        n_desc += 1
+    if any(not isinstance(a, torch.Tensor) for a in full[n_desc:n_dynamic]) or any(
         isinstance(a, torch.Tensor) or hasattr(a, "base") for a in full[n_dynamic:]
     ):
         return None  # dynamic part must be tensors; fixed part must hold no tensors or descriptors
     grid3 = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's runner reads three dimensions
     name = getattr(getattr(kernel, "fn", kernel), "__name__", "?")
+    if n_desc:
+        return DescriptorReplay(compiled[grid3], tuple(full[n_dynamic:]), name, full[:n_desc])
     return Replay(compiled[grid3], tuple(full[n_dynamic:]), name)
+
+
+def _is_gluon_descriptor(arg) -> bool:
+    """A host-side Gluon TensorDescriptor (base tensor, block shape, NVMMA shared layout)."""
+    return isinstance(getattr(arg, "base", None), torch.Tensor) and hasattr(arg, "layout") and hasattr(
+        arg, "block_shape"
+    )
 
 
 def aligned(*tensors: torch.Tensor | None) -> bool:

@@ -10,8 +10,9 @@ grids and fixed arguments. Later calls with the same key allocate the outputs an
 direct launches (one for W4A16, and for W8A8 shapes where the size rule of ``triton_fused`` offers the
 one-launch quantize+GEMM kernel and it won the tuning) and nothing else. Plans live on the layer
 (``plans``, a dict that ``prepare`` resets) and hold no tensors, so moving or offloading the layer frees
-its memory as usual. Launches that take TMA descriptors (large M on Hopper) are not replayed: their CPU cost hides behind
-milliseconds of GPU work there.
+its memory as usual. Launches of the ``tl`` TMA kernels (large M on Hopper) are not replayed: their CPU cost hides
+behind milliseconds of GPU work there. The Gluon GEMM (medium and large M on Hopper) is, rebuilding its
+descriptors per call (``triton_launch.DescriptorReplay``).
 """
 
 from __future__ import annotations
