@@ -40,11 +40,9 @@ def test_fused_kernel_builds_for_hopper(monkeypatch, block_m, block_n, warps, st
     assert row["sync_x_loads"] == 0 and row["cp_async"] > 0  # the |max| sweep and main loop pipelined
 
 
-@pytest.mark.parametrize("a_dtype", ["float8_e4m3fn", "int8"])
-def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
-    """The Gluon W8A8 kernel (no CPU interpreter exists for Gluon) builds for sm_90 with this Triton,
-    fits the shared memory it is offered with, and keeps one wgmma group in flight across K steps
-    (``wgmma.wait_group 1`` in the loop), for int8 as for fp8: the reason it exists."""
+def _gluon_gemm_compiler(monkeypatch):
+    """(compile(cfg, a_dtype, use_pdl) -> the kernel built for sm_90, gluon_gemm, triton_tuning), or a
+    skip where this Triton cannot build Gluon for NVIDIA GPUs (Gluon has no CPU interpreter)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     triton = pytest.importorskip("triton")
     if "nvidia" not in triton.backends.backends:
@@ -57,11 +55,26 @@ def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
 
     if not gluon_gemm.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
+
+    def build(cfg, a_dtype, use_pdl=False):
+        src = gluon_gemm.ast_source(cfg, a_dtype, torch.bfloat16, True, use_pdl)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+
+    return build, gluon_gemm, tt
+
+
+@pytest.mark.parametrize("a_dtype", ["float8_e4m3fn", "int8"])
+def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
+    """The Gluon W8A8 kernel builds for sm_90 with this Triton, fits the shared memory it is offered
+    with, and keeps one wgmma group in flight across K steps (``wgmma.wait_group 1`` in the loop), for
+    int8 as for fp8: the reason it exists."""
+    import torch
+
+    build, gluon_gemm, tt = _gluon_gemm_compiler(monkeypatch)
     cfg = tt._g(128, 256, 128, 8, 4)
     assert cfg in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 2)
     dtype = getattr(torch, a_dtype)
-    src = gluon_gemm.ast_source(cfg, dtype, torch.bfloat16)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps))
+    kernel = build(cfg, dtype)
     ptx = kernel.asm["ptx"]
     assert kernel.metadata.shared <= 232448
     # per K step each warpgroup issues (BLOCK_K / 32) x (BLOCK_N / instruction width) wgmmas
@@ -73,27 +86,11 @@ def test_gluon_gemm_builds_for_hopper_with_async_wgmma(monkeypatch, a_dtype):
 def test_gluon_gemm_waits_for_the_quantizer_only_before_activations(monkeypatch):
     """With programmatic dependent launch the Gluon kernel loads its first weight stages, then waits for
     the quantizer's grid (griddepcontrol.wait), then loads activations: the wait sits between the two."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    triton = pytest.importorskip("triton")
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this Triton has no NVIDIA backend")
     import torch
-    from triton.backends.compiler import GPUTarget
 
-    from lightx2v_quant.quant.kernels import gluon_gemm
-    from lightx2v_quant.quant.kernels import triton_tuning as tt
-
-    if not gluon_gemm.AVAILABLE:
-        pytest.skip("this Triton has no Gluon")
+    build, _, tt = _gluon_gemm_compiler(monkeypatch)
     cfg = tt._g(64, 128, 128, 4, 6)
-    target = GPUTarget("cuda", 90, 32)
-    ptx = {
-        pdl: triton.compile(
-            gluon_gemm.ast_source(cfg, torch.int8, torch.bfloat16, True, pdl), target=target,
-            options={"num_warps": cfg.num_warps},
-        ).asm["ptx"]
-        for pdl in (False, True)
-    }
+    ptx = {pdl: build(cfg, torch.int8, pdl).asm["ptx"] for pdl in (False, True)}
     assert "griddepcontrol.wait" not in ptx[False]
     before, after = ptx[True].split("griddepcontrol.wait", 1)
     loads = "cp.async.bulk.tensor"

@@ -122,6 +122,39 @@ if AVAILABLE:
         return kk, t, off_m, off_n
 
     @gluon.jit
+    def _prologue(
+        a_desc,
+        b_desc,
+        a_bufs,
+        b_bufs,
+        ready,
+        total,
+        k_tiles,
+        start,
+        nprog,
+        num_pid_m,
+        num_pid_n,
+        GROUP_M: gl.constexpr,
+        STAGES: gl.constexpr,
+        LOAD_A: gl.constexpr,
+        LOAD_B: gl.constexpr,
+    ):
+        """The loads of the first STAGES - 1 items (of the operands chosen); returns the loader state."""
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        lk = 0
+        lt = 0
+        pid_m, pid_n = _tile_coords(start, num_pid_m, num_pid_n, GROUP_M)
+        l_off_m = pid_m * BLOCK_M
+        l_off_n = pid_n * BLOCK_N
+        for item in gl.static_range(STAGES - 1):
+            lk, lt, l_off_m, l_off_n = _load_next(
+                item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
+                start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES, LOAD_A, LOAD_B,
+            )  # fmt: skip
+        return lk, lt, l_off_m, l_off_n
+
+    @gluon.jit
     def w8a8_gluon_kernel(
         a_desc,
         b_desc,
@@ -166,31 +199,20 @@ if AVAILABLE:
         my_tiles = gl.cdiv(num_pid_m * num_pid_n - start, nprog)
         total = my_tiles * k_tiles
 
-        # Loader state: K step and tile of the next load, and that tile's offsets.
-        pid_m, pid_n = _tile_coords(start, num_pid_m, num_pid_n, GROUP_M)
+        # Loader state after the prologue: K step and tile of the next load, and that tile's offsets.
         if USE_PDL:
             # Launched while the quantizer still runs (programmatic dependent launch): the weights'
             # first stages load now, the activations (and their scales, read per tile below) only
             # once the quantizer's grid has completed.
-            lk = 0
-            lt = 0
-            l_off_m = pid_m * BLOCK_M
-            l_off_n = pid_n * BLOCK_N
-            for item in gl.static_range(STAGES - 1):
-                lk, lt, l_off_m, l_off_n = _load_next(
-                    item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
-                    start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES, False, True,
-                )  # fmt: skip
-            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-        lk = 0
-        lt = 0
-        l_off_m = pid_m * BLOCK_M
-        l_off_n = pid_n * BLOCK_N
-        for item in gl.static_range(STAGES - 1):
-            lk, lt, l_off_m, l_off_n = _load_next(
-                item, lk, lt, l_off_m, l_off_n, a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles,
-                start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES, True, not USE_PDL,
+            _prologue(
+                a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles, start, nprog, num_pid_m, num_pid_n,
+                GROUP_M, STAGES, False, True,
             )  # fmt: skip
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        lk, lt, l_off_m, l_off_n = _prologue(
+            a_desc, b_desc, a_bufs, b_bufs, ready, total, k_tiles, start, nprog, num_pid_m, num_pid_n,
+            GROUP_M, STAGES, True, not USE_PDL,
+        )  # fmt: skip
 
         item = 0  # flat (tile, K step) counter: ring slot and barrier phase
         for t in range(my_tiles):
