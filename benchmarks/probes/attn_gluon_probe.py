@@ -12,6 +12,7 @@ tensor cores) and ``lockstep`` (same kernel without the turn barriers).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -57,24 +58,23 @@ def main() -> int:
             row["triton_ms"] = triton.testing.do_bench(
                 lambda: lowp_triton._launch(qq, None, lq, lk, heads, torch.bfloat16), warmup=5, rep=200)
             row["triton_TOPS"] = flops / row["triton_ms"] / 1e9
-        for variant, stages, nwg in [(v, s, w) for v in a.variants for s in a.stages for w in a.warpgroups]:
-            if True:
-                name = f"{variant} s{stages} wg{nwg}"
-                pp = variant == "pingpong"
-                print(f"  {lq}x{lk}x{heads} {name}", flush=True)
-                try:
-                    out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg)
-                    torch.cuda.synchronize()
-                    row[name + " err_vs_triton"] = rel(out, tri)
-                    row[name + " max_abs_vs_triton"] = (out.float() - tri.float()).abs().max().item()
-                    row[name + " err_vs_sdpa"] = rel(out, ref)
-                    if timed:
-                        row[name + " ms"] = triton.testing.do_bench(
-                            lambda: lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg),
-                            warmup=5, rep=200)
-                        row[name + " TOPS"] = flops / row[name + " ms"] / 1e9
-                except Exception as exc:  # report what does not build or run
-                    row[name + " error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        for variant, stages, nwg in itertools.product(a.variants, a.stages, a.warpgroups):
+            name = f"{variant} s{stages} wg{nwg}"
+            pp = variant == "pingpong"
+            print(f"  {lq}x{lk}x{heads} {name}", flush=True)
+            try:
+                out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg)
+                torch.cuda.synchronize()
+                row[name + " err_vs_triton"] = rel(out, tri)
+                row[name + " max_abs_vs_triton"] = (out.float() - tri.float()).abs().max().item()
+                row[name + " err_vs_sdpa"] = rel(out, ref)
+                if timed:
+                    row[name + " ms"] = triton.testing.do_bench(
+                        lambda: lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pp, stages=stages, num_wg=nwg),
+                        warmup=5, rep=200)
+                    row[name + " TOPS"] = flops / row[name + " ms"] / 1e9
+            except Exception as exc:  # report what does not build or run
+                row[name + " error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(a.out, "w") as f:

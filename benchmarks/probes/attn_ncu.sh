@@ -1,6 +1,7 @@
 #!/bin/bash
 # Probe: Nsight Compute pipe utilization and warp stall reasons of one attention launch at Wan-14B's 480p
-# self-attention shape. Usage (on the GPU machine, after sourcing .gpu/env.sh):
+# self-attention shape (benchmarks/probes/attn_once.py). Usage (on the GPU machine, after sourcing
+# .gpu/env.sh):
 #   bash benchmarks/probes/attn_ncu.sh gluon|triton OUT.txt [num_wg]
 set -e
 which=$1; out=$2; wg=${3:-3}
@@ -10,19 +11,7 @@ for s in barrier math_pipe_throttle wait short_scoreboard long_scoreboard dispat
   stalls="$stalls,smsp__average_warps_issue_stalled_${s}_per_issue_active.ratio"
 done
 metrics="sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_shared_cycles_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second${stalls}"
-if [ "$which" = gluon ]; then kernel=regex:_attn_pingpong; else kernel=regex:_attn_fwd; fi
+if [ "$which" = gluon ]; then kernel=regex:_attn_pingpong; arg=$wg; else kernel=regex:_attn_fwd; arg=64,128,4,2,168; fi
 /usr/local/cuda/bin/ncu -k "$kernel" --launch-count 1 --launch-skip 1 --section ComputeWorkloadAnalysis \
-  --section SchedulerStats --section WarpStateStats --metrics "$metrics" python - "$which" "$wg" > "$out" 2>&1 <<'PY'
-import sys
-import torch
-from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
-which, wg = sys.argv[1], int(sys.argv[2])
-q, k, v = (torch.randn(1, 32760, 40, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
-for _ in range(2):
-    if which == "gluon":
-        lowp_gluon.launch(qq, 32760, 32760, 40, torch.bfloat16, num_wg=wg)
-    else:
-        lowp_triton._launch(qq, None, 32760, 32760, 40, torch.bfloat16, (64, 128, 4, 2, 168))
-torch.cuda.synchronize()
-PY
+  --section SchedulerStats --section WarpStateStats --metrics "$metrics" \
+  python "$(dirname "$0")/attn_once.py" "$which" "$arg" > "$out" 2>&1

@@ -1,10 +1,11 @@
-"""Probe: launch the low-precision attention kernel once per pinned config at Wan-14B's 480p
-self-attention shape (32,760 tokens x 40 heads x 128), for a profiler (Nsight Compute) to look at.
+"""Probe: launch a low-precision attention kernel at Wan-14B's 480p self-attention shape (32,760 tokens
+x 40 heads x 128) on quantized random inputs, for a profiler (Nsight Compute, ``attn_ncu.sh``) to look at.
 
-    ncu -k regex:_attn_fwd --section WarpStateStats ... python benchmarks/probes/attn_once.py 64,128,4,2,168
+    python benchmarks/probes/attn_once.py triton 64,128,4,2,168   # lowp_triton, one pinned config
+    python benchmarks/probes/attn_once.py gluon 3                 # lowp_gluon, 3 consumer warpgroups
 
-Each argument is ``BLOCK_M,BLOCK_N,warps,stages,maxnreg`` (lowp_triton.CONFIGS); prints ms per launch
-from CUDA events (an un-profiled second launch).
+Each kernel runs twice (the profiler skips the first, compiling launch); prints ms of the second from
+CUDA events (quantization excluded).
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ import sys
 
 import torch
 
-from lightx2v_quant.attention import lowp_triton
+from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
 
 
 def main() -> int:
-    configs = [tuple(int(v) for v in a.split(",")) for a in sys.argv[1:]] or [lowp_triton.CONFIGS[0]]
+    which = sys.argv[1] if len(sys.argv) > 1 else "triton"
+    arg = sys.argv[2] if len(sys.argv) > 2 else ""
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 32760, 40, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    for cfg in configs:
-        lowp_triton.lowp_attention_config(q, k, v, True, cfg)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        lowp_triton.lowp_attention_config(q, k, v, True, cfg)
-        end.record()
-        torch.cuda.synchronize()
-        print(f"{cfg}: {start.elapsed_time(end):.2f} ms (quantization included)", flush=True)
+    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
+    if which == "gluon":
+        num_wg = int(arg or lowp_gluon.NUM_WG)
+        run = lambda: lowp_gluon.launch(qq, 32760, 32760, 40, torch.bfloat16, num_wg=num_wg)
+    else:
+        cfg = tuple(int(x) for x in arg.split(",")) if arg else lowp_triton.CONFIGS[0]
+        run = lambda: lowp_triton._launch(qq, None, 32760, 32760, 40, torch.bfloat16, cfg)
+    run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    print(f"{which} {arg}: {start.elapsed_time(end):.2f} ms", flush=True)
     return 0
 
 
