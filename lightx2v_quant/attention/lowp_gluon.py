@@ -38,17 +38,11 @@ import torch
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    # TMA copies were renamed after Triton 3.6 (async_load); the old name now raises.
-    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    AVAILABLE = True
+    # (without Gluon, gluon_gemm defines neither helper: the import fails here too)
+    from lightx2v_quant.quant.kernels.gluon_gemm import AVAILABLE, shared_layout, tma_load
 except ImportError:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
 
@@ -117,14 +111,14 @@ if AVAILABLE:
         PART: gl.constexpr = q_desc.block_type.shape[0]
         mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
         for g in gl.static_range(NUM_WG):
-            _tma_load(q_desc, [q_row + g * PART, 0], q_bar, q_smem.index(g))
+            tma_load(q_desc, [q_row + g * PART, 0], q_bar, q_smem.index(g))
         for j in range(n_blocks):
             slot = j % STAGES
             mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1, pred=j >= STAGES)
             bar = ready.index(slot)
             mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            _tma_load(k_desc, [k_row0 + j * BN, 0], bar, k_bufs.index(slot))
-            _tma_load(v_desc, [v_row0, j * BN], bar, v_bufs.index(slot))
+            tma_load(k_desc, [k_row0 + j * BN, 0], bar, k_bufs.index(slot))
+            tma_load(v_desc, [v_row0, j * BN], bar, v_bufs.index(slot))
 
     @gluon.jit
     def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr):
@@ -342,10 +336,6 @@ if AVAILABLE:
                 [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS_C],
             )
 
-    def _layout(block: list[int], dtype) -> "gl.NVMMASharedLayout":
-        gl_dtype = {torch.int8: gl.int8, torch.float8_e4m3fn: gl.float8e4nv}[dtype]
-        return gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
-
     def descriptors(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor):
         """TMA descriptors of the quantized buffers (``lowp_quant.QuantizedQKV``): Q [BH*LQP, D] and K
         [BH*LKP, D] int8, V^T [BH*D, LKP] fp8."""
@@ -356,7 +346,7 @@ if AVAILABLE:
             (k8.view(bh * lkp, d), [BLOCK_N, d]),
             (v8.view(bh * d, lkp), [d, BLOCK_N]),
         )
-        return tuple(TensorDescriptor.from_tensor(t, blk, _layout(blk, t.dtype)) for t, blk in views)
+        return tuple(TensorDescriptor.from_tensor(t, blk, shared_layout(tuple(blk), t.dtype)) for t, blk in views)
 
 
 def supported(device: torch.device, head_dim: int) -> bool:

@@ -45,7 +45,8 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
-    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    # (tma_load and shared_layout serve the Gluon attention kernel too: attention/lowp_gluon.py)
+    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
     _GL_DTYPES = {
         torch.int8: gl.int8,
@@ -109,9 +110,9 @@ if AVAILABLE:
         if LOAD_B:
             mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
         if LOAD_A:
-            _tma_load(a_desc, [off_m, kk * BLOCK_K], bar, a_bufs.index(slot), pred)
+            tma_load(a_desc, [off_m, kk * BLOCK_K], bar, a_bufs.index(slot), pred)
         if LOAD_B:
-            _tma_load(b_desc, [off_n, kk * BLOCK_K], bar, b_bufs.index(slot), pred)
+            tma_load(b_desc, [off_n, kk * BLOCK_K], bar, b_bufs.index(slot), pred)
         kk += 1
         if kk == k_tiles:
             kk = 0
@@ -274,14 +275,14 @@ if AVAILABLE:
             mbarrier.invalidate(ready.index(i))
 
     @functools.lru_cache(maxsize=None)
-    def _shared_layout(block_shape: tuple[int, ...], torch_dtype) -> "gl.NVMMASharedLayout":
+    def shared_layout(block_shape: tuple[int, ...], torch_dtype) -> "gl.NVMMASharedLayout":
         """The TMA / wgmma shared-memory layout of a block (cached: descriptors are made per call)."""
         return gl.NVMMASharedLayout.get_default_for(list(block_shape), _GL_DTYPES[torch_dtype])
 
     def descriptors(a, w, out, block_m: int, block_n: int, block_k: int):
         """TMA descriptors for A [M, K], W [N, K] and the output [M, N] (stored in column halves)."""
         blocks = ((a, [block_m, block_k]), (w, [block_n, block_k]), (out, [block_m, block_n // 2]))
-        return tuple(TensorDescriptor.from_tensor(t, b, _shared_layout(tuple(b), t.dtype)) for t, b in blocks)
+        return tuple(TensorDescriptor.from_tensor(t, b, shared_layout(tuple(b), t.dtype)) for t, b in blocks)
 
 
 def instr_n(block_n: int, is_int8: bool) -> int:
