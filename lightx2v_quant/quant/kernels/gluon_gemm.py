@@ -46,6 +46,9 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
 
     # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
     # (tma_load and shared_layout serve the Gluon attention kernel too: attention/lowp_gluon.py)
+    # the tl kernels' grouped tile order, called from Gluon as is (same PTX as a Gluon copy)
+    from lightx2v_quant.quant.kernels.triton_gemm import _tile_coords
+
     tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
     _GL_DTYPES = {
@@ -61,17 +64,6 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 
 
 if AVAILABLE:
-
-    @gluon.jit
-    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-        """Grouped order (as ``triton_gemm._tile_coords``): GROUP_M row tiles share each column sweep."""
-        width = GROUP_M * num_pid_n
-        group = tile_id // width
-        first_m = group * GROUP_M
-        size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile_id % width) % size_m
-        pid_n = (tile_id % width) // size_m
-        return pid_m, pid_n
 
     @gluon.jit
     def _load_next(
