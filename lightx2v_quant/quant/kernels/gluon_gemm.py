@@ -44,11 +44,11 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
-    # (tma_load and shared_layout serve the Gluon attention kernel too: attention/lowp_gluon.py)
-    # the tl kernels' grouped tile order, called from Gluon as is (same PTX as a Gluon copy)
+    # The tl kernels' grouped tile order, called from Gluon as is (same PTX as a Gluon copy).
     from lightx2v_quant.quant.kernels.triton_gemm import _tile_coords
 
+    # TMA copies were renamed after Triton 3.6 (async_load / async_store); the old names now raise.
+    # (tma_load and shared_layout serve the Gluon attention kernel too: attention/lowp_gluon.py)
     tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
     _GL_DTYPES = {
