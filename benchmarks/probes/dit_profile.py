@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/probes/dit_profile.py --out $OUT/dit_profile.json \\
         --configs bf16:sdpa fp8-triton:sdpa int8-triton:int8qk-fp8pv
 
-Each config is ``quant:attention`` (quant ``bf16`` = unquantized). After a warm-up forward (autotuning),
+Each config is ``quant:attention`` (quant ``bf16`` = unquantized); ``--compile`` compiles the blocks and
+``--residual run_dtype`` keeps a bf16 stream (the fastest settings). After two warm-up forwards (autotuning, compilation),
 one forward runs under ``torch.profiler``: the JSON lists the kernels by total GPU time, their share of
 the forward, and the forward's wall time against the summed kernel time (the gap is launch / CPU time
 the GPU spent idle).
@@ -24,14 +25,17 @@ from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import prepare_model
 
 
-def profile(quant: str, attention: str, residual: str, top: int) -> dict:
+def profile(quant: str, attention: str, residual: str, top: int, compile: bool = False) -> dict:
     cfg = WanDiTConfig.preset("wan2.1-t2v-14b")
     model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=None if quant == "bf16" else quant)
     prepare_model(model)
-    speed = configure_dit(model, attention=attention, cross_attention="sdpa", fused=True, residual=residual)
+    speed = configure_dit(
+        model, attention=attention, cross_attention="sdpa", fused=True, residual=residual, compile=compile
+    )
     inp = make_inputs(cfg, latent_shape("480p", 81), torch.bfloat16, 0, torch.device("cuda"))
     with torch.inference_mode():
-        model(**inp)  # warm-up: autotuning
+        model(**inp)  # warm-up: autotuning, compilation
+        model(**inp)
         torch.cuda.synchronize()
         start = time.perf_counter()
         model(**inp)
@@ -56,6 +60,7 @@ def profile(quant: str, attention: str, residual: str, top: int) -> dict:
         "quant": quant,
         "attention": attention,
         "residual": residual,
+        "compile": compile,
         "speed": {k: str(v) for k, v in speed.items()},
         "wall_ms": round(wall_ms, 1),
         "kernel_ms": round(total, 1),
@@ -68,6 +73,7 @@ def main() -> int:
     p.add_argument("--configs", nargs="+", default=["bf16:sdpa", "fp8-triton:sdpa"])
     p.add_argument("--residual", default="fp32", choices=["fp32", "run_dtype"])
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--compile", action="store_true", help="torch.compile every block (speed.compile=true)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -76,7 +82,7 @@ def main() -> int:
     runs = []
     for item in a.configs:
         quant, attention = item.split(":")
-        run = profile(quant, attention, a.residual, a.top)
+        run = profile(quant, attention, a.residual, a.top, a.compile)
         runs.append(run)
         print(f"{item}: wall {run['wall_ms']} ms, kernels {run['kernel_ms']} ms", flush=True)
         for k in run["kernels"][:25]:

@@ -14,14 +14,19 @@ issue slots 53%): they barely overlap. Here one program holds ``NUM_WG`` consume
 query rows each) fed by a producer warp (TMA loads of K and V^T into a ring of ``STAGES`` slots,
 released by the consumers through mbarriers), and named barriers make the consumers issue their
 wgmmas in turn, so that one warpgroup's softmax runs while the tensor cores work for another.
-Measured at Wan-14B's 480p self-attention (32,760 tokens x 40 heads) on an H100: 24.8 ms with three
-warpgroups, 25.1-26.6 ms with two, 28.4 ms for ``lowp_triton`` (``benchmarks/probes/
-attn_gluon_probe.py``); tensor and MUFU pipes then run ~49% / 50% busy: the softmax of each warp stays
-latency-bound, which is where the rest of the gap to FlashAttention-3's fp8 rate lies.
+P reaches the P.V wgmma through a per-warpgroup shared-memory tile, not registers: that frees the
+registers that made ptxas serialize every wgmma with three warpgroups (160 registers each) and drops the
+shuffles from the accumulator layout into the wgmma operand layout.
+Measured at Wan-14B's 480p self-attention (32,760 tokens x 40 heads), same run: on an H200 24.0 ms
+with three warpgroups (26.5 ms with P in registers), 26.1 ms with two, 28.7 ms for ``lowp_triton``
+(``benchmarks/probes/attn_gluon_probe.py``); on an H100 with P in registers 24.8 ms against 28.4. Tensor
+and MUFU pipes run ~51% / 53% busy (Nsight Compute): per 64x128 block a warpgroup needs ~512 cycles of
+each and ~520 issue slots, and they still overlap only partly.
 
 Per key block j, for each consumer warpgroup:
 
-1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block);
+1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block); store
+   P(j) to the warpgroup's shared-memory tile;
 2. wait for its turn; issue P.V(j) and S(j+1) = Q.K(j+1)^T (async); hand the turn to the next group;
 3. wait for both wgmmas; release block j's ring slot to the producer.
 
@@ -38,7 +43,12 @@ import torch
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     # (without Gluon, gluon_gemm defines neither helper: the import fails here too)
@@ -62,6 +72,7 @@ def consumer_regs(num_wg: int) -> int:
 
 if AVAILABLE:
     PRODUCER_REGS_C = gl.constexpr(PRODUCER_REGS)
+    P_LAYOUT = gl.constexpr(shared_layout((WG_ROWS, BLOCK_N), torch.float8_e4m3fn))
     MAGIC_I = gl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i, |i| < 2^22
     MAGIC_F = gl.constexpr(12582912.0)
     LOG2_PSCALE = gl.constexpr(math.log2(448.0))
@@ -121,10 +132,10 @@ if AVAILABLE:
             tma_load(v_desc, [v_row0, j * BN], bar, v_bufs.index(slot))
 
     @gluon.jit
-    def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr):
+    def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, row_o: gl.constexpr):
         """Online softmax of the int32 logits ``s`` in log2 units (scales folded as in
-        lowp_triton._softmax_pv); returns fp8 448 * P in the P.V operand layout, the new row max and
-        sum, and O rescaled."""
+        lowp_triton._softmax_pv); returns fp8 448 * P (in the logits' register layout), the new row max
+        and sum, and O rescaled."""
         BN: gl.constexpr = s.shape[1]
         if MASKED:  # the ragged last block
             valid = gl.expand_dims(start + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout)), 0) < L_K
@@ -137,29 +148,34 @@ if AVAILABLE:
         p = gl.exp2(t)  # 448 * P
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.sum(p, 1)
-        p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+        p8 = p.to(gl.float8e4nv)
         o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
         return p8, m_new, l_i, o
 
     @gluon.jit
     def _block_step(
-        j, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
-        MASKED: gl.constexpr, WG: gl.constexpr, NEXT: gl.constexpr, PINGPONG: gl.constexpr,
-        p_layout: gl.constexpr, row_o: gl.constexpr,
+        j, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
+        MASKED: gl.constexpr, WG: gl.constexpr, NEXT: gl.constexpr, PINGPONG: gl.constexpr, row_o: gl.constexpr,
     ):
         """Key block j for one consumer warpgroup (module docstring, steps 1-3)."""
         STAGES: gl.constexpr = k_bufs.shape[0]
         BN: gl.constexpr = k_bufs.shape[1]
         W: gl.constexpr = 4
         # 1. softmax of S(j) on the CUDA cores, O rescaled (P.V(j-1) finished last block)
-        p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, MASKED, p_layout, row_o)
+        p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, MASKED, row_o)
+        # P goes to this warpgroup's shared-memory tile, the A operand of P.V. Each warp writes and its
+        # wgmma reads only the warp's own 16 rows; the fence makes the generic-proxy stores visible to
+        # the wgmma's async proxy. (As a register operand P needed shuffles into the wgmma A layout, and
+        # with three warpgroups at 160 registers ptxas serialized every wgmma: 26.5 vs 24.0 ms.)
+        p_buf.store(p8)
+        fence_async_shared()
         # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats its own
         #    S: same slot); block j+1's K and V arrived (waited for at the end of the previous block)
         jn = gl.minimum(j + 1, n_blocks - 1)
         ks = gl.load(ks_base + jn)
         if PINGPONG:
             _wait_turn(WG, W)
-        o = warpgroup_mma(p8, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
+        o = warpgroup_mma(p_buf, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
         s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         if PINGPONG:
             _hand_over(NEXT, W)
@@ -173,7 +189,7 @@ if AVAILABLE:
 
     @gluon.jit
     def _consumer(
-        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
         pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
         WG: gl.constexpr, PINGPONG: gl.constexpr,
     ):
@@ -187,11 +203,11 @@ if AVAILABLE:
         W: gl.constexpr = 4
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 32])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, D, 32])
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
         q_tile = q_smem.index(WG)
+        p_buf = p_smem.index(WG)
         row0 = pid_m * NUM_WG * BM + WG * BM
 
         q_rows = row0 + gl.arange(0, BM, layout=row_s)
@@ -219,13 +235,13 @@ if AVAILABLE:
         n_full = L_K // BN
         for j in range(n_full):
             o, s, m_i, l_i, ks = _block_step(
-                j, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
-                False, WG, NEXT, PINGPONG, p_layout, row_o,
+                j, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
+                False, WG, NEXT, PINGPONG, row_o,
             )
         if n_full < n_blocks:  # the ragged last block: the only one with masks (kept out of the loop body)
             o, s, m_i, l_i, ks = _block_step(
-                n_full, o, s, m_i, l_i, ks, q_sc, q_tile, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks,
-                L_K, True, WG, NEXT, PINGPONG, p_layout, row_o,
+                n_full, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks,
+                L_K, True, WG, NEXT, PINGPONG, row_o,
             )
         if PINGPONG:
             if WG == 0:
@@ -244,27 +260,27 @@ if AVAILABLE:
     # Worker partitions take IR values only: their constexprs are bound here.
     @gluon.jit
     def _consumer1_pingpong(
-        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
     ):
-        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, True)
+        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, True)
 
     @gluon.jit
     def _consumer1_lockstep(
-        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
     ):
-        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, False)
+        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, False)
 
     @gluon.jit
     def _consumer2_pingpong(
-        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
     ):
-        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, True)
+        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, True)
 
     @gluon.jit
     def _consumer2_lockstep(
-        q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
+        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
     ):
-        _consumer(q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, False)
+        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, False)
 
     @gluon.jit
     def _attn_pingpong_kernel(
@@ -300,6 +316,7 @@ if AVAILABLE:
         D: gl.constexpr = q_desc.block_type.shape[1]
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_WG] + q_desc.block_type.shape, q_desc.layout)
+        p_smem = gl.allocate_shared_memory(gl.float8e4nv, [NUM_WG, PART, k_desc.block_type.shape[0]], P_LAYOUT)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -310,7 +327,7 @@ if AVAILABLE:
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=NUM_WG)  # one arrival per warpgroup
 
-        args = (q_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+        args = (q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
                 pid_m, bh, bh // H, bh % H, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks)
         prod_args = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty,
                      bh * LQP + pid_m * NUM_WG * PART, bh * LKP, bh * D, n_blocks)

@@ -14,8 +14,9 @@ triton = pytest.importorskip("triton")
 @pytest.mark.parametrize("pingpong,num_wg", [(True, 2), (True, 3), (False, 3)])
 def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg):
     """Warp-specialized (a producer warp with few registers, consumer warpgroups with the rest), both
-    8-bit wgmmas, fits the shared memory of an H100, and with ``pingpong`` the consumers' turn barriers
-    (named barriers 8, 9, 10 for warpgroups 0, 1, 2; 256 threads each) around the wgmma issue."""
+    8-bit wgmmas with P.V's A operand (P) read from shared memory after an async-proxy fence, fits the
+    shared memory of an H100, and with ``pingpong`` the consumers' turn barriers (named barriers 8, 9,
+    10 for warpgroups 0, 1, 2; 256 threads each) around the wgmma issue."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton has no NVIDIA backend")
@@ -30,7 +31,9 @@ def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg):
     ptx = kernel.asm["ptx"]
     assert kernel.metadata.shared <= 232448
     assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx
-    assert "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in ptx
+    fp8_mma = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n128k32\.f32\.e4m3\.e4m3\s+\{[^}]*\},\s*(\S+),", ptx)
+    assert fp8_mma and all(not a.startswith("{") for a in fp8_mma)  # A is a shared-memory descriptor
+    assert "fence.proxy.async.shared::cta" in ptx
     regs = {int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx)}
     assert lowp_gluon.PRODUCER_REGS in regs and lowp_gluon.consumer_regs(num_wg) in regs
     ids = range(8, 8 + num_wg)
