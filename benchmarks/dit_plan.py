@@ -44,6 +44,7 @@ class Entry:
     reference: bool = False  # this entry's output is the quality reference of its resolution
     residual: str = "fp32"  # speed.residual: fp32 (official) or run_dtype (bf16, as LightX2V / diffusers)
     token_chunk: int = TOKEN_CHUNK  # speed.token_chunk (0: output projections / FFN on all tokens at once)
+    fuse_gelu: bool = True  # configure_dit(fuse_gelu=...): the FFN's GELU + quantization in one kernel
 
 
 def _ours(name, quant=None, attention="sdpa", fused=True, **kw) -> Entry:
@@ -129,6 +130,18 @@ def _plan(kind: str) -> list[Entry]:
             residual="run_dtype",
         ),
     ]
+    for scheme in ("int8-triton", "fp8-triton"):  # the fastest settings without the fused GELU + quantization
+        full.append(
+            _ours(
+                f"ours {scheme} {LOWP} fused compiled res-bf16 no-gelu-q",
+                scheme,
+                LOWP,
+                compile=True,
+                warmup=2,
+                residual="run_dtype",
+                fuse_gelu=False,
+            )
+        )
     for scheme in (
         "int8-triton",
         "fp8-vllm",
@@ -307,6 +320,7 @@ def run_plan(
                         compile=e.compile,
                         residual=e.residual,
                         token_chunk=e.token_chunk,
+                        fuse_gelu=e.fuse_gelu,
                     )
                     with torch.inference_mode():
                         times, peak, out, warm_s = _time(lambda: model(**x), e.warmup, e.iters, cuda)

@@ -25,12 +25,15 @@ from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import prepare_model
 
 
-def profile(quant: str, attention: str, residual: str, top: int, compile: bool = False) -> dict:
+def profile(
+    quant: str, attention: str, residual: str, top: int, compile: bool = False, fuse_gelu: bool = False
+) -> dict:
     cfg = WanDiTConfig.preset("wan2.1-t2v-14b")
     model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=None if quant == "bf16" else quant)
     prepare_model(model)
     speed = configure_dit(
-        model, attention=attention, cross_attention="sdpa", fused=True, residual=residual, compile=compile
+        model, attention=attention, cross_attention="sdpa", fused=True, residual=residual, compile=compile,
+        fuse_gelu=fuse_gelu,
     )
     inp = make_inputs(cfg, latent_shape("480p", 81), torch.bfloat16, 0, torch.device("cuda"))
     with torch.inference_mode():
@@ -61,6 +64,7 @@ def profile(quant: str, attention: str, residual: str, top: int, compile: bool =
         "attention": attention,
         "residual": residual,
         "compile": compile,
+        "fuse_gelu": fuse_gelu,
         "speed": {k: str(v) for k, v in speed.items()},
         "wall_ms": round(wall_ms, 1),
         "kernel_ms": round(total, 1),
@@ -74,6 +78,7 @@ def main() -> int:
     p.add_argument("--residual", default="fp32", choices=["fp32", "run_dtype"])
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--compile", action="store_true", help="torch.compile every block (speed.compile=true)")
+    p.add_argument("--fuse-gelu", action="store_true", help="the FFN's fused GELU + quantization kernel")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -82,7 +87,7 @@ def main() -> int:
     runs = []
     for item in a.configs:
         quant, attention = item.split(":")
-        run = profile(quant, attention, a.residual, a.top, a.compile)
+        run = profile(quant, attention, a.residual, a.top, a.compile, a.fuse_gelu)
         runs.append(run)
         print(f"{item}: wall {run['wall_ms']} ms, kernels {run['kernel_ms']} ms", flush=True)
         for k in run["kernels"][:25]:

@@ -48,8 +48,11 @@ assert math.isclose(K_BETA.value, math.sqrt(2 / math.pi), rel_tol=1e-7)
 
 
 @triton.jit
-def _gelu_tanh(x):
-    """fp32 GELU(tanh) in ATen's order: (0.5 * x) * (1 + tanh(kBeta * (x + kKappa * ((x * x) * x))))."""
+def _gelu_tanh(x, FAST: tl.constexpr = False):
+    """fp32 GELU(tanh) in ATen's order: (0.5 * x) * (1 + tanh(kBeta * (x + kKappa * ((x * x) * x)))).
+    ``FAST``: the tanh from the GPU's tanh.approx.f32 (one MUFU instruction, max relative error ~2^-11,
+    below a bf16 rounding) instead of libdevice's ~20-instruction tanhf, which makes the fused kernel
+    compute-bound on Hopper."""
     # x + kKappa * x^3 as one FMA, as nvcc contracts it in ATen (explicit: not left to Triton's fp-fusion
     # default, which Triton 3.10 turns off)
     inner = K_BETA * tl.fma(K_KAPPA, x * x * x, x)
@@ -58,15 +61,17 @@ def _gelu_tanh(x):
         # tanh(-40) is -1 in fp32). Where 1 + tanh(u) cancels (x << 0) the last bits of the tanh decide the
         # bf16 result, so this matches PyTorch's GELU closely but not bit for bit (docs/speed.md).
         t = 2.0 / (1.0 + tl.exp(-2.0 * tl.maximum(inner, -40.0))) - 1.0
+    elif FAST:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [inner], dtype=tl.float32, is_pure=True, pack=1)
     else:
         t = libdevice.tanh(inner)  # __nv_tanhf: what ATen's CUDA kernel calls
     return 0.5 * x * (1.0 + t)
 
 
 @triton.jit
-def _gelu_rounded(x_in, IS_BF16: tl.constexpr):
+def _gelu_rounded(x_in, IS_BF16: tl.constexpr, FAST: tl.constexpr = False):
     """GELU of a tile in its own dtype (bf16 / fp16): computed in fp32, rounded to nearest even."""
-    y = _gelu_tanh(x_in.to(tl.float32))
+    y = _gelu_tanh(x_in.to(tl.float32), FAST)
     if INTERPRET and IS_BF16:
         # The interpreter truncates fp32 -> bf16 (Triton 3.9): round to nearest even on the bits first,
         # after which the cast is exact. (Inf / NaN do not occur in these tests.)
@@ -77,9 +82,11 @@ def _gelu_rounded(x_in, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _gelu_tile(x_row, col0, K, R: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr, IS_BF16: tl.constexpr):
+def _gelu_tile(
+    x_row, col0, K, R: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr, IS_BF16: tl.constexpr, FAST: tl.constexpr
+):
     """GELU of row elements [col0, col0 + R*G) as an [R, G] tile (0 past K: GELU(0) = 0)."""
-    return _gelu_rounded(_load_tile(x_row, col0, K, R, G, MASKED), IS_BF16)
+    return _gelu_rounded(_load_tile(x_row, col0, K, R, G, MASKED), IS_BF16, FAST)
 
 
 @triton.jit(do_not_specialize=["L"])
@@ -100,23 +107,24 @@ def _gelu_quant_kernel(
     R2: tl.constexpr,
     R3: tl.constexpr,
     MASKED: tl.constexpr,
+    FAST: tl.constexpr = False,
 ):
     """One token per program, its GELU held in registers as tiles of R0..R3 rows of G elements (the
     per-token quantizer's layout, ``triton_quant.tile_rows``); q is contiguous [B * L, K]."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + (row // L) * stride_xb + (row % L) * stride_xl
     q_row = q_ptr + row * K
-    g0 = _gelu_tile(x_row, 0, K, R0, G, MASKED, IS_BF16)
+    g0 = _gelu_tile(x_row, 0, K, R0, G, MASKED, IS_BF16, FAST)
     if R1 > 0:
-        g1 = _gelu_tile(x_row, R0 * G, K, R1, G, MASKED, IS_BF16)
+        g1 = _gelu_tile(x_row, R0 * G, K, R1, G, MASKED, IS_BF16, FAST)
     else:  # absent tile: a placeholder that is never read
         g1 = g0
     if R2 > 0:
-        g2 = _gelu_tile(x_row, (R0 + R1) * G, K, R2, G, MASKED, IS_BF16)
+        g2 = _gelu_tile(x_row, (R0 + R1) * G, K, R2, G, MASKED, IS_BF16, FAST)
     else:  # absent tile: a placeholder that is never read
         g2 = g0
     if R3 > 0:
-        g3 = _gelu_tile(x_row, (R0 + R1 + R2) * G, K, R3, G, MASKED, IS_BF16)
+        g3 = _gelu_tile(x_row, (R0 + R1 + R2) * G, K, R3, G, MASKED, IS_BF16, FAST)
     else:  # absent tile: a placeholder that is never read
         g3 = g0
     _quantize_row(q_row, s_ptr + row, g0, g1, g2, g3, K, QMAX, IS_INT8, G, R0, R1, R2, R3, MASKED)
@@ -135,6 +143,7 @@ def _gelu_quant_long_kernel(
     IS_INT8: tl.constexpr,
     IS_BF16: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    FAST: tl.constexpr = False,
 ):
     """Rows longer than MAX_TILED_K: one sweep for the absmax of the GELU, a second (its reads mostly from
     L2) that recomputes the GELU and quantizes it."""
@@ -145,11 +154,11 @@ def _gelu_quant_long_kernel(
     m = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0)
-        m = tl.maximum(m, tl.abs(_gelu_rounded(x, IS_BF16)).to(tl.float32))
+        m = tl.maximum(m, tl.abs(_gelu_rounded(x, IS_BF16, FAST)).to(tl.float32))
     scale, rcp = _row_scale(tl.max(m, axis=0), QMAX)
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0)
-        q = _quantize_values(_gelu_rounded(x, IS_BF16), scale, rcp, IS_INT8)
+        q = _quantize_values(_gelu_rounded(x, IS_BF16, FAST), scale, rcp, IS_INT8)
         tl.store(q_row + k0 + cols, q, mask=k0 + cols < K)
     tl.store(s_ptr + row, scale)
 
@@ -185,26 +194,27 @@ def _check(h: torch.Tensor, quant: str) -> None:
         raise ValueError("gelu_quantize needs h contiguous in its last dim (call .contiguous() first)")
 
 
-def gelu_quantize(h: torch.Tensor, quant: str) -> QuantizedActivation:
+def gelu_quantize(h: torch.Tensor, quant: str, fast: bool = False) -> QuantizedActivation:
     """Triton: ``quantize(F.gelu(h, approximate="tanh"))`` for h [B, L, F] or [L, F] (bf16 / fp16, last dim
     contiguous) -> QuantizedActivation with data [..., F] fp8 e4m3 (``quant="fp8"``) or int8 (``"int8"``),
-    one fp32 scale per token [..., 1], dtype h.dtype."""
+    one fp32 scale per token [..., 1], dtype h.dtype. ``fast``: the GPU's approximate tanh instead of
+    PyTorch's (bf16 GELU values then differ from ``F.gelu`` in the last bit for a small share of elements)."""
     _check(h, quant)
-    q, scale = _gelu_quant_op(h, quant)
+    q, scale = _gelu_quant_op(h, quant, fast)
     return QuantizedActivation(q, scale, h.dtype)
 
 
 @torch.library.custom_op("lightx2v_quant::gelu_quantize", mutates_args=())
-def _gelu_quant_op(h: torch.Tensor, quant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _gelu_quant_op(h: torch.Tensor, quant: str, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     # a custom op: opaque to torch.compile (no graph break, no tracing into the launch)
     q, scale = _empty_outputs(h, quant)
     if q.numel():
-        launch(h, q, scale, quant)
+        launch(h, q, scale, quant, fast=fast)
     return q, scale
 
 
 @_gelu_quant_op.register_fake
-def _(h, quant):
+def _(h, quant, fast=False):
     return _empty_outputs(h, quant)
 
 
@@ -221,6 +231,7 @@ def launch(
     quant: str,
     num_warps: int | None = None,
     tiled: bool | None = None,
+    fast: bool = False,
 ) -> None:
     """Unchecked launch into contiguous q [..., F] and scale [..., 1]. ``num_warps`` (default: the per-token
     quantizer's) and ``tiled`` (default: F <= MAX_TILED_K; False forces the two-sweep kernel) are for tests
@@ -229,7 +240,7 @@ def launch(
     B, L, K = x.shape
     _, qmax, is_int8 = QUANT_PARAMS[PER_TOKEN_FORMATS[quant]]
     warps = num_warps or default_quant_config(K, x.element_size()).num_warps
-    meta = {"QMAX": qmax, "IS_INT8": is_int8, "IS_BF16": x.dtype == torch.bfloat16, "num_warps": warps}
+    meta = {"QMAX": qmax, "IS_INT8": is_int8, "IS_BF16": x.dtype == torch.bfloat16, "FAST": fast, "num_warps": warps}
     args = (x, q, scale, L, K, x.stride(0), x.stride(1))
     if (K <= MAX_TILED_K) if tiled is None else tiled:
         g, (r0, r1, r2, r3), masked = tile_rows(K, warps, x.element_size())

@@ -158,3 +158,27 @@ def test_gelu_quantize_compiles_fullgraph_cuda():
     from tests.fused.gelu_cases import compile_case
 
     assert compile_case("cuda", "inductor")["compiled_mismatch"] == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant", ["fp8", "int8"])
+def test_gelu_quantize_fast_tanh_cuda(quant):
+    """``fast=True`` (tanh.approx.f32): the bf16 GELU may differ from F.gelu's in its last bit, so a few
+    quantized codes move by one step and the per-token scales by at most a bf16 ulp."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from lightx2v_quant import fused
+
+    g = torch.Generator("cuda").manual_seed(0)
+    h = torch.randn(64, 13824, generator=g, device="cuda", dtype=torch.bfloat16) * 3
+    exact, fast = fused.gelu_quantize(h, quant), fused.gelu_quantize(h, quant, fast=True)
+    assert torch.allclose(fast.scale, exact.scale, rtol=2**-7, atol=0)
+    a, b = fast.data.float(), exact.data.float()
+    if quant == "int8":
+        assert (a - b).abs().max().item() <= 1
+    else:  # one fp8 e4m3 step is at most 1/8 of the value's power-of-two range
+        assert torch.allclose(a, b, rtol=0.13, atol=2**-9)
+    assert (a != b).double().mean().item() < 0.05
+    y = F.gelu(h.float(), approximate="tanh")
+    deq = fast.data.float() * fast.scale
+    assert float((deq - y).norm() / y.norm()) < (0.03 if quant == "fp8" else 0.02)  # the formats' own error

@@ -140,14 +140,14 @@ def test_fused_path_matches_official_cuda(quant):
 @pytest.mark.gpu
 @pytest.mark.parametrize("quant", ["fp8-torch", "int8-torch", "fp8-triton", "int8-triton"])
 def test_fused_gelu_quant_in_dit_cuda(quant):
-    """The FFN's GELU + quantization kernel vs nn.GELU + the down projection's own quantization: the same
-    quantized bytes (tests/fused/test_gelu.py), so the same DIT output up to the GEMM's tile config."""
+    """The FFN's GELU + quantization kernel vs nn.GELU + the down projection's own quantization. On CUDA
+    the DIT's kernel uses the approximate tanh: ~0.1% of the quantized codes move by one step
+    (tests/fused/test_gelu.py), so the outputs differ slightly (and triton may tune another tile config)."""
     from tests.models.dit_speed_cases import gelu_fusion
 
     res = gelu_fusion("cuda", torch.bfloat16, quant)
     assert res["ffn_hidden_blocks"] == 2, res
-    # the torch kernel runs the same GEMM on the same bytes either way; triton's may tune another tile config
-    assert res["gelu_fusion"] <= (0.0 if quant.endswith("torch") else 1e-3), res
+    assert res["gelu_fusion"] <= 2e-3, res
 
 
 @pytest.mark.gpu

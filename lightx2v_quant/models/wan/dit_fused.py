@@ -113,7 +113,8 @@ def ffn_gelu_quant(ffn: WanFFN, x: torch.Tensor | QuantizedActivation) -> torch.
     from lightx2v_quant import fused
 
     h = ffn[0](x)  # [B, L, ffn_dim] in the run dtype
-    q = fused.gelu_quantize(h, ffn.gelu_quant)
+    # the GPU's approximate tanh: the exact tanhf made this kernel compute-bound (docs/speed.md)
+    q = fused.gelu_quantize(h, ffn.gelu_quant, fast=h.is_cuda)
     del h
     return ffn[2](q)
 
