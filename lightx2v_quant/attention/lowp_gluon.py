@@ -172,13 +172,15 @@ if AVAILABLE:
         # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats its own
         #    S: same slot); block j+1's K and V arrived (waited for at the end of the previous block)
         jn = gl.minimum(j + 1, n_blocks - 1)
-        ks = gl.load(ks_base + jn)
         if PINGPONG:
             _wait_turn(WG, W)
         o = warpgroup_mma(p_buf, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
         s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         if PINGPONG:
             _hand_over(NEXT, W)
+        # K scale of block j+1, loaded while the wgmmas run: the fence above (MEMBAR.ALL.CTA in SASS)
+        # would otherwise wait for this load's global-memory latency before the turn
+        ks = gl.load(ks_base + jn)
         # 3. both done: release block j's slot (S(j) finished a block earlier), then wait for block j+2
         #    (right after the release, whose barrier covers the wait)
         o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
