@@ -28,6 +28,15 @@ def _load_tile(x_ptr, b, h, rows, L, stride_b, stride_l, stride_h, D: tl.constex
 
 
 @triton.jit
+def _accumulate(acc, lo, hi, x, MINMAX: tl.constexpr):
+    acc += x
+    if MINMAX:
+        lo = tl.minimum(lo, x)
+        hi = tl.maximum(hi, x)
+    return acc, lo, hi
+
+
+@triton.jit
 def _stats_kernel(
     x_ptr,
     sum_ptr,
@@ -40,40 +49,75 @@ def _stats_kernel(
     stride_h,
     ROWS,
     D: tl.constexpr,
-    BLOCK: tl.constexpr,
+    SUB: tl.constexpr,
     MINMAX: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
-    """Partial per-channel sum (and min / max) over ROWS tokens of one (batch, head): [BH, NSPLIT, D]."""
+    """Partial per-channel sum (and min / max) over ROWS tokens of one (batch, head): [BH, NSPLIT, D].
+
+    Accumulates elementwise into [SUB, D] register tiles (every thread owns its slots: no cross-warp
+    reduction inside the loop) and reduces them once at the end. The loop is software-pipelined
+    (cp.async into STAGES shared-memory buffers): ptxas interleaves plain loads with their uses, which
+    left each warp one or two 16-byte loads in flight. Slot j sums rows j, j + SUB, j + 2 SUB, ... of the
+    split in increasing order (deterministic)."""
     split = tl.program_id(0)
     bh = tl.program_id(1)
     nsplit = tl.num_programs(0)
-    b = bh // H
-    h = bh % H
     start = split * ROWS
     end = tl.minimum(start + ROWS, L)
-    acc = tl.zeros([D], tl.float32)
-    lo = tl.full([D], float("inf"), tl.float32)
-    hi = tl.full([D], float("-inf"), tl.float32)
-    for r in range(start, end, BLOCK):
-        rows = r + tl.arange(0, BLOCK)
-        x = _load_tile(x_ptr, b, h, rows, end, stride_b, stride_l, stride_h, D)
-        acc += tl.sum(x, 0)
+    sub = tl.arange(0, SUB)
+    cols = tl.arange(0, D)
+    base = x_ptr + (bh // H) * stride_b + (bh % H) * stride_h + sub[:, None] * stride_l + cols[None, :]
+    acc = tl.zeros([SUB, D], tl.float32)
+    lo = tl.full([SUB, D], float("inf"), tl.float32)
+    hi = tl.full([SUB, D], float("-inf"), tl.float32)
+    full_end = start + (end - start) // SUB * SUB
+    # num_stages on the loop itself: Triton pipelines loads that feed no dot only when asked this way
+    for r in tl.range(start, full_end, SUB, num_stages=STAGES):  # whole tiles: no masks
+        acc, lo, hi = _accumulate(acc, lo, hi, tl.load(base + r * stride_l).to(tl.float32), MINMAX)
+    for r in range(full_end, end, SUB):  # ragged end of the last split only
+        valid = (r + sub)[:, None] < end
+        x = tl.load(base + r * stride_l, mask=valid, other=0.0).to(tl.float32)
+        acc += x
         if MINMAX:
-            valid = rows[:, None] < end
-            lo = tl.minimum(lo, tl.min(tl.where(valid, x, float("inf")), 0))
-            hi = tl.maximum(hi, tl.max(tl.where(valid, x, float("-inf")), 0))
-    out = (bh * nsplit + split) * D + tl.arange(0, D)
-    tl.store(sum_ptr + out, acc)
+            lo = tl.minimum(lo, tl.where(valid, x, float("inf")))
+            hi = tl.maximum(hi, tl.where(valid, x, float("-inf")))
+    out = (bh * nsplit + split) * D + cols
+    tl.store(sum_ptr + out, tl.sum(acc, 0))
     if MINMAX:
-        tl.store(min_ptr + out, lo)
-        tl.store(max_ptr + out, hi)
+        tl.store(min_ptr + out, tl.min(lo, 0))
+        tl.store(max_ptr + out, tl.max(hi, 0))
 
 
 @triton.jit
-def _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2: tl.constexpr, D: tl.constexpr):
+def _finalize_kernel(
+    sum_ptr,
+    min_ptr,
+    max_ptr,
+    mean_ptr,
+    scale_ptr,
+    inv_ptr,
+    L,
+    NSPLIT,
+    NSPLIT_P2: tl.constexpr,
+    D: tl.constexpr,
+    MINMAX: tl.constexpr,
+):
+    """Partials [BH, NSPLIT, D] -> channel mean [BH, D]; with MINMAX also V's fp8 scale amax / 448 and its
+    inverse 448 / amax (what the quantization multiplies by), so each quant program loads [D] vectors."""
+    bh = tl.program_id(0)
     s = tl.arange(0, NSPLIT_P2)
-    ptrs = sum_ptr + (bh * NSPLIT + s[:, None]) * D + tl.arange(0, D)[None, :]
-    return tl.sum(tl.load(ptrs, mask=s[:, None] < NSPLIT, other=0.0), 0) / L
+    cols = tl.arange(0, D)
+    part = (bh * NSPLIT + s[:, None]) * D + cols[None, :]
+    pmask = s[:, None] < NSPLIT
+    mean = tl.sum(tl.load(sum_ptr + part, mask=pmask, other=0.0), 0) / L
+    tl.store(mean_ptr + bh * D + cols, mean)
+    if MINMAX:
+        lo = tl.min(tl.load(min_ptr + part, mask=pmask, other=float("inf")), 0)
+        hi = tl.max(tl.load(max_ptr + part, mask=pmask, other=float("-inf")), 0)
+        amax = tl.maximum(tl.maximum(hi - mean, mean - lo), AMAX_EPS)  # [D]
+        tl.store(scale_ptr + bh * D + cols, amax / 448.0)
+        tl.store(inv_ptr + bh * D + cols, 448.0 / amax)
 
 
 @triton.jit
@@ -107,7 +151,7 @@ def _quant_q_kernel(
 @triton.jit
 def _quant_k_kernel(
     x_ptr,
-    sum_ptr,
+    mean_ptr,
     out_ptr,
     scale_ptr,
     L,
@@ -116,8 +160,6 @@ def _quant_k_kernel(
     stride_b,
     stride_l,
     stride_h,
-    NSPLIT,
-    NSPLIT_P2: tl.constexpr,
     D: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -125,58 +167,44 @@ def _quant_k_kernel(
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, D)
     x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D)
-    mean = _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2, D)
+    mean = tl.load(mean_ptr + bh * D + cols)
     x = tl.where(rows[:, None] < L, x - mean[None, :], 0.0)
     amax = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), AMAX_EPS)
     y = x * (127.0 / amax)
     q = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)
-    tl.store(out_ptr + (bh * LP + rows[:, None]) * D + tl.arange(0, D)[None, :], q)
+    tl.store(out_ptr + (bh * LP + rows[:, None]) * D + cols[None, :], q)
     tl.store(scale_ptr + bh * (LP // BLOCK) + pid, amax / 127.0)
 
 
 @triton.jit
 def _quant_v_kernel(
     x_ptr,
-    sum_ptr,
-    min_ptr,
-    max_ptr,
-    out_ptr,
     mean_ptr,
-    scale_ptr,
+    inv_ptr,
+    out_ptr,
     L,
     LP,
     H,
     stride_b,
     stride_l,
     stride_h,
-    NSPLIT,
-    NSPLIT_P2: tl.constexpr,
     D: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """fp8 (V - channel mean) / channel scale, stored transposed [BH, D, LP]; program 0 of each
-    (batch, head) also writes the mean and scale for the attention epilogue."""
+    """fp8 (V - channel mean) * (448 / channel amax), stored transposed [BH, D, LP]."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, D)
     x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D)
-    mean = _channel_mean(sum_ptr, bh, L, NSPLIT, NSPLIT_P2, D)
-    s = tl.arange(0, NSPLIT_P2)
-    part = (bh * NSPLIT + s[:, None]) * D + cols[None, :]
-    pmask = s[:, None] < NSPLIT
-    lo = tl.min(tl.load(min_ptr + part, mask=pmask, other=float("inf")), 0)
-    hi = tl.max(tl.load(max_ptr + part, mask=pmask, other=float("-inf")), 0)
-    amax = tl.maximum(tl.maximum(hi - mean, mean - lo), AMAX_EPS)  # [D]
-    inv = 448.0 / amax
+    mean = tl.load(mean_ptr + bh * D + cols)
+    inv = tl.load(inv_ptr + bh * D + cols)
     y = tl.where(rows[:, None] < L, (x - mean[None, :]) * inv[None, :], 0.0)
     q = tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX).to(tl.float8e4nv)
     # transposed: token axis contiguous, as Hopper's fp8 wgmma wants the B operand of P.V (K-major)
     tl.store(out_ptr + (bh * D + cols[None, :]) * LP + rows[:, None], q)
-    if pid == 0:
-        tl.store(mean_ptr + bh * D + cols, mean)
-        tl.store(scale_ptr + bh * D + cols, amax / 448.0)
 
 
 @dataclass
@@ -192,20 +220,34 @@ class QuantizedQKV:
     v_scale: torch.Tensor | None  # fp32 [BH, D]
 
 
+# Statistics pass: up to ~4096 programs of at least 128 rows (several waves on 132 SMs, so the last,
+# partial wave costs little), at most 64 splits per (batch, head) so that the finalize kernel reduces them
+# in one load. Wan-14B 480p (BH 40, L 32760): 64 splits of 512 rows, 2560 programs.
+STATS_PROGRAMS = 4096
+MAX_SPLITS = 64
+# (rows per tile SUB, warps, pipeline stages). sm_90, D 128: the sum pass (K, one [32, D] accumulator)
+# uses 64 registers and 24 KB of shared memory -> 8 programs per SM, ~2-3 8-KB tiles in flight each; the
+# sum / min / max pass (V, three [16, D] accumulators) 72 registers and 20 KB -> 7 programs per SM,
+# ~4-5 4-KB tiles in flight each (benchmarks/triton_sass.py; no spills).
+STATS_SUM = (32, 4, 4)
+STATS_MINMAX = (16, 4, 6)
+
+
 def _splits(length: int, bh: int) -> tuple[int, int]:
-    """(rows per split, number of splits) so that the statistics pass has ~4 programs per SM."""
-    want = max(1, -(-512 // bh))
+    """(rows per split, a multiple of 128; number of splits <= MAX_SPLITS) for the statistics pass."""
+    want = min(MAX_SPLITS, max(1, -(-STATS_PROGRAMS // bh)))
     rows = max(QBLOCK, triton.cdiv(triton.cdiv(length, want), QBLOCK) * QBLOCK)
     return rows, triton.cdiv(length, rows)
 
 
 def _stats(x: torch.Tensor, minmax: bool) -> tuple[torch.Tensor, ...]:
+    """Channel statistics of [B, L, H, D] x over the token axis: fp32 [BH, D] mean, and with ``minmax``
+    also V's fp8 scale (amax of x - mean over tokens, / 448) and its inverse (448 / amax)."""
     B, L, H, D = x.shape
     rows, nsplit = _splits(L, B * H)
-    parts = [
-        torch.empty(B * H, nsplit, D, device=x.device, dtype=torch.float32) for _ in range(3 if minmax else 1)
-    ]
-    lo, hi = (parts[1], parts[2]) if minmax else (parts[0], parts[0])
+    parts = torch.empty(3 if minmax else 1, B * H, nsplit, D, device=x.device, dtype=torch.float32)
+    lo, hi = (parts[1], parts[2]) if minmax else (parts[0], parts[0])  # unused without minmax
+    sub, warps, stages = STATS_MINMAX if minmax else STATS_SUM
     _stats_kernel[(nsplit, B * H)](
         x,
         parts[0],
@@ -218,11 +260,28 @@ def _stats(x: torch.Tensor, minmax: bool) -> tuple[torch.Tensor, ...]:
         x.stride(2),
         rows,
         D=D,
-        BLOCK=64,
+        SUB=sub,
         MINMAX=minmax,
-        num_warps=4,
+        STAGES=stages,
+        num_warps=warps,
     )
-    return (nsplit, *parts)
+    # separate tensors: quantize_v returns two of them, and a custom op's outputs must not alias
+    out = [torch.empty(B * H, D, device=x.device, dtype=torch.float32) for _ in range(3 if minmax else 1)]
+    _finalize_kernel[(B * H,)](
+        parts[0],
+        lo,
+        hi,
+        out[0],
+        out[1] if minmax else out[0],  # unused without minmax
+        out[2] if minmax else out[0],
+        L,
+        nsplit,
+        NSPLIT_P2=triton.next_power_of_2(nsplit),
+        D=D,
+        MINMAX=minmax,
+        num_warps=8,
+    )
+    return tuple(out)
 
 
 def quantize_qkv(
@@ -257,25 +316,11 @@ def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L, H, D] -> int8 [BH, LP, D] after removing the per-channel mean, and fp32 [BH, LP / 128] scales."""
     B, L, H, D = k.shape
     lp = _padded(L)
-    nsplit, ksum = _stats(k, minmax=False)
+    (kmean,) = _stats(k, minmax=False)
     k8 = torch.empty(B * H, lp, D, device=k.device, dtype=torch.int8)
     ks = torch.empty(B * H, lp // QBLOCK, device=k.device, dtype=torch.float32)
     _quant_k_kernel[(lp // QBLOCK, B * H)](
-        k,
-        ksum,
-        k8,
-        ks,
-        L,
-        lp,
-        H,
-        k.stride(0),
-        k.stride(1),
-        k.stride(2),
-        nsplit,
-        NSPLIT_P2=triton.next_power_of_2(nsplit),
-        D=D,
-        BLOCK=QBLOCK,
-        num_warps=8,
+        k, kmean, k8, ks, L, lp, H, k.stride(0), k.stride(1), k.stride(2), D=D, BLOCK=QBLOCK, num_warps=8
     )
     return k8, ks
 
@@ -285,83 +330,42 @@ def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     (fp32 [BH, D] each)."""
     B, L, H, D = v.shape
     lp = _padded(L)
-    nsplit, vsum, vmin, vmax = _stats(v, minmax=True)
+    vm, vs, vinv = _stats(v, minmax=True)
     v8 = torch.empty(B * H, D, lp, device=v.device, dtype=torch.float8_e4m3fn)
-    vm = torch.empty(B * H, D, device=v.device, dtype=torch.float32)
-    vs = torch.empty(B * H, D, device=v.device, dtype=torch.float32)
     _quant_v_kernel[(lp // QBLOCK, B * H)](
-        v,
-        vsum,
-        vmin,
-        vmax,
-        v8,
-        vm,
-        vs,
-        L,
-        lp,
-        H,
-        v.stride(0),
-        v.stride(1),
-        v.stride(2),
-        nsplit,
-        NSPLIT_P2=triton.next_power_of_2(nsplit),
-        D=D,
-        BLOCK=QBLOCK,
-        num_warps=8,
+        v, vm, vinv, v8, L, lp, H, v.stride(0), v.stride(1), v.stride(2), D=D, BLOCK=QBLOCK, num_warps=8
     )
     return v8, vm, vs
 
 
 def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
-    ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h", "NSPLIT")}
+    ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h")}
     div16 = ["LP", "stride_b", "stride_l", "stride_h"]
-    sig = {
-        "x_ptr": "*bf16",
-        "sum_ptr": "*fp32",
-        "min_ptr": "*fp32",
-        "max_ptr": "*fp32",
-        "out_ptr": "*fp8e4nv",
-        "mean_ptr": "*fp32",
-        "scale_ptr": "*fp32",
-        **ints,
-    }
-    yield (
-        "quant_v_128",
-        _quant_v_kernel,
-        sig,
-        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
-        {"num_warps": 8},
-        div16,
-    )
-    sig = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
-    yield (
-        "quant_k_128",
-        _quant_k_kernel,
-        sig,
-        {"NSPLIT_P2": 16, "D": 128, "BLOCK": 128},
-        {"num_warps": 8},
-        div16,
-    )
-    sig = {
-        "x_ptr": "*bf16",
-        "out_ptr": "*i8",
-        "scale_ptr": "*fp32",
-        "mul": "fp32",
-        **{k: v for k, v in ints.items() if k != "NSPLIT"},
-    }
-    yield ("quant_q_128", _quant_q_kernel, sig, {"D": 128, "BLOCK": 128}, {"num_warps": 8}, div16)
-    sig = {
-        "x_ptr": "*bf16",
-        "sum_ptr": "*fp32",
-        "min_ptr": "*fp32",
-        "max_ptr": "*fp32",
-        **{n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")},
-    }
-    yield (
-        "stats_minmax_128",
-        _stats_kernel,
-        sig,
-        {"D": 128, "BLOCK": 64, "MINMAX": True},
-        {"num_warps": 4},
-        ["stride_b", "stride_l", "stride_h", "ROWS"],
-    )
+    sig = {"x_ptr": "*bf16", "mean_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*fp8e4nv", **ints}
+    yield ("quant_v_128", _quant_v_kernel, sig, {"D": 128, "BLOCK": QBLOCK}, {"num_warps": 8}, div16)
+    sig = {"x_ptr": "*bf16", "mean_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
+    yield ("quant_k_128", _quant_k_kernel, sig, {"D": 128, "BLOCK": QBLOCK}, {"num_warps": 8}, div16)
+    sig = {"x_ptr": "*bf16", "out_ptr": "*i8", "scale_ptr": "*fp32", "mul": "fp32", **ints}
+    yield ("quant_q_128", _quant_q_kernel, sig, {"D": 128, "BLOCK": QBLOCK}, {"num_warps": 8}, div16)
+    stats = {"x_ptr": "*bf16", "sum_ptr": "*fp32", "min_ptr": "*fp32", "max_ptr": "*fp32"}
+    stats.update({n: "i32" for n in ("L", "H", "stride_b", "stride_l", "stride_h", "ROWS")})
+    for minmax, (sub, warps, stages) in ((False, STATS_SUM), (True, STATS_MINMAX)):
+        yield (
+            f"stats_{'minmax' if minmax else 'sum'}_128",
+            _stats_kernel,
+            dict(stats),
+            {"D": 128, "SUB": sub, "MINMAX": minmax, "STAGES": stages},
+            {"num_warps": warps},
+            ["stride_b", "stride_l", "stride_h", "ROWS"],
+        )
+    fin = {n: "*fp32" for n in ("sum_ptr", "min_ptr", "max_ptr", "mean_ptr", "scale_ptr", "inv_ptr")}
+    fin.update({"L": "i32", "NSPLIT": "i32"})
+    for minmax in (False, True):
+        yield (
+            f"stats_finalize_{'minmax' if minmax else 'sum'}_128",
+            _finalize_kernel,
+            dict(fin),
+            {"NSPLIT_P2": MAX_SPLITS, "D": 128, "MINMAX": minmax},
+            {"num_warps": 8},
+            [],
+        )
