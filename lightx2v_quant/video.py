@@ -21,6 +21,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int, crf: int = 18) -> 
     """Write [T, H, W, 3] uint8 frames as H.264 (yuv420p, plays everywhere) to ``path`` atomically."""
     try:
         import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401 - imageio's ffmpeg plugin needs it (else a less clear error)
     except ImportError as exc:  # pragma: no cover - a dependency of lightx2v_quant
         raise RuntimeError("writing video.mp4 needs imageio and imageio-ffmpeg: pip install imageio imageio-ffmpeg") from exc
     path = Path(path)
