@@ -1,7 +1,9 @@
-"""Probe: the low-precision attention's quantization prologue (lowp_quant) against its previous kernels
-(lowp_quant_baseline, a frozen copy), at Wan-14B's 480p self-attention shape (1 x 32760 x 40 x 128 bf16).
+"""Probe: the low-precision attention's quantization prologue (lowp_quant) against another version of
+that module (``--baseline FILE``), at Wan-14B's 480p self-attention shape (1 x 32760 x 40 x 128 bf16).
 
-    PYTHONPATH=. python benchmarks/probes/attn_prologue.py --out $OUT/attn_prologue.json [--sweep]
+    git show e265cd8:lightx2v_quant/attention/lowp_quant.py > /tmp/lowp_quant_e265cd8.py  # the old kernels
+    PYTHONPATH=. python benchmarks/probes/attn_prologue.py --baseline /tmp/lowp_quant_e265cd8.py \
+        --out $OUT/attn_prologue.json [--sweep]
 
 Per stage (stats = statistics pass incl. the new finalize kernel; quant_k / quant_v = the quantization
 kernel alone on precomputed statistics; *_total = the public function): ms (triton.testing.do_bench) and
@@ -22,8 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _ms(fn, device: str) -> float:
@@ -98,14 +98,21 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--shape", default="1,32760,40,128", help="B,L,H,D")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--baseline", required=True, help="a lowp_quant.py to compare with (e.g. from git show)")
     p.add_argument("--device", default="cuda")
     a = p.parse_args()
     dev = a.device
     if dev == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    import lowp_quant_baseline as old_m
+    import importlib.util
+
     import triton
+
+    # Triton reads the kernels' source from the file, so the baseline is imported from its path
+    spec = importlib.util.spec_from_file_location("lowp_quant_baseline", a.baseline)
+    old_m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old_m)
 
     from lightx2v_quant.attention import lowp_quant as m
 
