@@ -19,7 +19,7 @@ registers that made ptxas serialize every wgmma with three warpgroups (160 regis
 shuffles from the accumulator layout into the wgmma operand layout.
 Measured at Wan-14B's 480p self-attention (32,760 tokens x 40 heads), same run: on an H200 24.0 ms
 with three warpgroups (26.5 ms with P in registers), 26.1 ms with two, 28.7 ms for ``lowp_triton``
-(``benchmarks/probes/attn_gluon_probe.py``); on an H100 with P in registers 24.8 ms against 28.4. Tensor
+(``benchmarks/probes/attn_gluon_probe.py``); on an H100 24.05 ms against 28.9 ms (SDPA 37.9). Tensor
 and MUFU pipes run ~51% / 53% busy (Nsight Compute): per 64x128 block a warpgroup needs ~512 cycles of
 each and ~520 issue slots, and they still overlap only partly.
 
