@@ -190,12 +190,10 @@ if AVAILABLE:
         return o, s, m_i, l_i, ks
 
     @gluon.jit
-    def _consumer(
-        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
-        pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
-        WG: gl.constexpr, PINGPONG: gl.constexpr,
-    ):
+    def _consumer(args, WG: gl.constexpr, PINGPONG: gl.constexpr):
         """Warpgroup WG (its own 64 query rows), taking turns with the others on the tensor cores."""
+        (q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+         pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks) = args
         STAGES: gl.constexpr = k_bufs.shape[0]
         NUM_WG: gl.constexpr = q_smem.shape[0]
         NEXT: gl.constexpr = (WG + 1) % NUM_WG
@@ -259,30 +257,22 @@ if AVAILABLE:
         ptrs = ptrs + gl.expand_dims(offs_d, 0)
         gl.store(ptrs, out.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(rows < L_Q, 1))
 
-    # Worker partitions take IR values only: their constexprs are bound here.
+    # Worker partitions take IR values only: their constexprs are bound here (``args``: _consumer's tuple).
     @gluon.jit
-    def _consumer1_pingpong(
-        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
-    ):
-        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, True)
+    def _consumer1_pingpong(args):
+        _consumer(args, 1, True)
 
     @gluon.jit
-    def _consumer1_lockstep(
-        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
-    ):
-        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 1, False)
+    def _consumer1_lockstep(args):
+        _consumer(args, 1, False)
 
     @gluon.jit
-    def _consumer2_pingpong(
-        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
-    ):
-        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, True)
+    def _consumer2_pingpong(args):
+        _consumer(args, 2, True)
 
     @gluon.jit
-    def _consumer2_lockstep(
-        q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks,
-    ):
-        _consumer(q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr, pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks, 2, False)
+    def _consumer2_lockstep(args):
+        _consumer(args, 2, False)
 
     @gluon.jit
     def _attn_pingpong_kernel(
@@ -336,8 +326,8 @@ if AVAILABLE:
         if NUM_WG == 2:
             gl.warp_specialize(
                 [
-                    (_consumer, args + (gl.constexpr(0), PINGPONG)),
-                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
+                    (_consumer, (args, gl.constexpr(0), PINGPONG)),
+                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, (args,)),
                     (_producer, prod_args),
                 ],
                 [4, 1],
@@ -346,9 +336,9 @@ if AVAILABLE:
         else:
             gl.warp_specialize(
                 [
-                    (_consumer, args + (gl.constexpr(0), PINGPONG)),
-                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, args),
-                    (_consumer2_pingpong if PINGPONG else _consumer2_lockstep, args),
+                    (_consumer, (args, gl.constexpr(0), PINGPONG)),
+                    (_consumer1_pingpong if PINGPONG else _consumer1_lockstep, (args,)),
+                    (_consumer2_pingpong if PINGPONG else _consumer2_lockstep, (args,)),
                     (_producer, prod_args),
                 ],
                 [4, 4, 1],
