@@ -36,30 +36,24 @@ def _ms(fn, device: str) -> float:
     return float(triton.testing.do_bench(fn, warmup=10, rep=60))
 
 
-def _reference(x: torch.Tensor, sm_scale: float | None, kind: str) -> dict[str, torch.Tensor]:
-    """float64 quantization of [1, L, H, D] x as the kernels define it, in their output layouts."""
-    B, L, H, D = x.shape
-    xd = x.double().permute(0, 2, 1, 3).reshape(B * H, L, D)
-    if kind == "q":
-        xd = xd * sm_scale
-        s = xd.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
-        y = xd / s
-        return {"q8": torch.where(y >= 0, torch.floor(y + 0.5), torch.ceil(y - 0.5))}
-    mean = xd.mean(1, keepdim=True)
-    c = xd - mean
-    if kind == "k":
-        lp = -(-L // 128) * 128
-        pad = torch.zeros(B * H, lp, D, dtype=torch.float64, device=x.device)
-        pad[:, :L] = c
-        s = pad.view(B * H, lp // 128, 128 * D).abs().amax(-1).clamp(min=1e-8) / 127
-        y = pad / s.repeat_interleave(128, 1)[..., None]
-        return {
-            "mean": mean[:, 0],
-            "k8": torch.where(y >= 0, torch.floor(y + 0.5), torch.ceil(y - 0.5))[:, :L],
-        }
-    s = c.abs().amax(1, keepdim=True).clamp(min=1e-8) / 448
-    v8 = (c / s).clamp(-448, 448).to(torch.float8_e4m3fn)
-    return {"mean": mean[:, 0], "scale": s[:, 0], "v8": v8.transpose(1, 2)}
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tests' float64 quantization (tests/attention/lowp_cases.py) in the kernels' output layouts:
+    q8 / k8 [BH, L, D] (float64 integers), v8 [BH, D, L] fp8, V's mean and scale [BH, D]."""
+    from tests.attention.lowp_cases import reference_quantize
+
+    B, L, H, D = q.shape
+    r = reference_quantize(q, k, v)
+
+    def heads(t):  # [B, L, H, D] -> [BH, L, D]
+        return t.permute(0, 2, 1, 3).reshape(B * H, t.shape[1], D)
+
+    return {
+        "q8": heads(r["q8"]),
+        "k8": heads(r["k8"]),
+        "v8": heads(r["v8"]).transpose(1, 2).to(torch.float8_e4m3fn),
+        "v_mean": heads(r["vm"])[:, 0],
+        "v_scale": heads(r["vs"])[:, 0],
+    }
 
 
 def _numerics(new, old, ref, L: int) -> dict[str, float]:
@@ -82,14 +76,14 @@ def _numerics(new, old, ref, L: int) -> dict[str, float]:
         ("new", (q8, k8, v8, vm, vs)),
         ("baseline", (oq8, ok8, ov8, ovm, ovs)),
     ):
-        out[f"{tag}_q8_mismatch_vs_f64"] = float((tq8[:, :L].double() != ref["q"]["q8"]).double().mean())
-        out[f"{tag}_k8_mismatch_vs_f64"] = float((tk8[:, :L].double() != ref["k"]["k8"]).double().mean())
+        out[f"{tag}_q8_mismatch_vs_f64"] = float((tq8[:, :L].double() != ref["q8"]).double().mean())
+        out[f"{tag}_k8_mismatch_vs_f64"] = float((tk8[:, :L].double() != ref["k8"]).double().mean())
         v8b = tv8[:, :, :L].contiguous().view(torch.uint8)
         out[f"{tag}_v8_mismatch_vs_f64"] = float(
-            (v8b != ref["v"]["v8"].contiguous().view(torch.uint8)).double().mean()
+            (v8b != ref["v8"].contiguous().view(torch.uint8)).double().mean()
         )
-        out[f"{tag}_v_mean_maxrel_vs_f64"] = rel(tvm, ref["v"]["mean"])
-        out[f"{tag}_v_scale_maxrel_vs_f64"] = rel(tvs, ref["v"]["scale"])
+        out[f"{tag}_v_mean_maxrel_vs_f64"] = rel(tvm, ref["v_mean"])
+        out[f"{tag}_v_scale_maxrel_vs_f64"] = rel(tvs, ref["v_scale"])
     return out
 
 
@@ -231,7 +225,7 @@ def main() -> int:
     old = (*old_m.quantize_q(q, sm_scale), *old_m.quantize_k(k), *old_m.quantize_v(v))
     new = (new[0], new[2], new[3], new[4], new[5], new[6])
     old = (old[0], old[2], old[3], old[4], old[5], old[6])
-    ref = {"q": _reference(q, sm_scale, "q"), "k": _reference(k, None, "k"), "v": _reference(v, None, "v")}
+    ref = _reference(q, k, v)
     res["numerics"] = _numerics(new, old, ref, L)
     for key, val in res["numerics"].items():
         print(f"{key:<34} {val}")

@@ -33,7 +33,7 @@ def reference_quantize(q, k, v):
     q8 = _round_away(qf / qs)
     kc = k.double() - k.double().mean(1, keepdim=True)
     nb = -(-Lk // 128)
-    pad = torch.zeros(B, nb * 128, H, D, dtype=torch.float64)
+    pad = torch.zeros(B, nb * 128, H, D, dtype=torch.float64, device=k.device)
     pad[:, :Lk] = kc
     ks = pad.view(B, nb, 128, H, D).abs().amax(dim=(2, 4)).clamp(min=1e-8) / 127  # [B, nb, H]
     ks_tok = ks.repeat_interleave(128, dim=1)[:, :Lk, :, None]  # [B, Lk, H, 1]
