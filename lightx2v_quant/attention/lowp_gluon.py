@@ -3,8 +3,9 @@ warpgroups taking turns on the tensor cores (FlashAttention-3's "ping-pong" sche
 
 Same numerics as ``lowp_triton`` on the same quantized inputs (``lowp_quant``): int8 Q.K^T with the
 softmax scale and log2(e) folded into Q's per-token scales, K's per-128-key scales, the magic-number
-int32 -> fp32 conversion, P computed as 448 * exp2(.) and cast to fp8 e4m3, fp8 P.V into an fp32
-accumulator, V's channel scale and mean applied at the end. With 128-key blocks its output is
+int32 -> fp32 conversion, P computed as 448 * 2^-slack * exp2(.) and cast to fp8 e4m3 (the row max may go
+stale by up to ``lowp_quant.MAX_SLACK``), fp8 P.V into an fp32 accumulator, V's channel scale and mean
+applied at the end. With 128-key blocks its output is
 bit-identical to ``lowp_triton``'s (GPU tests).
 
 Why: per key block a warpgroup needs the tensor cores (Q.K^T and P.V, ~512 cycles for 64 query rows)
@@ -25,8 +26,9 @@ each and ~520 issue slots, and they still overlap only partly.
 
 Per key block j, for each consumer warpgroup:
 
-1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block); store
-   P(j) to the warpgroup's shared-memory tile;
+1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block) unless
+   no row of the warp moved its max (a warp-uniform branch: with the stale-max slack, most blocks after
+   the first few); store P(j) to the warpgroup's shared-memory tile;
 2. wait for its turn; issue P.V(j) and S(j+1) = Q.K(j+1)^T (async); hand the turn to the next group;
 3. wait for both wgmmas; release block j's ring slot to the producer.
 
@@ -39,6 +41,8 @@ import math
 import os
 
 import torch
+
+from lightx2v_quant.attention.lowp_quant import MAX_SLACK
 
 try:
     from triton.experimental import gluon
@@ -65,6 +69,30 @@ PRODUCER_REGS = 24
 NUM_WG = int(os.environ.get("LIGHTX2V_QUANT_ATTN_WARPGROUPS", "3"))
 
 
+def rescale_asm(n: int) -> tuple[str, str]:
+    """PTX and constraints for ``O *= alpha`` over one thread's ``n`` accumulator registers, skipped by the
+    whole warp when every alpha of its rows is exactly 1 (``vote.any`` + a uniform branch). Operands: $0..
+    $n-1 the results, tied to the inputs $n..$2n-1 (O), then one alpha per element ($2n..$3n-1). A thread's
+    first four elements cover both of its rows (the wgmma accumulator's pairs of columns in rows r, r+8),
+    so their alphas decide."""
+    a = [f"${2 * n + i}" for i in range(n)]
+    lines = [
+        "{",
+        ".reg .pred %p<5>;",
+        *(f"setp.neu.f32 %p{i}, {a[i]}, 0f3F800000;" for i in range(4)),
+        "or.pred %p0, %p0, %p1;",
+        "or.pred %p2, %p2, %p3;",
+        "or.pred %p0, %p0, %p2;",
+        "vote.sync.any.pred %p4, %p0, -1;",
+        "@!%p4 bra.uni SKIP_${:uid};",
+        *(f"mul.f32 ${i}, ${i}, {a[i]};" for i in range(n)),
+        "SKIP_${:uid}:",
+        "}",
+    ]
+    constraints = ",".join(["=f"] * n + [str(i) for i in range(n)] + ["f"] * n)
+    return "\n".join(lines), constraints
+
+
 def consumer_regs(num_wg: int) -> int:
     """Registers per thread of a consumer warpgroup (setmaxnreg): the SM's 64K split over the warpgroups,
     the producer's at PRODUCER_REGS, rounded down to a multiple of 8."""
@@ -76,6 +104,10 @@ if AVAILABLE:
     MAGIC_I = gl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i, |i| < 2^22
     MAGIC_F = gl.constexpr(12582912.0)
     LOG2_PSCALE = gl.constexpr(math.log2(448.0))
+    SLACK = gl.constexpr(MAX_SLACK)
+    # O's rescale for head_dim 128 and 64 (64 x D accumulator: 64 or 32 registers per thread)
+    RESCALE_64, RESCALE_64_C = (gl.constexpr(x) for x in rescale_asm(64))
+    RESCALE_32, RESCALE_32_C = (gl.constexpr(x) for x in rescale_asm(32))
     MASKED_LOGIT = gl.constexpr(-4194304)
     # Named barriers 8, 9, 10 (Gluon numbers its own from 0 up): warpgroup g waits for its turn on 8 + g
     # and hands it to the next one (g + 1 mod NUM_WG) on that one's barrier; 256 threads each (the
@@ -141,16 +173,29 @@ if AVAILABLE:
             valid = gl.expand_dims(start + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout)), 0) < L_K
             s = gl.where(valid, s, MASKED_LOGIT)
         m_new = gl.maximum(m_i, gl.max(s, 1).to(gl.float32) * sc)
-        c = MAGIC_F * sc + m_new - LOG2_PSCALE
+        m_new = gl.where(m_new - m_i > SLACK, m_new, m_i)  # stale unless it grew by more than SLACK
+        c = MAGIC_F * sc + m_new - (LOG2_PSCALE - SLACK)
         t = (s + MAGIC_I).to(gl.float32, bitcast=True) * gl.expand_dims(sc, 1) - gl.expand_dims(c, 1)
         if MASKED:
             t = gl.where(valid, t, float("-inf"))
-        p = gl.exp2(t)  # 448 * P
+        p = gl.exp2(t)  # 448 * 2^-SLACK * P (<= 448)
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.sum(p, 1)
         p8 = p.to(gl.float8e4nv)
-        o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-        return p8, m_new, l_i, o
+        return p8, m_new, l_i, _rescale(o, gl.expand_dims(gl.convert_layout(alpha, row_o), 1))
+
+    @gluon.jit
+    def _rescale(o, alpha):
+        """o * alpha ([BM, 1]), skipped by each warp whose rows all have alpha == 1 (``rescale_asm``)."""
+        N: gl.constexpr = o.shape[0] * o.shape[1] // (32 * 4)  # accumulator registers per thread
+        gl.static_assert(N == 64 or N == 32, "a 64 x 128 or 64 x 64 accumulator per warpgroup")
+        if N == 64:
+            asm: gl.constexpr = RESCALE_64
+            constraints: gl.constexpr = RESCALE_64_C
+        else:
+            asm: gl.constexpr = RESCALE_32
+            constraints: gl.constexpr = RESCALE_32_C
+        return gl.inline_asm_elementwise(asm, constraints, [o, alpha], dtype=gl.float32, is_pure=True, pack=N)
 
     @gluon.jit
     def _block_step(

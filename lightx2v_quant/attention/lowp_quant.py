@@ -15,6 +15,12 @@ import triton
 import triton.language as tl
 
 QBLOCK = 128  # tokens per K scale block and padding unit of every buffer
+# Both attention kernels let a query row's running max go stale while a key block's max exceeds it by at
+# most MAX_SLACK (log2 units), P being computed as 448 * 2^-MAX_SLACK * exp2(s - max) <= 448 (fp8 e4m3's
+# largest value). Most blocks then leave the max, and O, untouched (rescale factor exactly 1), which lets
+# the Gluon kernel skip O's rescale; the cost is 2^MAX_SLACK less headroom below P's largest value before
+# fp8 flushes small probabilities to zero (2^-MAX_SLACK of the smallest subnormal, ~2e-6 of the max).
+MAX_SLACK = 2.0
 FP8_MAX = tl.constexpr(448.0)
 AMAX_EPS = tl.constexpr(1e-8)
 

@@ -7,7 +7,9 @@ Why it stays accurate:
   per block of 128 keys. The softmax scale and log2(e) are folded into Q, so the kernel works in exp2.
 - P = exp2(s - rowmax) lies in [0, 1]; the kernel computes 448 * P directly (log2(448) folded into the
   exponent) and casts it to fp8 e4m3; the row sums carry the same factor, so the final division
-  cancels it. V is fp8 per channel after V smoothing (mean added back after: rows of P sum to 1).
+  cancels it. The row max used may be stale by up to ``lowp_quant.MAX_SLACK`` (P then stays below 448
+  with that much less headroom): the Gluon kernel relies on it to skip O's rescale, and this kernel
+  follows the same rule so that the two stay bit-identical. V is fp8 per channel after V smoothing (mean added back after: rows of P sum to 1).
   ``pv_fp8=False`` keeps P.V in the input dtype (only Q.K is int8): slower, more accurate.
 
 Speed on Hopper (where the kernel is meant to run): both dots are 8-bit wgmma (int8 and fp8 need
@@ -29,13 +31,14 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.attention import lowp_gluon, lowp_quant
-from lightx2v_quant.attention.lowp_quant import QBLOCK, QuantizedQKV
+from lightx2v_quant.attention.lowp_quant import MAX_SLACK, QBLOCK, QuantizedQKV
 
 LOG2E = 1.4426950408889634
 MAGIC_I = tl.constexpr(0x4B400000)  # bits of 1.5 * 2^23: float(bits + i) = 12582912 + i for |i| < 2^22
 MAGIC_F = tl.constexpr(12582912.0)
 LOG2_PSCALE = tl.constexpr(math.log2(448.0))  # P is computed as 448 * exp2(.): fp8 e4m3's full range
 MASKED_LOGIT = tl.constexpr(-4194304)  # -2^22: below any int8 x int8 x 128 dot product
+SLACK = tl.constexpr(MAX_SLACK)
 
 
 @triton.jit
@@ -62,12 +65,13 @@ def _softmax_pv(
         valid = (start + tl.arange(0, BLOCK_N))[None, :] < L_K
         s = tl.where(valid, s, MASKED_LOGIT)
     m_new = tl.maximum(m_i, tl.max(s, 1).to(tl.float32) * sc)
-    # float(s) * sc - m_new + log2(448) as one FMA on the magic-number float of s
-    c = MAGIC_F * sc + m_new - LOG2_PSCALE
+    m_new = tl.where(m_new - m_i > SLACK, m_new, m_i)  # keep the max unless it grew by more than SLACK
+    # float(s) * sc - m_new + log2(448) - SLACK as one FMA on the magic-number float of s
+    c = MAGIC_F * sc + m_new - (LOG2_PSCALE - SLACK)
     t = (s + MAGIC_I).to(tl.float32, bitcast=True) * sc[:, None] - c[:, None]
     if MASKED:
         t = tl.where(valid, t, float("-inf"))
-    p = tl.math.exp2(t)  # 448 * P
+    p = tl.math.exp2(t)  # 448 * 2^-SLACK * P (<= 448)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]

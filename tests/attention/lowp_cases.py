@@ -60,21 +60,29 @@ def exact(q, k, v) -> torch.Tensor:
     ).transpose(1, 2)
 
 
-def make_inputs(b, lq, lk, h, d, gen):
+def make_inputs(b, lq, lk, h, d, gen, ramp: bool = False):
+    """Random q, k, v with channel offsets; ``ramp`` grows the keys' norms along the sequence (0.5x to 2x),
+    so that a query row's max keeps growing from block to block (the kernels' stale-max slack and O's
+    rescale, skipped or not, are all exercised)."""
     q = torch.randn(b, lq, h, d, generator=gen)
     k = torch.randn(b, lk, h, d, generator=gen) + 2.0 * torch.randn(d, generator=gen)  # channel offsets
     v = torch.randn(b, lk, h, d, generator=gen) + torch.randn(d, generator=gen)
+    if ramp:
+        k = k * torch.linspace(0.5, 2.0, lk)[None, :, None, None]
     return q, k, v
 
 
 def attention_cases(device: str, dtype: torch.dtype, shapes) -> dict[str, float]:
-    """Per shape and P.V mode: SNR vs fp64 attention, and relative error vs the float64 emulation."""
+    """Per shape (b, lq, lk, h, d[, "ramp"]) and P.V mode: SNR vs fp64 attention, and relative error vs
+    the float64 emulation."""
     from lightx2v_quant.attention.lowp_triton import lowp_attention
 
     results = {}
     gen = torch.Generator().manual_seed(0)
-    for b, lq, lk, h, d in shapes:
-        q, k, v = (t.to(dtype) for t in make_inputs(b, lq, lk, h, d, gen))  # reference sees the same rounding
+    for b, lq, lk, h, d, *kind in shapes:
+        ramp = kind == ["ramp"]
+        # the reference sees the same rounding
+        q, k, v = (t.to(dtype) for t in make_inputs(b, lq, lk, h, d, gen, ramp=ramp))
         ref = exact(q, k, v)
         args = [t.to(device) for t in (q, k, v)]
         for pv_fp8 in (True, False):
@@ -82,7 +90,7 @@ def attention_cases(device: str, dtype: torch.dtype, shapes) -> dict[str, float]
             assert out.shape == q.shape and out.dtype == dtype, (out.shape, out.dtype)
             out = out.cpu()
             assert torch.isfinite(out).all()
-            key = f"{b}x{lq}x{lk}x{h}x{d}-{'fp8pv' if pv_fp8 else 'int8qk'}"
+            key = f"{b}x{lq}x{lk}x{h}x{d}{'-ramp' if ramp else ''}-{'fp8pv' if pv_fp8 else 'int8qk'}"
             results[f"snr:{key}"] = snr_db(out, ref)
             results[f"emu:{key}"] = rel_err(out, emulate(q, k, v, pv_fp8))
             results[f"emu_vs_exact:{key}"] = rel_err(emulate(q, k, v, pv_fp8), ref)
@@ -120,7 +128,9 @@ def quant_cases(device: str, dtype: torch.dtype, shape) -> dict[str, float]:
 
 
 # interpreter: fp16 (its dot has no bf16); ragged lengths, a key length under one block, an exact multiple
-INTERP_SHAPES = [(1, 200, 200, 2, 64), (2, 130, 70, 1, 128), (1, 64, 40, 1, 128), (1, 96, 128, 1, 64)]
+INTERP_SHAPES = [
+    (1, 200, 200, 2, 64), (2, 130, 70, 1, 128), (1, 64, 40, 1, 128), (1, 96, 128, 1, 64), (1, 64, 520, 1, 64, "ramp")
+]
 
 if __name__ == "__main__":
     res = attention_cases("cpu", torch.float16, INTERP_SHAPES)

@@ -11,12 +11,13 @@ import torch
 triton = pytest.importorskip("triton")
 
 
-@pytest.mark.parametrize("pingpong,num_wg", [(True, 2), (True, 3), (False, 3)])
-def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg):
+@pytest.mark.parametrize("pingpong,num_wg,head_dim", [(True, 2, 128), (True, 3, 128), (False, 3, 128), (True, 3, 64)])
+def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg, head_dim):
     """Warp-specialized (a producer warp with few registers, consumer warpgroups with the rest), both
     8-bit wgmmas with P.V's A operand (P) read from shared memory after an async-proxy fence, fits the
-    shared memory of an H100, and with ``pingpong`` the consumers' turn barriers (named barriers 8, 9,
-    10 for warpgroups 0, 1, 2; 256 threads each) around the wgmma issue."""
+    shared memory of an H100, O's rescale behind a warp vote and a uniform branch, and with ``pingpong``
+    the consumers' turn barriers (named barriers 8, 9, 10 for warpgroups 0, 1, 2; 256 threads each)
+    around the wgmma issue."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton has no NVIDIA backend")
@@ -26,14 +27,17 @@ def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg):
 
     if not lowp_gluon.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    src = lowp_gluon.ast_source(pingpong=pingpong, num_wg=num_wg)
+    src = lowp_gluon.ast_source(pingpong=pingpong, num_wg=num_wg, head_dim=head_dim)
     kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": lowp_gluon.NUM_WARPS})
     ptx = kernel.asm["ptx"]
     assert kernel.metadata.shared <= 232448
     assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in ptx
-    fp8_mma = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n128k32\.f32\.e4m3\.e4m3\s+\{[^}]*\},\s*(\S+),", ptx)
+    pv = rf"wgmma\.mma_async\.sync\.aligned\.m64n{head_dim}k32\.f32\.e4m3\.e4m3\s+\{{[^}}]*\}},\s*(\S+),"
+    fp8_mma = re.findall(pv, ptx)
     assert fp8_mma and all(not a.startswith("{") for a in fp8_mma)  # A is a shared-memory descriptor
     assert "fence.proxy.async.shared::cta" in ptx
+    # the rescale: one vote and one uniform branch over the thread's 64 x D / 128 accumulator registers
+    assert "vote.sync.any.pred" in ptx and re.search(r"@!%p\d+ bra\.uni SKIP_\d+;", ptx)
     regs = {int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx)}
     assert lowp_gluon.PRODUCER_REGS in regs and lowp_gluon.consumer_regs(num_wg) in regs
     ids = range(8, 8 + num_wg)
@@ -50,9 +54,18 @@ def _pinned_triton(qq, lq, lk, heads):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "b,lq,lk,heads", [(1, 4096, 4096, 4), (1, 1000, 300, 2), (2, 77, 513, 3), (1, 129, 128, 1), (1, 4100, 640, 2)]
+    "b,lq,lk,heads,data",
+    [
+        (1, 4096, 4096, 4, "randn"),
+        (1, 1000, 300, 2, "randn"),
+        (2, 77, 513, 3, "randn"),
+        (1, 129, 128, 1, "randn"),
+        (1, 4100, 640, 2, "randn"),
+        (1, 1000, 4100, 2, "ramp"),  # the row max grows block after block: O's rescale runs, skipped or not
+        (1, 2000, 2000, 2, "peaky"),  # large logits: maxima found early, most rescales skipped
+    ],
 )
-def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads):
+def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads, data):
     from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
 
     if not lowp_gluon.supported(torch.device("cuda"), 128):
@@ -60,6 +73,10 @@ def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads):
     gen = torch.Generator("cuda").manual_seed(0)
     q = torch.randn(b, lq, heads, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
     k, v = (torch.randn(b, lk, heads, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(2))
+    if data == "ramp":
+        k = (k * torch.linspace(0.2, 3.0, lk, device="cuda")[None, :, None, None]).to(k.dtype)
+    elif data == "peaky":
+        q = q * 4
     qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
     ref = _pinned_triton(qq, lq, lk, heads)
     for pingpong, num_wg in ((True, 2), (True, 3), (False, 3)):

@@ -51,6 +51,7 @@ def test_lowp_attention_cuda():
     from tests.attention.lowp_cases import attention_cases, quant_cases
 
     shapes = [(1, 4096, 4096, 4, 128), (1, 1000, 512, 8, 128), (2, 77, 300, 2, 64), (1, 2050, 2050, 2, 128)]
+    shapes += [(1, 1000, 3000, 2, 128, "ramp"), (1, 300, 1000, 2, 64, "ramp")]
     _check_attention(attention_cases("cuda", torch.bfloat16, shapes), CUDA)
     _check_quant(quant_cases("cuda", torch.bfloat16, (2, 1500, 3000, 3, 128)), CUDA)
 
