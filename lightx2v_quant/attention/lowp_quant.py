@@ -146,12 +146,20 @@ def _quant_q_kernel(
     bh = tl.program_id(1)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     x = _load_tile(x_ptr, bh // H, bh % H, rows, L, stride_b, stride_l, stride_h, D) * mul
-    amax = tl.maximum(tl.max(tl.abs(x), 1), AMAX_EPS)  # [BLOCK]
-    inv = 127.0 / amax
-    y = x * inv[:, None]
-    q = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)  # round half away from zero (truncating cast)
+    q, scale = int8_rows(x)
     tl.store(out_ptr + (bh * LP + rows[:, None]) * D + tl.arange(0, D)[None, :], q)
-    tl.store(scale_ptr + bh * LP + rows, amax / 127.0)
+    tl.store(scale_ptr + bh * LP + rows, scale)
+
+
+@triton.jit
+def int8_rows(x):
+    """Q's quantization of fp32 rows [R, D] (scales folded in): int8 values rounded half away from zero
+    and one fp32 scale per row (|max| / 127, at least AMAX_EPS / 127). Also used by the q norm + RoPE
+    kernel that quantizes Q in the same pass (``fused.rms_norm_rope_quant``)."""
+    amax = tl.maximum(tl.max(tl.abs(x), 1), AMAX_EPS)  # [R]
+    y = x * (127.0 / amax)[:, None]
+    q = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)  # round half away from zero (truncating cast)
+    return q, amax / 127.0
 
 
 @triton.jit

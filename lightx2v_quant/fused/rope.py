@@ -6,6 +6,10 @@ dtype, rotates adjacent channel pairs with 6 elementwise ops and casts back: ~10
 keeps the same roundings (normalized value rounded to the input dtype, times the weight rounded when
 the weight is in the input dtype) and rotates in fp32, so it matches the official bf16 path to fp32
 rounding of the rotation (float64 for fp32 runs is not offered here).
+
+``rms_norm_rope_quant`` is the same pass for q ahead of the low-precision attention: instead of writing
+q back it quantizes each (token, head) row as ``lowp_quant.quantize_q`` would from the written q (same
+roundings: bit-identical), so the bf16 q is neither written nor read again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from lightx2v_quant.attention.lowp_quant import QBLOCK, int8_rows
 
 
 @triton.jit
@@ -22,7 +28,12 @@ def _norm_rope_kernel(
     cos_ptr,
     sin_ptr,
     o_ptr,
+    q8_ptr,
+    qs_ptr,
     L,
+    LR,
+    LP,
+    mul,
     stride_xb,
     stride_xl,
     stride_rl,
@@ -32,15 +43,19 @@ def _norm_rope_kernel(
     HD: tl.constexpr,
     ROUND_W: tl.constexpr,
     ROPE: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
-    """One program per token: RMSNorm of its whole row (all heads), then (ROPE) the rotation per head.
-    The row is read entirely before it is written, so ``o_ptr`` may be ``x_ptr`` (in place)."""
+    """One program per token (LR per sample): RMSNorm of its whole row (all heads), then (ROPE) the rotation
+    per head. The row is read entirely before it is written, so ``o_ptr`` may be ``x_ptr`` (in place).
+    QUANT: int8 rows (scale ``mul`` folded in) to q8 [B*H, LP, HD] and their scales to qs [B*H, LP]
+    instead of o; then LR = LP and the rows t >= L are the zero padding (scale AMAX_EPS / 127, as
+    ``lowp_quant.quantize_q`` writes it)."""
     row = tl.program_id(0)
-    b = row // L
-    t = row % L
+    b = row // LR
+    t = row % LR
     hh = tl.arange(0, HP2)
     dd = tl.arange(0, HD)
-    mask = hh[:, None] < H
+    mask = (hh[:, None] < H) & ((dd[None, :] * 0 + t) < L)  # (tensor masks: Triton's interpreter)
     offs = hh[:, None] * HD + dd[None, :]  # [HP2, HD]: heads x head dim of one token
     base = b * stride_xb + t * stride_xl
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0)
@@ -53,10 +68,17 @@ def _norm_rope_kernel(
     if ROPE:  # rotate pairs (2i, 2i+1) of every head by the token's angles (the same for all heads)
         a, c = tl.split(tl.reshape(y, [HP2, HD // 2, 2]))
         half = tl.arange(0, HD // 2)
-        cs = tl.load(cos_ptr + t * stride_rl + half)[None, :]
-        sn = tl.load(sin_ptr + t * stride_rl + half)[None, :]
+        live = (half * 0 + t) < L  # the padding rows past L have no angles
+        cs = tl.load(cos_ptr + t * stride_rl + half, mask=live, other=0.0)[None, :]
+        sn = tl.load(sin_ptr + t * stride_rl + half, mask=live, other=0.0)[None, :]
         y = tl.reshape(tl.join(a * cs - c * sn, a * sn + c * cs), [HP2, HD])
-    tl.store(o_ptr + base + offs, y.to(x.dtype), mask=mask)
+    if QUANT:  # what quantize_q computes from the stored row: rounded to x's dtype, then scaled
+        q8, scale = int8_rows(y.to(x.dtype).to(tl.float32) * mul)
+        bh = b * H + hh
+        tl.store(q8_ptr + (bh[:, None] * LP + t) * HD + dd[None, :], q8, mask=hh[:, None] < H)
+        tl.store(qs_ptr + bh * LP + t, scale, mask=hh < H)
+    else:
+        tl.store(o_ptr + base + offs, y.to(x.dtype), mask=mask)
 
 
 def rms_norm_rope_(
@@ -72,27 +94,48 @@ def rms_norm_rope_(
 
     In place because at 480p each q / k is 0.3 GB and a second copy would set the DIT's peak memory.
     cos / sin [L, head_dim/2] fp32 angles' cosines / sines for the tokens in order."""
+    _check(x, weight, cos, sin, num_heads, "rms_norm_rope_")
+    _norm_rope_op(x, weight, cos, sin, num_heads, eps)
+    return x
+
+
+def rms_norm_rope_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    sm_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, L, D] (not modified) -> the low-precision attention's quantized q: RMSNorm(weight), RoPE, then
+    int8 per (token, head) with ``sm_scale`` folded in, in one pass. Returns int8 [B*H, LP, hd] and fp32
+    [B*H, LP] scales, LP = L rounded up to 128, exactly what ``lowp_quant.quantize_q(sm_scale=...)`` makes
+    of ``rms_norm_rope_``'s output split into heads."""
+    _check(x, weight, cos, sin, num_heads, "rms_norm_rope_quant")
+    if (D := x.shape[-1] // num_heads) not in (64, 128):
+        raise ValueError(f"rms_norm_rope_quant: the low-precision attention takes head_dim 64 or 128, got {D}")
+    return _norm_rope_quant_op(x, weight, cos, sin, num_heads, eps, sm_scale)
+
+
+def _check(x, weight, cos, sin, num_heads: int, name: str) -> None:
     _, L, D = x.shape
     hd = D // num_heads
     if x.stride(-1) != 1:
-        raise ValueError(f"rms_norm_rope_ wants a contiguous last dim, got strides {x.stride()}")
+        raise ValueError(f"{name} wants a contiguous last dim, got strides {x.stride()}")
     if x.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"rms_norm_rope_ runs bf16 / fp16 activations, got {x.dtype}")
+        raise ValueError(f"{name} runs bf16 / fp16 activations, got {x.dtype}")
     if hd * num_heads != D or hd & (hd - 1):
-        raise ValueError(f"rms_norm_rope_: D={D}, heads={num_heads} needs a power-of-two head dim")
+        raise ValueError(f"{name}: D={D}, heads={num_heads} needs a power-of-two head dim")
     if weight.shape != (D,):
-        raise ValueError(f"rms_norm_rope_: the norm weight must be [{D}], got {list(weight.shape)}")
+        raise ValueError(f"{name}: the norm weight must be [{D}], got {list(weight.shape)}")
     if cos is not None:
         if sin is None or cos.shape != (L, hd // 2) or sin.shape != cos.shape:
-            raise ValueError(
-                f"rms_norm_rope_: cos / sin must be [{L}, {hd // 2}], got cos {list(cos.shape)}"
-            )
+            raise ValueError(f"{name}: cos / sin must be [{L}, {hd // 2}], got cos {list(cos.shape)}")
         if cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.stride(-1) != 1 or (
             sin.stride() != cos.stride()
         ):
-            raise ValueError("rms_norm_rope_ wants fp32 cos / sin tables of one layout with a contiguous last dim")
-    _norm_rope_op(x, weight, cos, sin, num_heads, eps)
-    return x
+            raise ValueError(f"{name} wants fp32 cos / sin tables of one layout with a contiguous last dim")
 
 
 @torch.library.custom_op("lightx2v_quant::rms_norm_rope_", mutates_args=("x",))
@@ -104,16 +147,27 @@ def _norm_rope_op(
     num_heads: int,
     eps: float,
 ) -> None:
+    _launch(x, weight, cos, sin, num_heads, eps)
+
+
+def _launch(x, weight, cos, sin, num_heads: int, eps: float, quant=None) -> None:
+    """The kernel over x's tokens: in place, or with ``quant`` = (q8, qs, LP, mul) over LP rows per sample."""
     B, L, D = x.shape
     hd = D // num_heads
     rope = cos is not None
-    _norm_rope_kernel[(B * L,)](
+    q8, qs, lp, mul = quant if quant is not None else (x, x, L, 1.0)
+    _norm_rope_kernel[(B * lp,)](
         x,
         weight,
         cos if rope else weight,
         sin if rope else weight,
         x,
+        q8,
+        qs,
         L,
+        lp,
+        lp,
+        mul,
         x.stride(0),
         x.stride(1),
         cos.stride(0) if rope else 0,
@@ -123,6 +177,7 @@ def _norm_rope_op(
         HD=hd,
         ROUND_W=weight.dtype == x.dtype,
         ROPE=rope,
+        QUANT=quant is not None,
         num_warps=max(1, min(8, triton.next_power_of_2(num_heads) * hd // 1024)),
     )
 
@@ -130,6 +185,35 @@ def _norm_rope_op(
 @_norm_rope_op.register_fake
 def _(x, weight, cos, sin, num_heads, eps):
     return None
+
+
+def _quant_buffers(x: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B, L, D = x.shape
+    lp = triton.cdiv(L, QBLOCK) * QBLOCK
+    return (
+        x.new_empty(B * num_heads, lp, D // num_heads, dtype=torch.int8),
+        x.new_empty(B * num_heads, lp, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("lightx2v_quant::rms_norm_rope_quant", mutates_args=())
+def _norm_rope_quant_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    sm_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q8, qs = _quant_buffers(x, num_heads)
+    _launch(x, weight, cos, sin, num_heads, eps, quant=(q8, qs, q8.shape[1], sm_scale))
+    return q8, qs
+
+
+@_norm_rope_quant_op.register_fake
+def _(x, weight, cos, sin, num_heads, eps, sm_scale):
+    return _quant_buffers(x, num_heads)
 
 
 def rms_norm_rope_reference(
@@ -151,18 +235,19 @@ def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
         "cos_ptr": "*fp32",
         "sin_ptr": "*fp32",
         "o_ptr": "*bf16",
+        "q8_ptr": "*bf16",
+        "qs_ptr": "*bf16",
         "L": "i32",
+        "LR": "i32",
+        "LP": "i32",
+        "mul": "fp32",
         "stride_xb": "i32",
         "stride_xl": "i32",
         "stride_rl": "i32",
         "eps": "fp32",
     }
     const = {"H": 40, "HP2": 64, "HD": 128, "ROUND_W": True, "ROPE": True}
-    yield (
-        "rms_norm_rope_40x128",
-        _norm_rope_kernel,
-        sig,
-        const,
-        {"num_warps": 8},
-        ["stride_xb", "stride_xl", "stride_rl"],
-    )
+    strides = ["stride_xb", "stride_xl", "stride_rl"]
+    yield "rms_norm_rope_40x128", _norm_rope_kernel, sig, {**const, "QUANT": False}, {"num_warps": 8}, strides
+    sig_q = {**sig, "q8_ptr": "*i8", "qs_ptr": "*fp32"}
+    yield "rms_norm_rope_quant_40x128", _norm_rope_kernel, sig_q, {**const, "QUANT": True}, {"num_warps": 8}, strides

@@ -114,6 +114,16 @@ def rope_cases(
         assert fused.rms_norm_rope_(out, w, c, s, heads, 1e-6) is out  # in place
         res[f"{name}_err"] = _err(out, ref)
         res[f"{name}_mismatch"] = _mismatch(out, ref)
+        if name != "k" and hd in (64, 128):
+            # q for the low-precision attention: norm + RoPE + int8 in one pass is quantize_q of the
+            # written q, bit for bit (padding rows included: L is never a multiple of 128 here)
+            from lightx2v_quant.attention.lowp_quant import quantize_q
+
+            sm_scale = hd**-0.5 * 1.4426950408889634
+            q8, qs = fused.rms_norm_rope_quant(x, w, c, s, heads, 1e-6, sm_scale)
+            r8, rs = quantize_q(out.unflatten(-1, (heads, hd)), sm_scale)
+            res[f"{name}_quant_q8_differ"] = _mismatch(q8, r8)
+            res[f"{name}_quant_scales_differ"] = _mismatch(qs, rs)
     return res
 
 

@@ -88,3 +88,5 @@ def test_fused_kernels_reject_bad_inputs():
     cos = torch.ones(4, 16)
     with pytest.raises(ValueError, match="head dim"):
         fused.rms_norm_rope_(q, q[0, 0], cos, cos, 3, 1e-6)
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        fused.rms_norm_rope_quant(q, q[0, 0], torch.ones(4, 8), torch.ones(4, 8), 4, 1e-6, 0.1)

@@ -138,8 +138,8 @@ def self_attention(
 
     x = x if isinstance(x, QuantizedActivation) else x.to(attn.run_dtype)
     heads, cos, sin = attn.num_heads, rope[0], rope[1]
-    q = fused.rms_norm_rope_(attn.q(x), attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps)
     if attn.attention_backend not in LOWP_PV_FP8:
+        q = fused.rms_norm_rope_(attn.q(x), attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps)
         k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
         v = attn.v(x)
         del x
@@ -148,8 +148,12 @@ def self_attention(
 
     from lightx2v_quant.attention import lowp_triton as lowp
 
+    q = attn.q(x)
     lq, dtype = q.shape[1], q.dtype
-    q = lowp.quantize_q(split_heads(q, heads))  # rebinding frees each bf16 tensor once quantized
+    # q's norm + RoPE and its int8 quantization in one pass; the bf16 q is freed by the rebinding
+    q = fused.rms_norm_rope_quant(
+        q, attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps, (q.shape[-1] // heads) ** -0.5 * lowp.LOG2E
+    )
     k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
     k = lowp.quantize_k(split_heads(k, heads))
     v = split_heads(attn.v(x), heads)
