@@ -45,6 +45,7 @@ class Entry:
     residual: str = "fp32"  # speed.residual: fp32 (official) or run_dtype (bf16, as LightX2V / diffusers)
     token_chunk: int = TOKEN_CHUNK  # speed.token_chunk (0: output projections / FFN on all tokens at once)
     fuse_gelu: bool = True  # configure_dit(fuse_gelu=...): the FFN's GELU + quantization in one kernel
+    fuse_residual: bool = True  # configure_dit(fuse_residual=...): residual adds in the GEMMs' epilogues
 
 
 def _ours(name, quant=None, attention="sdpa", fused=True, **kw) -> Entry:
@@ -140,6 +141,17 @@ def _plan(kind: str) -> list[Entry]:
                 warmup=2,
                 residual="run_dtype",
                 fuse_gelu=False,
+            )
+        )
+        full.append(  # the same without the residual adds in the GEMMs' epilogues
+            _ours(
+                f"ours {scheme} {LOWP} fused compiled res-bf16 no-res-epilogue",
+                scheme,
+                LOWP,
+                compile=True,
+                warmup=2,
+                residual="run_dtype",
+                fuse_residual=False,
             )
         )
     for scheme in (
@@ -321,6 +333,7 @@ def run_plan(
                         residual=e.residual,
                         token_chunk=e.token_chunk,
                         fuse_gelu=e.fuse_gelu,
+                        fuse_residual=e.fuse_residual,
                     )
                     with torch.inference_mode():
                         times, peak, out, warm_s = _time(lambda: model(**x), e.warmup, e.iters, cuda)

@@ -103,11 +103,32 @@ class QuantLinear(nn.Module):
         self.kernel.prepare(self)
         self.prepared_for = self.weight.device.type
 
-    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+    def adds_into(self, residual: torch.Tensor, gate: torch.Tensor | None = None) -> bool:
+        """Whether ``self(x, residual=residual, gate=gate)`` can add this layer's output into ``residual``
+        itself (the kernel's GEMM epilogue): residual [..., N] whose rows form one [M, N] view, gate
+        None or a single [N] fp32 vector (e.g. [1, 1, N])."""
+        if not _rows_view(residual, self.out_features):
+            return False
+        rows = residual.view(-1, self.out_features)
+        return self.kernel.adds_into(self, rows, None if gate is None else gate.reshape(-1))
+
+    def forward(
+        self,
+        x: torch.Tensor | QuantizedActivation,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """y = x W^T + b; with ``residual`` (where ``adds_into`` said yes): residual += y * gate IN PLACE,
+        returning residual (y never exists in memory)."""
         prequantized = isinstance(x, QuantizedActivation)  # from a fused producer (kernel.prequantized_input)
         data = x.data if prequantized else x
         if self.prepared_for != data.device.type:
             self.prepare()
+        if residual is not None:
+            rows = residual.view(-1, self.out_features)
+            inp = x if prequantized else data.reshape(-1, self.in_features)
+            self.kernel.apply_add_(self, inp, rows, None if gate is None else gate.reshape(-1))
+            return residual
         lead = data.shape[:-1]
         if prequantized:
             y = self.kernel.apply_quantized(self, data.reshape(-1, self.in_features), x.scale.reshape(-1, 1),
@@ -125,3 +146,11 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scheme={self.scheme.name}, kernel={self.kernel_name}"
         )
+
+
+def _rows_view(t: torch.Tensor, n: int) -> bool:
+    """Whether t [..., n] (unit last stride) is one [M, n] matrix in memory, i.e. ``t.view(-1, n)`` works
+    and writes t (strides only, so that compiled graphs can take the decision)."""
+    if t.dim() < 2 or t.shape[-1] != n or t.stride(-1) != 1:
+        return False
+    return all(t.shape[i] == 1 or t.stride(i) == t.stride(i + 1) * t.shape[i + 1] for i in range(t.dim() - 2))

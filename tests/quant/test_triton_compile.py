@@ -8,6 +8,7 @@ a 16-row mma.sync one with a ragged K and no bias (the small-M path).
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,27 @@ def test_gluon_gemm_waits_for_the_quantizer_only_before_activations(monkeypatch)
     loads = "cp.async.bulk.tensor"
     assert before.count(loads) == cfg.num_stages - 1  # the weights' first stages
     assert ptx[True].count(loads) == ptx[False].count(loads)  # the same loads, only reordered
+
+
+@pytest.mark.parametrize("add", ["gate", "plain"])
+@pytest.mark.parametrize("a_dtype", ["float8_e4m3fn", "int8"])
+def test_gluon_gemm_with_residual_add_builds_for_hopper(monkeypatch, a_dtype, add):
+    """The residual-add variant (``w8a8_gluon_add_kernel``) builds for sm_90 in the shared memory of the
+    largest tile (the residual's half tiles arrive by TMA in the output staging buffer, one mbarrier),
+    with the same K loop as the plain kernel, and loads the residual twice per tile."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    build, gluon_gemm, tt = _gluon_gemm_compiler(monkeypatch)
+    cfg = tt._g(128, 256, 128, 8, 4)
+    dtype = getattr(torch, a_dtype)
+    src = gluon_gemm.ast_source(cfg, dtype, torch.bfloat16, True, add=add)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+    ptx = kernel.asm["ptx"]
+    assert kernel.metadata.shared <= 232448
+    assert "wgmma.wait_group.sync.aligned 1;" in ptx
+    # TMA loads: A and W (ring prologue and K loop) as in the plain kernel, plus the residual's two halves
+    plain = build(cfg, dtype).asm["ptx"]
+    loads = re.compile(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global")  # (::cta / ::cluster by version)
+    assert len(loads.findall(ptx)) == len(loads.findall(plain)) + 2

@@ -295,6 +295,45 @@ def test_gpu_gluon_w8a8_matches_tma_kernel(fmt_name, m, n, k, out_dtype, poison)
         assert_same_bits(cfg.label(), T.w8a8_matmul(*args, config=cfg), want)
 
 
+@pytest.mark.parametrize("fmt_name", [FP8, INT8])
+@pytest.mark.parametrize("m,n,k", [(2048, 1088, 1040), (4133, 5120, 5120), (1500, 5120, 13824)])
+@pytest.mark.parametrize("gated,with_bias", [(True, True), (False, True), (True, False)])
+def test_gpu_gluon_residual_epilogue_equals_separate_add(fmt_name, m, n, k, gated, with_bias, poison):
+    """residual += GEMM * gate in the Gluon kernel's epilogue gives exactly the bits of the GEMM into a
+    temporary followed by ``fused.gated_residual_`` (every Gluon tile; edges in M and N; the residual a
+    row slice of a wider buffer, as a token chunk of the DIT's stream is)."""
+    from lightx2v_quant.fused import gated_residual_
+    from lightx2v_quant.quant.kernels import gluon_gemm
+    from lightx2v_quant.quant.kernels import triton_ops as T
+    from lightx2v_quant.quant.kernels.triton_tuning import TUNER, W8A8, candidates
+
+    if torch.cuda.get_device_capability() != (9, 0) or not gluon_gemm.AVAILABLE:
+        pytest.skip("Gluon wgmma tiles need sm_90 and a Triton with Gluon")
+    fmt, t, x, bias = problem(fmt_name, m, n, k)
+    bias = bias if with_bias else None
+    q, s = quantized_inputs(fmt_name, x)
+    g = torch.Generator("cuda").manual_seed(3)
+    stream = torch.randn(m + 7, n, device="cuda", generator=g).to(torch.bfloat16)
+    gate = torch.randn(n, device="cuda", generator=g) if gated else None
+    sm, _, smem = T.device_info(x.device)
+    tiles = [c for c in candidates(W8A8, m, sm, smem, 1, 2) if c.gluon]
+    assert tiles, "no Gluon candidate offered on sm_90"
+    for cfg in tiles:
+        want = stream.clone()
+        y = T.w8a8_matmul(q, s, t["weight"], t["weight_scale"], bias, torch.bfloat16, config=cfg)
+        gated_residual_(want[3 : 3 + m][None], y[None], None if gate is None else gate.view(1, 1, n))
+        got = stream.clone()
+        key, tma = T._w8a8_key(W8A8, q, t["weight"], got[3 : 3 + m], sm, False)
+        assert tma
+        old = TUNER.best.get(key)
+        TUNER.best[key] = cfg  # the tile the tuner would have picked
+        try:
+            T.w8a8_matmul_add_(q, s, t["weight"], t["weight_scale"], bias, got[3 : 3 + m], gate)
+        finally:
+            TUNER.best.pop(key) if old is None else TUNER.best.__setitem__(key, old)
+        assert_same_bits(cfg.label(), got, want)  # rows outside the slice untouched too
+
+
 # -- the fused linears (through QuantLinear: tuning, the small-M kernel, replays) ---------------------------
 FUSED_SHAPES = [
     (257, 5120, 1280),

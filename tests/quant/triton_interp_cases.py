@@ -341,6 +341,33 @@ def test_quantlinear_triton_scheme(scheme, lead):
     assert rel(y, ref) < 8e-3
 
 
+@pytest.mark.parametrize("scheme", ["fp8-triton", "int8-triton"])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_quantlinear_adds_into_residual(scheme, gated, prequantized):
+    """layer(x, residual=r, gate=g) adds in place exactly what ``gated_residual_(r, layer(x), g)`` adds
+    (here the two-pass path of ``w8a8_matmul_add_``; its Gluon epilogue is checked against that on the
+    GPU), for run-dtype and pre-quantized x, and returns r; ``adds_into`` says no off CUDA and for a
+    residual that is not one [M, N] matrix in memory."""
+    from lightx2v_quant import fused
+    from lightx2v_quant.quant.activation import QuantizedActivation
+
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 128, bias=True), scheme)
+    x = torch.randn(1, 6, 256, dtype=torch.bfloat16)
+    if prequantized:
+        q, sc = T.quantize_per_token(x.view(-1, 256), layer.format.name)
+        x = QuantizedActivation(q.view(1, 6, 256), sc.view(1, 6, 1), torch.bfloat16)
+    r = torch.randn(1, 6, 128, dtype=torch.bfloat16)
+    g = torch.randn(1, 1, 128) if gated else None
+    want = fused.gated_residual_(r.clone(), layer(x), g)
+    got = r.clone()
+    assert layer(x, residual=got, gate=g) is got
+    assert same_bits(got, want)
+    assert not layer.adds_into(r, g)  # CPU tensors
+    wide = torch.zeros(2, 6, 256, dtype=torch.bfloat16)[..., :128]  # rows 256 apart: not one matrix
+    assert not layer.adds_into(wide)
+
+
 def test_prepare_adds_no_persistent_state():
     layer = QuantLinear.from_linear(torch.nn.Linear(128, 64), "fp8-triton")
     keys = set(layer.state_dict())

@@ -98,10 +98,23 @@ class WanFFN(nn.Sequential):
     # it (phase offload) still fire before ffn.0 / ffn.2 read their weights.
     gelu_quant: str | None = None
 
-    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor | QuantizedActivation,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The FFN; with ``residual`` (where ``adds_into`` said yes): residual += FFN(x) * gate in place."""
         if self.gelu_quant is not None:
-            return dit_fused.ffn_gelu_quant(self, x)
+            return dit_fused.ffn_gelu_quant(self, x, residual, gate)
+        if residual is not None:
+            raise ValueError("WanFFN adds into a residual only on its fused GELU path (see adds_into)")
         return super().forward(x)
+
+    def adds_into(self, residual: torch.Tensor, gate: torch.Tensor | None = None) -> bool:
+        """Whether the down projection can add its output into ``residual`` (``QuantLinear.adds_into``)."""
+        down = self[2]
+        return self.gelu_quant is not None and hasattr(down, "adds_into") and down.adds_into(residual, gate)
 
 
 class WanSelfAttention(nn.Module):
@@ -204,6 +217,9 @@ class WanAttentionBlock(nn.Module):
         # tokens per chunk of the output projections and the FFN on the fused path (speed.token_chunk;
         # 0: all at once): bounds the activation memory those add to the residual stream
         self.token_chunk = dit_fused.TOKEN_CHUNK
+        # the fused path adds an output projection into the stream in its GEMM's epilogue where the layer's
+        # kernel can (speed: configure_dit(fuse_residual=...)); otherwise a separate fused add
+        self.fuse_residual = True
 
     def modulation_terms(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """e0 [B, Lt, 6, D] fp32 -> six fp32 [B, Lt, D]: shift/scale/gate of self-attn, then of the FFN."""

@@ -49,7 +49,7 @@ def self_attn_phase(
     # the norm output is passed inline (no reference kept here) so that self_attention can free it early
     if block.self_attn.fused:
         out = self_attention(block.self_attn, _norm1(block, x, mod), rope)
-        return project_add_(block.self_attn.o, out, x, block.token_chunk, mod[2])
+        return project_add_(block.self_attn.o, out, x, block.token_chunk, mod[2], block.fuse_residual)
     return fused.gated_residual_(x, block.self_attn(_norm1(block, x, mod), rope), mod[2])
 
 
@@ -67,19 +67,26 @@ def cross_attn_phase(
     """x += cross_attn(norm3(x)) (no gate). norm3 runs as a module call (its fused_to set by configure_dit),
     so an offload hook on it still brings its weights (and the cross-attention's) in before they are read."""
     ca = block.cross_attn
-    return project_add_(ca.o, ca.attend_all(block.norm3(x), context, context_img), x, block.token_chunk, None)
+    out = ca.attend_all(block.norm3(x), context, context_img)
+    return project_add_(ca.o, out, x, block.token_chunk, None, block.fuse_residual)
 
 
 def project_add_(
-    linear, out: torch.Tensor, x: torch.Tensor, chunk: int, gate: torch.Tensor | None
+    linear, out: torch.Tensor, x: torch.Tensor, chunk: int, gate: torch.Tensor | None, in_epilogue: bool = True
 ) -> torch.Tensor:
     """x += linear(out) * gate, ``chunk`` tokens at a time (0: all at once): the projection's output (and
-    its quantized input) never exists for all tokens at once."""
+    its quantized input) never exists for all tokens at once. With ``in_epilogue``, a layer that can
+    (``adds_into``: our Triton fp8 / int8 GEMMs) adds each chunk into x in its GEMM's epilogue, so the
+    chunk's output never exists at all; the numerics are those of the separate add."""
     from lightx2v_quant import fused
 
     chunk = chunk or x.shape[1]
     for i in range(0, x.shape[1], chunk):
-        fused.gated_residual_(_rows(x, i, chunk), linear(_rows(out, i, chunk)), _gate_rows(gate, i, chunk))
+        xi, g = _rows(x, i, chunk), _gate_rows(gate, i, chunk)
+        if in_epilogue and hasattr(linear, "adds_into") and linear.adds_into(xi, g):
+            linear(_rows(out, i, chunk), residual=xi, gate=g)  # a module call: offload hooks still fire
+        else:
+            fused.gated_residual_(xi, linear(_rows(out, i, chunk)), g)
     return x
 
 
@@ -104,19 +111,25 @@ def ffn_phase(block: WanAttentionBlock, x: torch.Tensor, mod: Sequence[torch.Ten
     h = fused.layer_norm_modulate(
         x, block.norm2.eps, block.run_dtype, shift=mod[3], scale=mod[4], quant=block.prequant[2]
     )
-    return project_add_(block.ffn, h, x, block.token_chunk, mod[5])
+    return project_add_(block.ffn, h, x, block.token_chunk, mod[5], block.fuse_residual)
 
 
-def ffn_gelu_quant(ffn: WanFFN, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+def ffn_gelu_quant(
+    ffn: WanFFN,
+    x: torch.Tensor | QuantizedActivation,
+    residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:
     """WanFFN.forward on the fast path: the up projection, then GELU + per-token quantization in one kernel
-    (no bf16 GELU copy, no quantization pass in the down projection), then the down projection."""
+    (no bf16 GELU copy, no quantization pass in the down projection), then the down projection (adding
+    into ``residual`` in its epilogue when given: ``WanFFN.adds_into``)."""
     from lightx2v_quant import fused
 
     h = ffn[0](x)  # [B, L, ffn_dim] in the run dtype
     # the GPU's approximate tanh: the exact tanhf made this kernel compute-bound (docs/speed.md)
     q = fused.gelu_quantize(h, ffn.gelu_quant, fast=h.is_cuda)
     del h
-    return ffn[2](q)
+    return ffn[2](q) if residual is None else ffn[2](q, residual=residual, gate=gate)
 
 
 def _rows(h, start: int, size: int):

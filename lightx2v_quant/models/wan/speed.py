@@ -122,6 +122,7 @@ def configure_dit(
     residual: str = "fp32",
     token_chunk: int = TOKEN_CHUNK,
     fuse_gelu: bool = True,
+    fuse_residual: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Apply the speed settings to a built, prepared DIT on its device; return what runs (for reports).
@@ -138,6 +139,10 @@ def configure_dit(
     fast=True)``): on an H100 0.26 ms per [16384, 13824] chunk against 0.53 ms for GELU + the GEMM's own
     quantization (benchmarks/results/fused_ops_fast_nvidia-h100.md); with PyTorch's exact tanhf the kernel
     is compute-bound and slower than unfused (0.59 ms).
+    ``fuse_residual`` (default on): on the fused path, an output projection whose kernel can
+    (``QuantLinear.adds_into``: the `triton` fp8 / int8 GEMM, a 16-bit residual stream, one gate per
+    channel) adds into the residual stream in its GEMM's epilogue instead of writing its output for a
+    separate add; the numerics are the same.
     ``device`` is the
     compute device type ("cuda" / "cpu"); default: where the parameters are (pass it for offloaded models,
     whose weights live on the host between uses).
@@ -171,6 +176,7 @@ def configure_dit(
         _configure_block(block, use_fused, prequant, fuse_gelu, sites)
         block.residual_dtype = residual_dtype
         block.token_chunk = token_chunk
+        block.fuse_residual = fuse_residual
     model.head.fused = use_fused
     if compile:
         compile_blocks(model)

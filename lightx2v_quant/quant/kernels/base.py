@@ -103,6 +103,17 @@ class Kernel:
         ``out_dtype``, bias included."""
         raise NotImplementedError(f"kernel '{self.name}' takes no pre-quantized activations")
 
+    # -- optional: the residual add in the GEMM's epilogue ---------------------------------------------
+    def adds_into(self, layer: QuantLinear, residual: torch.Tensor, gate: torch.Tensor | None) -> bool:
+        """Whether ``apply_add_`` takes this residual [M, N] (and gate: None or [N] fp32) for ``layer``."""
+        return False
+
+    def apply_add_(self, layer: QuantLinear, x, residual: torch.Tensor, gate: torch.Tensor | None) -> None:
+        """IN PLACE: residual [M, N] += layer(x) * gate (or + layer(x)), the product rounded to residual's
+        dtype and the sum done in fp32, as ``fused.gated_residual_`` does; x [M, K] in the run dtype, or a
+        ``QuantizedActivation`` when ``prequantized_input`` says so."""
+        raise NotImplementedError(f"kernel '{self.name}' has no residual-add epilogue")
+
 
 def pad_rows(x: torch.Tensor, min_rows: int) -> tuple[torch.Tensor, int]:
     """Pad a 2-D tensor with zero rows up to ``min_rows`` (for kernels that reject small M)."""

@@ -51,6 +51,7 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     # (tma_load and shared_layout serve the Gluon attention kernel too: attention/lowp_gluon.py)
     tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    _thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after Triton 3.6)
     _GL_DTYPES = {
         torch.int8: gl.int8,
         torch.float8_e4m3fn: gl.float8e4nv,
@@ -166,6 +167,67 @@ if AVAILABLE:
         num_warps: gl.constexpr,
         USE_PDL: gl.constexpr = False,
     ):
+        """out = (A * sa) @ (W * sb)^T (+ bias), stored through ``c_desc``."""
+        _w8a8_gluon(
+            a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, sa_ptr, sa_ptr, M, N, K, 0,
+            GROUP_M, STAGES, INSTR_N, HAS_BIAS, IS_INT8, num_warps, USE_PDL, False, False,
+        )  # fmt: skip
+
+    @gluon.jit
+    def w8a8_gluon_add_kernel(
+        a_desc,
+        b_desc,
+        c_desc,
+        sa_ptr,
+        sb_ptr,
+        bias_ptr,
+        res_ptr,
+        gate_ptr,
+        M,
+        N,
+        K,
+        stride_rm,
+        GROUP_M: gl.constexpr,
+        STAGES: gl.constexpr,
+        INSTR_N: gl.constexpr,
+        HAS_BIAS: gl.constexpr,
+        IS_INT8: gl.constexpr,
+        HAS_GATE: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        """The residual add in the epilogue: R += y * gate (or R += y), y the GEMM's output rounded to R's
+        dtype first (what the separate add reads back), the sum in fp32; ``c_desc`` describes R itself
+        (``res_ptr``, row stride ``stride_rm``), each tile being read and then written by its own program.
+        gate: [N] fp32."""
+        _w8a8_gluon(
+            a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, res_ptr, gate_ptr, M, N, K, stride_rm,
+            GROUP_M, STAGES, INSTR_N, HAS_BIAS, IS_INT8, num_warps, False, True, HAS_GATE,
+        )  # fmt: skip
+
+    @gluon.jit
+    def _w8a8_gluon(
+        a_desc,
+        b_desc,
+        c_desc,
+        sa_ptr,
+        sb_ptr,
+        bias_ptr,
+        res_ptr,
+        gate_ptr,
+        M,
+        N,
+        K,
+        stride_rm,
+        GROUP_M: gl.constexpr,
+        STAGES: gl.constexpr,
+        INSTR_N: gl.constexpr,
+        HAS_BIAS: gl.constexpr,
+        IS_INT8: gl.constexpr,
+        num_warps: gl.constexpr,
+        USE_PDL: gl.constexpr,
+        RESIDUAL: gl.constexpr,
+        HAS_GATE: gl.constexpr,
+    ):
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
@@ -181,6 +243,10 @@ if AVAILABLE:
         b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
         c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        # RESIDUAL: the residual's half tiles arrive by TMA in the staging buffer (its barrier: r_bar)
+        r_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        if RESIDUAL:
+            mbarrier.init(r_bar, count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
 
@@ -232,6 +298,13 @@ if AVAILABLE:
                 )
             else:
                 biases = sbs
+            if HAS_GATE:
+                gates = (
+                    gl.load(gate_ptr + cols0, mask=cols0 < N, other=0.0),
+                    gl.load(gate_ptr + cols1, mask=cols1 < N, other=0.0),
+                )
+            else:
+                gates = sbs
             for kk in range(k_tiles):
                 slot = item % STAGES
                 mbarrier.wait(ready.index(slot), (item // STAGES) & 1)
@@ -245,6 +318,12 @@ if AVAILABLE:
                     k_tiles, start, nprog, num_pid_m, num_pid_n, GROUP_M, STAGES,
                 )  # fmt: skip
                 item += 1
+            if RESIDUAL:
+                # The first half of the residual tile loads while the last wgmma runs. (Issued in the
+                # K loop's first step instead, it slowed the loop: ffn-down 1.71 -> 1.75 ms on an H100.)
+                tma.store_wait(pendings=0)
+                mbarrier.expect(r_bar, c_desc.block_type.nbytes)
+                tma_load(c_desc, [off_m, off_n], r_bar, c_smem)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             # The epilogue runs on column halves: a thread holds BLOCK_N / 4 columns of each vector in
             # the accumulator's layout, so half the w_scale and bias vectors fit beside the fp32 tile.
@@ -258,13 +337,30 @@ if AVAILABLE:
                     out = out + gl.expand_dims(
                         gl.convert_layout(biases[h], gl.SliceLayout(0, part.type.layout)), 0
                     )
-                tma.store_wait(pendings=0)  # the previous store has left the staging buffer
+                if RESIDUAL:
+                    y = out.to(c_desc.dtype).to(gl.float32)  # as the separate add would read it back
+                    if h == 1:  # the staging buffer held the first half's output until now
+                        tma.store_wait(pendings=0)
+                        mbarrier.expect(r_bar, c_desc.block_type.nbytes)
+                        tma_load(c_desc, [off_m, off_n + HALF_N], r_bar, c_smem)
+                    mbarrier.wait(r_bar, h)  # two loads per tile: phases 0, 1
+                    r = c_smem.load(part.type.layout).to(gl.float32)
+                    _thread_barrier()  # every thread has read its part before any overwrites it
+                    if HAS_GATE:
+                        g = gl.convert_layout(gates[h], gl.SliceLayout(0, part.type.layout))
+                        out = r + y * gl.expand_dims(g, 0)
+                    else:
+                        out = r + y
+                else:
+                    tma.store_wait(pendings=0)  # the previous store has left the staging buffer
                 c_smem.store(out.to(c_desc.dtype))
                 fence_async_shared()
                 _tma_store(c_desc, [off_m, off_n + h * HALF_N], c_smem)
         tma.store_wait(pendings=0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
+        if RESIDUAL:
+            mbarrier.invalidate(r_bar)
 
     @functools.lru_cache(maxsize=None)
     def shared_layout(block_shape: tuple[int, ...], torch_dtype) -> "gl.NVMMASharedLayout":
@@ -283,10 +379,11 @@ def instr_n(block_n: int, is_int8: bool) -> int:
     return min(block_n, 128) if is_int8 else min(block_n, 256)
 
 
-def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = False):
+def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = False, add: str | None = None):
     """What the JIT builds for one tile config (``triton_tuning.TileConfig``): a GluonASTSource for
     ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))``, so the
-    kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``)."""
+    kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``).
+    ``add``: the residual-add kernel instead, "gate" or "plain"."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -297,17 +394,23 @@ def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = F
     descs = descriptors(a, w, out, cfg.block_m, cfg.block_n, cfg.block_k)
     is_int8 = a_dtype == torch.int8
     sig = {name: mangle_type(d) for name, d in zip(("a_desc", "b_desc", "c_desc"), descs)}
-    bias_ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[out_dtype]
-    sig.update(sa_ptr="*fp32", sb_ptr="*fp32", bias_ptr=bias_ty, M="i32", N="i32", K="i32")
-    cons = dict(
-        GROUP_M=cfg.group_m,
-        STAGES=cfg.num_stages,
-        INSTR_N=instr_n(cfg.block_n, is_int8),
-        HAS_BIAS=has_bias,
-        IS_INT8=is_int8,
-        num_warps=cfg.num_warps,
-        USE_PDL=use_pdl,
-    )
+    out_ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[out_dtype]
+    sig.update(sa_ptr="*fp32", sb_ptr="*fp32", bias_ptr=out_ty)
+    if add:
+        sig.update(res_ptr=out_ty, gate_ptr="*fp32")
+    sig.update(M="i32", N="i32", K="i32")
+    if add:
+        sig.update(stride_rm="i32")
+    cons = {
+        "GROUP_M": cfg.group_m,
+        "STAGES": cfg.num_stages,
+        "INSTR_N": instr_n(cfg.block_n, is_int8),
+        "HAS_BIAS": has_bias,
+        "IS_INT8": is_int8,
+    }
+    cons.update({"HAS_GATE": add == "gate", "num_warps": cfg.num_warps} if add else
+                {"num_warps": cfg.num_warps, "USE_PDL": use_pdl})
     sig.update({name: "constexpr" for name in cons})
     names = list(sig)
-    return GluonASTSource(w8a8_gluon_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})
+    kernel = w8a8_gluon_add_kernel if add else w8a8_gluon_kernel
+    return GluonASTSource(kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})

@@ -120,5 +120,28 @@ class TritonKernel(Kernel):
             )
         return _custom_ops().w8a8_prequantized(xq, x_scale, layer.weight, layer.k_w_scale, layer.bias, out_dtype)
 
+    # -- the residual add in the GEMM's epilogue (the DIT's output projections) ---------------------------
+    def adds_into(self, layer: QuantLinear, residual: torch.Tensor, gate: torch.Tensor | None) -> bool:
+        """fp8 / int8 per-channel on CUDA, a residual [M, N] in a 16-bit float with unit column stride, and
+        an fp32 [N] gate or none (``triton_ops.w8a8_matmul_add_`` then uses the epilogue where it can)."""
+        return (
+            layer.format.name in (_FP8, _INT8)
+            and residual.is_cuda
+            and residual.dtype in (torch.bfloat16, torch.float16)
+            and residual.dim() == 2
+            and residual.shape[1] == layer.out_features
+            and residual.stride(1) == 1
+            and (gate is None or (gate.dtype == torch.float32 and gate.numel() == layer.out_features))
+        )
+
+    def apply_add_(self, layer: QuantLinear, x, residual: torch.Tensor, gate: torch.Tensor | None) -> None:
+        from lightx2v_quant.quant.activation import QuantizedActivation
+
+        if isinstance(x, QuantizedActivation):
+            xq, x_scale = x.data.reshape(-1, layer.in_features), x.scale.reshape(-1, 1)
+        else:
+            xq, x_scale = _custom_ops().quantize_per_token(x, layer.format.name)
+        _custom_ops().w8a8_add_(xq, x_scale, layer.weight, layer.k_w_scale, layer.bias, residual, gate)
+
 
 KERNEL = TritonKernel()

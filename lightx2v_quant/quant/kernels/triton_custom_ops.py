@@ -38,3 +38,28 @@ def w8a8_prequantized(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
 @w8a8_prequantized.register_fake
 def _w8a8_prequantized_fake(xq, x_scale, weight, w_scale, bias, out_dtype):
     return xq.new_empty((xq.shape[0], weight.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("lightx2v_quant::triton_quantize_per_token", mutates_args=())
+def quantize_per_token(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (run dtype) -> the format's per-token activation: fp8 / int8 [M, K] and fp32 [M, 1] scales."""
+    return triton_ops.quantize_per_token(x, fmt)
+
+
+@quantize_per_token.register_fake
+def _quantize_per_token_fake(x, fmt):
+    dtype = torch.int8 if fmt == "w8a8-int8-channel" else torch.float8_e4m3fn
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("lightx2v_quant::triton_w8a8_add_", mutates_args=("residual",))
+def w8a8_add_(xq: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
+              bias: torch.Tensor | None, residual: torch.Tensor, gate: torch.Tensor | None) -> None:
+    """residual [M, N] += ((xq * x_scale) @ (weight * w_scale)^T + bias) * gate, in the GEMM's epilogue
+    where it can (``triton_ops.w8a8_matmul_add_``)."""
+    triton_ops.w8a8_matmul_add_(xq, x_scale, weight, w_scale, bias, residual, gate)
+
+
+@w8a8_add_.register_fake
+def _w8a8_add_fake(xq, x_scale, weight, w_scale, bias, residual, gate):
+    return None

@@ -254,16 +254,7 @@ def launch_w8a8(
 
     if config is None:
         kind = FP8_BLOCK if block_scaled else W8A8
-        key = (kind, str(a.dtype), str(out.dtype), m_bucket(m), n, k)
-        tma = (
-            sm >= 90
-            and k % 16 == 0
-            and (n * out.element_size()) % 16 == 0
-            and _tma_ok(w)
-            and (fresh or _tma_ok(a, out))
-        )
-        if tma:
-            key += ("tma",)
+        key, tma = _w8a8_key(kind, a, w, out, sm, fresh)
         config = TUNER.best.get(key) or _tuned(kind, key, a, out, 1, tma, launch)
     else:
         if block_scaled:
@@ -283,6 +274,75 @@ def launch_w8a8(
                 f"(K % 16 == 0 and N * {out.element_size()} % 16 == 0); got K={k}, N={n}",
             )
     return launch(config)
+
+
+def _w8a8_key(kind: str, a, w, out, sm: int, fresh: bool) -> tuple[tuple, bool]:
+    """The tuner's key of a W8A8 GEMM, and whether its TMA tiles may run (16-byte aligned rows)."""
+    m, k = a.shape
+    n = w.shape[0]
+    key = (kind, str(a.dtype), str(out.dtype), m_bucket(m), n, k)
+    tma = sm >= 90 and k % 16 == 0 and (n * out.element_size()) % 16 == 0 and _tma_ok(w) and (fresh or _tma_ok(a, out))
+    return (key + ("tma",) if tma else key), tma
+
+
+def w8a8_matmul_add_(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """IN PLACE: residual += ((a * a_scale) @ (w * w_scale)^T + bias) * gate (without gate: + the product),
+    the product rounded to residual's dtype first and the sum done in fp32, as ``fused.gated_residual_``
+    does with the output of ``w8a8_matmul``. a [M, K], w [N, K] int8 / fp8; residual [M, N] bf16 / fp16 /
+    fp32 with unit column stride; gate [N] fp32. Returns residual.
+
+    On Hopper with Gluon, once the tuner has picked a Gluon tile for this GEMM (any earlier call of the
+    same shape: the first one here goes the two-pass way, tuning it), the add runs in the GEMM's epilogue:
+    the product never goes to memory and the residual is read and written once. Otherwise (or when the
+    residual is fp32, or its tile would not fit) the GEMM writes a temporary that ``gated_residual_`` adds."""
+    from lightx2v_quant.fused.residual import gated_residual_
+
+    _check_w8a8_inputs(a, w, residual.dtype)
+    m, n = a.shape[0], w.shape[0]
+    _check(residual.dim() == 2 and tuple(residual.shape) == (m, n) and residual.stride(1) == 1,
+           f"residual must be [{m}, {n}] with unit column stride, got {tuple(residual.shape)} {residual.stride()}")
+    _check(gate is None or (gate.numel() == n and gate.dtype == torch.float32), f"gate must be {n} fp32 values")
+    _check(a_scale.numel() == m and a_scale.dtype == torch.float32, f"a_scale must be {m} fp32 values")
+    _check(w_scale.numel() == n and w_scale.dtype == torch.float32, f"w_scale must be {n} fp32 values")
+    _check(bias is None or bias.numel() == n, f"bias must have {n} values")
+    sa, sb = a_scale.reshape(m).contiguous(), w_scale.reshape(n).contiguous()
+    bias = None if bias is None else bias.reshape(n).contiguous()
+    gate = None if gate is None else gate.reshape(n).contiguous()
+    if m == 0:
+        return residual
+    cfg = None
+    if a.is_cuda and residual.dtype != torch.float32 and gluon_gemm.AVAILABLE:
+        sm, num_sms, _ = device_info(a.device)
+        key, tma = _w8a8_key(W8A8, a, w, residual, sm, False)
+        cfg = TUNER.best.get(key) if tma and residual.stride(0) * m < 2**31 else None
+    if cfg is None or not cfg.gluon:
+        y = torch.empty((m, n), dtype=residual.dtype, device=a.device)
+        launch_w8a8(a, w, sa, sb, bias, y, 0, 0, False, None, False)
+        gated_residual_(residual[None], y[None], None if gate is None else gate.view(1, 1, n))
+        return residual
+    meta = dict(
+        GROUP_M=cfg.group_m,
+        STAGES=cfg.num_stages,
+        INSTR_N=gluon_gemm.instr_n(cfg.block_n, a.dtype == torch.int8),
+        HAS_BIAS=bias is not None,
+        IS_INT8=a.dtype == torch.int8,
+        HAS_GATE=gate is not None,
+        num_warps=cfg.num_warps,
+    )
+    descs = gluon_gemm.descriptors(a, w, residual, cfg.block_m, cfg.block_n, cfg.block_k)
+    args = (*descs, sa, sb, sb if bias is None else bias, residual, sb if gate is None else gate, m, n,
+            a.shape[1], residual.stride(0))  # fmt: skip
+    tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
+    run_kernel(gluon_gemm.w8a8_gluon_add_kernel, (min(num_sms, tiles),), args, meta, False)
+    return residual
 
 
 def _check_w8a8_inputs(a: torch.Tensor, w: torch.Tensor, out_dtype: torch.dtype) -> None:
