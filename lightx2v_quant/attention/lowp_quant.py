@@ -313,13 +313,19 @@ def _padded(length: int) -> int:
     return triton.cdiv(length, QBLOCK) * QBLOCK
 
 
+def q_buffers(like: torch.Tensor, B: int, L: int, H: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty int8 Q [BH, LP, D] and its fp32 [BH, LP] per-token scales (LP = L padded to QBLOCK), on
+    ``like``'s device: what ``quantize_q`` fills (and ``fused.rms_norm_rope_quant``)."""
+    lp = _padded(L)
+    return like.new_empty(B * H, lp, D, dtype=torch.int8), like.new_empty(B * H, lp, dtype=torch.float32)
+
+
 def quantize_q(q: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, L, H, D] -> int8 [BH, LP, D] with ``sm_scale`` folded in, and its fp32 [BH, LP] per-token scales.
     One function per input so that a caller can free each bf16 input as soon as it is quantized."""
     B, L, H, D = q.shape
-    lp = _padded(L)
-    q8 = torch.empty(B * H, lp, D, device=q.device, dtype=torch.int8)
-    qs = torch.empty(B * H, lp, device=q.device, dtype=torch.float32)
+    q8, qs = q_buffers(q, B, L, H, D)
+    lp = q8.shape[1]
     _quant_q_kernel[(lp // QBLOCK, B * H)](
         q, q8, qs, L, lp, H, q.stride(0), q.stride(1), q.stride(2), sm_scale, D=D, BLOCK=QBLOCK, num_warps=8
     )

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lightx2v_quant.attention.lowp_quant import QBLOCK, int8_rows
+from lightx2v_quant.attention.lowp_quant import int8_rows, q_buffers
 
 
 @triton.jit
@@ -189,11 +189,7 @@ def _(x, weight, cos, sin, num_heads, eps):
 
 def _quant_buffers(x: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, L, D = x.shape
-    lp = triton.cdiv(L, QBLOCK) * QBLOCK
-    return (
-        x.new_empty(B * num_heads, lp, D // num_heads, dtype=torch.int8),
-        x.new_empty(B * num_heads, lp, dtype=torch.float32),
-    )
+    return q_buffers(x, B, L, num_heads, D // num_heads)
 
 
 @torch.library.custom_op("lightx2v_quant::rms_norm_rope_quant", mutates_args=())

@@ -149,6 +149,14 @@ if AVAILABLE:
         return lk, lt, l_off_m, l_off_n
 
     @gluon.jit
+    def _load_residual_half(c_desc, r_bar, c_smem, off_m, off_n):
+        """TMA load of the residual's half tile at (off_m, off_n) into the output staging buffer, once the
+        last store has left it; arrives on ``r_bar``."""
+        tma.store_wait(pendings=0)
+        mbarrier.expect(r_bar, c_desc.block_type.nbytes)
+        tma_load(c_desc, [off_m, off_n], r_bar, c_smem)
+
+    @gluon.jit
     def w8a8_gluon_kernel(
         a_desc,
         b_desc,
@@ -321,9 +329,7 @@ if AVAILABLE:
             if RESIDUAL:
                 # The first half of the residual tile loads while the last wgmma runs. (Issued in the
                 # K loop's first step instead, it slowed the loop: ffn-down 1.71 -> 1.75 ms on an H100.)
-                tma.store_wait(pendings=0)
-                mbarrier.expect(r_bar, c_desc.block_type.nbytes)
-                tma_load(c_desc, [off_m, off_n], r_bar, c_smem)
+                _load_residual_half(c_desc, r_bar, c_smem, off_m, off_n)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             # The epilogue runs on column halves: a thread holds BLOCK_N / 4 columns of each vector in
             # the accumulator's layout, so half the w_scale and bias vectors fit beside the fp32 tile.
@@ -340,9 +346,7 @@ if AVAILABLE:
                 if RESIDUAL:
                     y = out.to(c_desc.dtype).to(gl.float32)  # as the separate add would read it back
                     if h == 1:  # the staging buffer held the first half's output until now
-                        tma.store_wait(pendings=0)
-                        mbarrier.expect(r_bar, c_desc.block_type.nbytes)
-                        tma_load(c_desc, [off_m, off_n + HALF_N], r_bar, c_smem)
+                        _load_residual_half(c_desc, r_bar, c_smem, off_m, off_n + HALF_N)
                     mbarrier.wait(r_bar, h)  # two loads per tile: phases 0, 1
                     r = c_smem.load(part.type.layout).to(gl.float32)
                     _thread_barrier()  # every thread has read its part before any overwrites it
