@@ -21,7 +21,6 @@ from typing import Any, Callable
 import torch
 
 from lightx2v_quant.models.wan import WanDiTConfig, random_dit
-from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK
 from lightx2v_quant.models.wan.speed import configure_dit
 from lightx2v_quant.quant.apply import kernels_used, prepare_model
 
@@ -43,7 +42,7 @@ class Entry:
     iters: int = 2
     reference: bool = False  # this entry's output is the quality reference of its resolution
     residual: str = "fp32"  # speed.residual: fp32 (official) or run_dtype (bf16, as LightX2V / diffusers)
-    token_chunk: int = TOKEN_CHUNK  # speed.token_chunk (0: output projections / FFN on all tokens at once)
+    token_chunk: int | None = None  # speed.token_chunk (None: 128 per SM; 0: output projections / FFN on all tokens at once)
     fuse_gelu: bool = True  # configure_dit(fuse_gelu=...): the FFN's GELU + quantization in one kernel
     fuse_residual: bool = True  # configure_dit(fuse_residual=...): residual adds in the GEMMs' epilogues
 
@@ -154,6 +153,17 @@ def _plan(kind: str) -> list[Entry]:
                 fuse_residual=False,
             )
         )
+    full.append(  # the best settings with the token chunk of earlier runs (16384: a partial last GEMM wave)
+        _ours(
+            f"ours int8-triton {LOWP} fused compiled res-bf16 chunk-16384",
+            "int8-triton",
+            LOWP,
+            compile=True,
+            warmup=2,
+            residual="run_dtype",
+            token_chunk=16384,
+        )
+    )
     for scheme in (
         "int8-triton",
         "fp8-vllm",

@@ -185,7 +185,7 @@ class SpeedOptions:
     fused: Optional[bool] = None  # fused Triton norm/modulation/RoPE/residual kernels; None = where they run
     compile: bool = False  # torch.compile each DIT block (fullgraph; the blocks share one graph)
     residual: str = "fp32"  # residual stream dtype: fp32 (official) or run_dtype (LightX2V / diffusers)
-    token_chunk: Optional[int] = None  # tokens per output-projection / FFN chunk (fused path); None = 16384; 0 = all
+    token_chunk: Optional[int] = None  # tokens per output-projection / FFN chunk (fused path); None = 128 per SM; 0 = all
 
 
 @dataclass

@@ -22,7 +22,8 @@ def main() -> int:
     arg = sys.argv[2] if len(sys.argv) > 2 else ""
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 32760, 40, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
+    # the Gluon kernel reads V^T with its keys in key_order
+    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True, key_order=which == "gluon")
     if which == "gluon":
         num_wg = int(arg or lowp_gluon.NUM_WG)
         run = lambda: lowp_gluon.launch(qq, 32760, 32760, 40, torch.bfloat16, num_wg=num_wg)

@@ -5,7 +5,8 @@
 
 Each variant is a copy of ``lowp_gluon.py`` loaded as its own module: ``current`` as it is, the others
 with a text patch applied (``PATCHES``; a patch that no longer applies is reported, not run) or read
-from a file (``--file NAME=PATH``, e.g. the kernel of an older commit from ``git show``). Per variant, at
+from a file (``--file NAME=PATH``, e.g. the kernel of an older commit from ``git show``; a module that
+defines ``prepare_inputs(qq)`` gets its quantized inputs through it, outside the timing). Per variant, at
 Wan-14B's 480p self-attention shape (32,760 tokens x 40 heads, random data, quantization excluded):
 
 - ``ms``: ``triton.testing.do_bench`` (short bursts, the GPU below its power cap);
@@ -167,10 +168,20 @@ def main(argv: list[str] | None = None) -> int:
             q = q * 4
         ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
+        # kernels that read V^T in key order (lowp_quant.key_order; older copies read the natural order)
+        qq_ordered = lowp_quant.quantize_qkv(
+            q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True, key_order=True
+        )
         row, first = {"case": tag, "lq": lq, "lk": lk, "heads": heads}, None
+        inputs = {}
         for name, m in mods.items():
             try:
-                out = m.launch(qq, lq, lk, heads, torch.bfloat16)
+                # a variant may store its inputs differently (e.g. V's keys reordered): prepare_inputs
+                if hasattr(m, "prepare_inputs"):
+                    inputs[name] = m.prepare_inputs(qq)
+                else:
+                    inputs[name] = qq_ordered if "v_key_order" in sources[name] else qq
+                out = m.launch(inputs[name], lq, lk, heads, torch.bfloat16)
                 torch.cuda.synchronize()
             except Exception as exc:  # a variant that does not build or run here
                 row[name + " error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -179,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             row[name + " err_vs_sdpa"] = rel(out, ref)
             row[name + " err_vs_first"] = rel(out, first)
             if tag == "wan 480p":
-                row[name + " ms"] = triton.testing.do_bench(lambda m=m: m.launch(qq, lq, lk, heads, torch.bfloat16),
-                                                            warmup=10, rep=300)
+                row[name + " ms"] = triton.testing.do_bench(
+                    lambda m=m, x=inputs[name]: m.launch(x, lq, lk, heads, torch.bfloat16), warmup=10, rep=300
+                )
         res["cases"].append(row)
         print(json.dumps(row), flush=True)
     if a.seconds > 0:  # q, k, v of the last (Wan) case
@@ -189,14 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             for name, m in mods.items():
                 if name + " ms" not in res["cases"][-1]:
                     continue
-                m.launch(qq, lq, lk, heads, torch.bfloat16)
+                x = inputs[name]
+                m.launch(x, lq, lk, heads, torch.bfloat16)
                 torch.cuda.synchronize()
                 start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 t0, n = time.time(), 0
                 start.record()
                 while time.time() - t0 < a.seconds:
                     for _ in range(10):
-                        m.launch(qq, lq, lk, heads, torch.bfloat16)
+                        m.launch(x, lq, lk, heads, torch.bfloat16)
                     n += 10
                     torch.cuda.synchronize()
                 stop.record()

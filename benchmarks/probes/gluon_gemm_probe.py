@@ -18,13 +18,28 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = {"qkvo": (32760, 5120, 5120), "ffn-up": (32760, 13824, 5120), "ffn-down": (32760, 5120, 13824)}
-TILES = [(128, 256, 128, 8, 4), (256, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3)]
+# the DIT's token chunks (speed.token_chunk: 128 tokens per SM on an H100)
+SHAPES.update({f"{k}-chunk": (16896, n, kk) for k, (_, n, kk) in SHAPES.items()})
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, ring depth, programs per SM): two programs per SM (tiles whose ring and
+# staging buffer fit twice in shared memory) let one program's epilogue overlap the other's wgmmas.
+TILES = [
+    (128, 256, 128, 8, 4, 1),
+    (256, 128, 128, 8, 4, 1),
+    (128, 256, 128, 8, 3, 1),
+    (256, 128, 128, 8, 3, 1),
+    (128, 128, 128, 8, 3, 2),
+    (128, 128, 128, 4, 3, 2),
+    (128, 128, 64, 8, 5, 2),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--formats", nargs="*", default=["w8a8-fp8-channel", "w8a8-int8-channel"])
+    parser.add_argument("--group-m", nargs="*", type=int, default=[8], help="grouped tile orders to try (rows of tiles per group)")
+    parser.add_argument("--tiles", nargs="*", default=None, help="BMxBNxBKxWARPSxSTAGESxPER_SM entries instead of TILES")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         w16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         bf16_ms = bench(lambda: F.linear(x, w16, bias))
-        for fmt in ("w8a8-fp8-channel", "w8a8-int8-channel"):
+        for fmt in args.formats:
             q, sa = triton_ops.quantize_per_token(x, fmt)
             wq, sb = triton_ops.quantize_per_token(w16, fmt)
             sa, sb = sa.reshape(-1).contiguous(), sb.reshape(-1).contiguous()
@@ -57,21 +72,23 @@ def main(argv: list[str] | None = None) -> int:
             row["tl 128x256x128 s4/sub"] = bench(
                 lambda: triton_ops.w8a8_matmul(q, sa, wq, sb, bias, config=tl_cfg)
             )
-            for bm, bn, bk, warps, stages in TILES:
+            tiles = [tuple(int(v) for v in t.split('x')) for t in args.tiles] if args.tiles else TILES
+            for (bm, bn, bk, warps, stages, per_sm), group_m in ((t, g) for t in tiles for g in args.group_m):
                 for instr in sorted({128, gluon_gemm.instr_n(bn, is_int8)}):
                     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                     descs = gluon_gemm.descriptors(q, wq, out, bm, bn, bk)
                     meta = dict(
-                        GROUP_M=8,
+                        GROUP_M=group_m,
                         STAGES=stages,
                         INSTR_N=instr,
                         HAS_BIAS=True,
                         IS_INT8=is_int8,
                         num_warps=warps,
                     )
-                    grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+                    grid = (min(per_sm * sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
                     args_ = (*descs, sa, sb, bias, m, n, k)
-                    label = f"gluon {bm}x{bn}x{bk} w{warps} s{stages} n{instr}"
+                    label = f"gluon {bm}x{bn}x{bk} w{warps} s{stages} n{instr}" + (f" x{per_sm}/SM" if per_sm > 1 else "")
+                    label += f" g{group_m}" if group_m != 8 else ""
                     try:
                         run_kernel(gluon_gemm.w8a8_gluon_kernel, grid, args_, meta, False)
                         row[label + " same_bits"] = bool(torch.equal(out, want))

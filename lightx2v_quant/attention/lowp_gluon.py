@@ -5,8 +5,11 @@ Same numerics as ``lowp_triton`` on the same quantized inputs (``lowp_quant``): 
 softmax scale and log2(e) folded into Q's per-token scales, K's per-128-key scales, the magic-number
 int32 -> fp32 conversion, P computed as 448 * 2^-slack * exp2(.) and cast to fp8 e4m3 (the row max may go
 stale by up to ``lowp_quant.MAX_SLACK``), fp8 P.V into an fp32 accumulator, V's channel scale and mean
-applied at the end. With 128-key blocks its output is
-bit-identical to ``lowp_triton``'s (GPU tests).
+applied at the end. It reads V^T with its keys in ``lowp_quant.key_order`` (``quantize_v(key_order=True)``):
+each thread's fp8 P values of a row are then one contiguous run, stored with four 16-byte stores per
+block instead of 32 two-byte ones (plus 16 byte-packing PRMTs that converting four at a time avoids).
+With 128-key blocks its output is bit-identical to ``lowp_triton``'s on the same inputs, which sums the
+keys in the same order (GPU tests).
 
 Why: per key block a warpgroup needs the tensor cores (Q.K^T and P.V, ~512 cycles for 64 query rows)
 and the MUFU pipe (one exp2 per logit, ~512 cycles too). Nsight Compute on an H100 shows
@@ -109,6 +112,13 @@ if AVAILABLE:
     RESCALE_64, RESCALE_64_C = (gl.constexpr(x) for x in rescale_asm(64))
     RESCALE_32, RESCALE_32_C = (gl.constexpr(x) for x in rescale_asm(32))
     MASKED_LOGIT = gl.constexpr(-4194304)
+    # P's tile seen as 32-bit words (four fp8 keys each): same bytes, same 128-byte swizzle
+    P_LAYOUT32 = gl.constexpr(gl.NVMMASharedLayout(128, 32, 2))
+    # four fp32 -> four fp8 e4m3 in one register, $1 in the lowest byte (cvt puts its first source high)
+    CVT4 = gl.constexpr(
+        "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; "
+        "mov.b32 $0, {lo, hi}; }"
+    )
     # Named barriers 8, 9, 10 (Gluon numbers its own from 0 up): warpgroup g waits for its turn on 8 + g
     # and hands it to the next one (g + 1 mod NUM_WG) on that one's barrier; 256 threads each (the
     # waiting warpgroup and the one handing over).
@@ -118,6 +128,20 @@ if AVAILABLE:
     _ARRIVE_8 = gl.constexpr("bar.arrive 8, 256; mov.u32 $0, 0;")
     _ARRIVE_9 = gl.constexpr("bar.arrive 9, 256; mov.u32 $0, 0;")
     _ARRIVE_10 = gl.constexpr("bar.arrive 10, 256; mov.u32 $0, 0;")
+
+    # The same shared-memory bytes seen with another dtype, shape and layout (the method lost its
+    # underscore after Triton 3.6).
+    if hasattr(gl.shared_memory_descriptor, "reinterpret"):
+
+        @gluon.jit
+        def _reinterpret(buf, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+            return buf.reinterpret(dtype, shape, layout)
+
+    else:
+
+        @gluon.jit
+        def _reinterpret(buf, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+            return buf._reinterpret(dtype, shape, layout)
 
     @gluon.jit
     def _barrier(asm: gl.constexpr, num_warps: gl.constexpr):
@@ -166,8 +190,8 @@ if AVAILABLE:
     @gluon.jit
     def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, row_o: gl.constexpr):
         """Online softmax of the int32 logits ``s`` in log2 units (scales folded as in
-        lowp_triton._softmax_pv); returns fp8 448 * P (in the logits' register layout), the new row max
-        and sum, and O rescaled."""
+        lowp_triton._softmax_pv); returns 448 * P as int32 words of four fp8 keys ([BM, BN / 4], keys in
+        ``lowp_quant.key_order``), the new row max and sum, and O rescaled."""
         BN: gl.constexpr = s.shape[1]
         if MASKED:  # the ragged last block
             valid = gl.expand_dims(start + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout)), 0) < L_K
@@ -181,7 +205,14 @@ if AVAILABLE:
         p = gl.exp2(t)  # 448 * 2^-SLACK * P (<= 448)
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.sum(p, 1)
-        p8 = p.to(gl.float8e4nv)
+        # key_order: a thread's columns 8g + 2t + e become 2 (BN / 8) t + 2g + e, contiguous per row (the
+        # reshapes only rename registers); then bytes 4c .. 4c + 3 of a row are packed into word c
+        BM: gl.constexpr = p.shape[0]
+        p = gl.reshape(gl.permute(gl.reshape(p, [BM, BN // 8, 4, 2]), (0, 2, 1, 3)), [BM, BN // 4, 2, 2])
+        even, odd = gl.split(p)  # bytes 4c + 2a and 4c + 2a + 1
+        b0, b2 = gl.split(even)
+        b1, b3 = gl.split(odd)
+        p8 = gl.inline_asm_elementwise(CVT4, "=r,f,f,f,f", [b0, b1, b2, b3], dtype=gl.int32, is_pure=True, pack=1)
         return p8, m_new, l_i, _rescale(o, gl.expand_dims(gl.convert_layout(alpha, row_o), 1))
 
     @gluon.jit
@@ -212,7 +243,7 @@ if AVAILABLE:
         # wgmma reads only the warp's own 16 rows; the fence makes the generic-proxy stores visible to
         # the wgmma's async proxy. (As a register operand P needed shuffles into the wgmma A layout, and
         # with three warpgroups at 160 registers ptxas serialized every wgmma: 26.5 vs 24.0 ms.)
-        p_buf.store(p8)
+        _reinterpret(p_buf, gl.int32, [p8.shape[0], p8.shape[1]], P_LAYOUT32).store(p8)
         fence_async_shared()
         # 2. this warpgroup's turn on the tensor cores: P.V(j) and S(j+1) (the last block repeats its own
         #    S: same slot); block j+1's K and V arrived (waited for at the end of the previous block)
@@ -417,8 +448,13 @@ def launch(
     qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: bool = True, stages: int = STAGES,
     num_wg: int = NUM_WG,
 ):
-    """The attention over quantized inputs ``qq`` (``lowp_quant.QuantizedQKV`` with fp8 V^T):
-    [B, lq, heads, D] in ``out_dtype``."""
+    """The attention over quantized inputs ``qq`` (``lowp_quant.QuantizedQKV`` with fp8 V^T, its keys in
+    ``key_order``): [B, lq, heads, D] in ``out_dtype``."""
+    if qq.v is None or not qq.v_key_order:
+        raise ValueError(
+            "the Gluon attention kernel reads fp8 V^T with its keys in key_order: quantize V with "
+            "lowp_quant.quantize_v(v, key_order=True)"
+        )
     bh, lqp, d = qq.q.shape
     out = torch.empty(bh // heads, lq, heads, d, device=qq.q.device, dtype=out_dtype)
     q_desc, k_desc, v_desc = descriptors(qq.q, qq.k, qq.v)

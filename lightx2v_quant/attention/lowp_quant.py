@@ -4,6 +4,9 @@ statistics pass over K and V.
 
 Every output buffer is padded to a multiple of 128 tokens and fully written (zeros past the sequence),
 so the attention kernel loads whole tiles without masks and never meets a NaN bit pattern.
+
+V^T may store its keys in ``key_order`` within each block of 128 (the Gluon kernel's P layout, see
+``key_order``); the attention is the same sum over keys in another order.
 """
 
 from __future__ import annotations
@@ -192,6 +195,16 @@ def _quant_k_kernel(
     tl.store(scale_ptr + bh * (LP // BLOCK) + pid, amax / 127.0)
 
 
+def key_order(n: int = QBLOCK) -> torch.Tensor:
+    """Where V^T stores each key of a block of ``n`` (a multiple of 8) with ``quantize_v(key_order=True)``:
+    key 8g + 2t + e at 2 (n / 8) t + 2g + e (g < n / 8, t < 4, e < 2). In the wgmma accumulator layout of a
+    block's logits, thread t of each group of four holds exactly the keys 8g + 2t + e of its rows, which
+    this order makes one contiguous run of n / 4 bytes per row: the Gluon kernel stores its fp8 P with four
+    16-byte stores per thread instead of 32 two-byte ones, and reads V^T's keys in the same order."""
+    k = torch.arange(n)
+    return 2 * (n // 8) * ((k % 8) // 2) + 2 * (k // 8) + k % 2
+
+
 @triton.jit
 def _quant_v_kernel(
     x_ptr,
@@ -206,8 +219,10 @@ def _quant_v_kernel(
     stride_h,
     D: tl.constexpr,
     BLOCK: tl.constexpr,
+    KEY_ORDER: tl.constexpr,
 ):
-    """fp8 (V - channel mean) * (448 / channel amax), stored transposed [BH, D, LP]."""
+    """fp8 (V - channel mean) * (448 / channel amax), stored transposed [BH, D, LP]; with KEY_ORDER the
+    block's keys in ``key_order``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
@@ -216,6 +231,8 @@ def _quant_v_kernel(
     mean = tl.load(mean_ptr + bh * D + cols)
     inv = tl.load(inv_ptr + bh * D + cols)
     y = tl.where(rows[:, None] < L, (x - mean[None, :]) * inv[None, :], 0.0)
+    if KEY_ORDER:  # row 8g + 2t + e moves to 2 (BLOCK / 8) t + 2g + e: [g, t, e] -> [t, g, e]
+        y = tl.reshape(tl.permute(tl.reshape(y, [BLOCK // 8, 4, 2, D]), (1, 0, 2, 3)), [BLOCK, D])
     q = tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX).to(tl.float8e4nv)
     # transposed: token axis contiguous, as Hopper's fp8 wgmma wants the B operand of P.V (K-major)
     tl.store(out_ptr + (bh * D + cols[None, :]) * LP + rows[:, None], q)
@@ -232,6 +249,7 @@ class QuantizedQKV:
     v: torch.Tensor | None  # fp8 e4m3 [BH, D, LKP] (None: P.V reads the original V)
     v_mean: torch.Tensor | None  # fp32 [BH, D]
     v_scale: torch.Tensor | None  # fp32 [BH, D]
+    v_key_order: bool = False  # V^T's keys stored in key_order within each block of 128
 
 
 # Statistics pass: up to ~4096 programs of at least 128 rows (several waves on 132 SMs, so the last,
@@ -299,14 +317,15 @@ def _stats(x: torch.Tensor, minmax: bool) -> tuple[torch.Tensor, ...]:
 
 
 def quantize_qkv(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, pv_fp8: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, pv_fp8: bool = True, key_order: bool = False
 ) -> QuantizedQKV:
     """[B, L, H, D] q / k / v (any strides with a contiguous head dim) -> QuantizedQKV.
 
-    ``sm_scale`` multiplies the logits in log2 units (1/sqrt(D) * log2(e) for softmax attention).
+    ``sm_scale`` multiplies the logits in log2 units (1/sqrt(D) * log2(e) for softmax attention);
+    ``key_order``: V^T's keys in ``key_order`` (what the Gluon kernel reads).
     """
-    vq = quantize_v(v) if pv_fp8 else (None, None, None)
-    return QuantizedQKV(*quantize_q(q, sm_scale), *quantize_k(k), *vq)
+    vq = quantize_v(v, key_order) if pv_fp8 else (None, None, None)
+    return QuantizedQKV(*quantize_q(q, sm_scale), *quantize_k(k), *vq, v_key_order=pv_fp8 and key_order)
 
 
 def _padded(length: int) -> int:
@@ -345,15 +364,16 @@ def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k8, ks
 
 
-def quantize_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[B, L, H, D] -> fp8 V^T [BH, D, LP] after removing the per-channel mean, the mean and the scales
-    (fp32 [BH, D] each)."""
+def quantize_v(v: torch.Tensor, key_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> fp8 V^T [BH, D, LP] after removing the per-channel mean (keys in ``key_order``
+    within each block of 128 with ``key_order``), the mean and the scales (fp32 [BH, D] each)."""
     B, L, H, D = v.shape
     lp = _padded(L)
     vm, vs, vinv = _stats(v, minmax=True)
     v8 = torch.empty(B * H, D, lp, device=v.device, dtype=torch.float8_e4m3fn)
     _quant_v_kernel[(lp // QBLOCK, B * H)](
-        v, vm, vinv, v8, L, lp, H, v.stride(0), v.stride(1), v.stride(2), D=D, BLOCK=QBLOCK, num_warps=8
+        v, vm, vinv, v8, L, lp, H, v.stride(0), v.stride(1), v.stride(2), D=D, BLOCK=QBLOCK,
+        KEY_ORDER=key_order, num_warps=8,
     )
     return v8, vm, vs
 
@@ -362,7 +382,9 @@ def SASS_CASES():  # noqa: N802 - picked up by benchmarks/triton_sass.py
     ints = {n: "i32" for n in ("L", "LP", "H", "stride_b", "stride_l", "stride_h")}
     div16 = ["LP", "stride_b", "stride_l", "stride_h"]
     sig = {"x_ptr": "*bf16", "mean_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*fp8e4nv", **ints}
-    yield ("quant_v_128", _quant_v_kernel, sig, {"D": 128, "BLOCK": QBLOCK}, {"num_warps": 8}, div16)
+    for order in (False, True):
+        const = {"D": 128, "BLOCK": QBLOCK, "KEY_ORDER": order}
+        yield (f"quant_v_128{'_key_order' if order else ''}", _quant_v_kernel, dict(sig), const, {"num_warps": 8}, div16)
     sig = {"x_ptr": "*bf16", "mean_ptr": "*fp32", "out_ptr": "*i8", "scale_ptr": "*fp32", **ints}
     yield ("quant_k_128", _quant_k_kernel, sig, {"D": 128, "BLOCK": QBLOCK}, {"num_warps": 8}, div16)
     sig = {"x_ptr": "*bf16", "out_ptr": "*i8", "scale_ptr": "*fp32", "mul": "fp32", **ints}

@@ -58,8 +58,11 @@ def _softmax_pv(
     PV_FP8: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
+    KEY_ORDER: tl.constexpr,
 ):
-    """Online-softmax update of (acc, m_i, l_i) with the int32 logits ``s`` of the key block at ``start``."""
+    """Online-softmax update of (acc, m_i, l_i) with the int32 logits ``s`` of the key block at ``start``.
+    KEY_ORDER: V^T's keys are in ``lowp_quant.key_order`` (BLOCK_N = 128), P's columns are put in the same
+    order before P.V (what the Gluon kernel sums, in its order)."""
     sc = q_sc * tl.load(ks_ptr + start // QB)  # [BM]: log2 units per integer unit
     if MASKED:
         valid = (start + tl.arange(0, BLOCK_N))[None, :] < L_K
@@ -77,7 +80,10 @@ def _softmax_pv(
     acc = acc * alpha[:, None]
     if PV_FP8:
         v = desc_v.load([v_row, start]).T  # fp8 [BN, D] from the V^T tile (tokens contiguous: K-major)
-        acc = tl.dot(p.to(tl.float8e4nv), v, acc)
+        p8 = p.to(tl.float8e4nv)
+        if KEY_ORDER:  # column 8g + 2t + e -> 2 (BN / 8) t + 2g + e
+            p8 = tl.reshape(tl.permute(tl.reshape(p8, [p8.shape[0], BLOCK_N // 8, 4, 2]), (0, 2, 1, 3)), p8.shape)
+        acc = tl.dot(p8, v, acc)
     else:
         v = desc_v.load([v_row + start, v_col])  # [BN, D] of the original V (rows past L_K: p = 0)
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -107,7 +113,9 @@ def _attn_fwd_kernel(
     PV_FP8: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    KEY_ORDER: tl.constexpr = False,
 ):
+    tl.static_assert(not KEY_ORDER or BLOCK_N == QB, "V^T's key order is defined per block of 128 keys")
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -146,6 +154,7 @@ def _attn_fwd_kernel(
             PV_FP8,
             BLOCK_N,
             False,
+            KEY_ORDER,
         )
     if n_full * BLOCK_N < L_K:  # ragged last block: the only one with masks
         s = tl.dot(q, desc_k.load([k_row + n_full * BLOCK_N, 0]).T)
@@ -165,6 +174,7 @@ def _attn_fwd_kernel(
             PV_FP8,
             BLOCK_N,
             True,
+            KEY_ORDER,
         )
 
     out = acc / l_i[:, None]
@@ -214,7 +224,16 @@ def _configs() -> list[triton.Config]:
     ]
 
 
-_attn_fwd = triton.autotune(configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8"])(_attn_fwd_kernel)
+def _prune(configs, named_args, **kwargs):
+    """V^T in key order: only 128-key blocks."""
+    if not kwargs.get("KEY_ORDER"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_N"] == QBLOCK]
+
+
+_attn_fwd = triton.autotune(
+    configs=_configs(), key=["L_Q", "L_K", "D", "PV_FP8", "KEY_ORDER"], prune_configs_by={"early_config_prune": _prune}
+)(_attn_fwd_kernel)
 
 
 def check_one(x: torch.Tensor, name: str) -> None:
@@ -311,7 +330,8 @@ def _quant_k_op(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("lightx2v_quant::lowp_quant_v", mutates_args=())
 def _quant_v_op(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return lowp_quant.quantize_v(v)
+    # V^T in the Gluon kernel's key order exactly when the attention over these keys will run on it
+    return lowp_quant.quantize_v(v, key_order=use_gluon(v.device, v.shape[-1], v.shape[1]))
 
 
 @torch.library.custom_op("lightx2v_quant::lowp_attend", mutates_args=())
@@ -330,7 +350,8 @@ def _attend_op(
 ) -> torch.Tensor:
     """vm / vs None: v is the original [B, Lk, H, D] (P.V in its dtype); else the fp8 V^T of quantize_v."""
     fp8 = vm is not None
-    qq = QuantizedQKV(q8, qs, k8, ks, v if fp8 else None, vm, vs)
+    order = fp8 and use_gluon(q8.device, q8.shape[-1], lk)  # as _quant_v_op decided for these keys
+    qq = QuantizedQKV(q8, qs, k8, ks, v if fp8 else None, vm, vs, v_key_order=order)
     return _launch(qq, None if fp8 else v, lq, lk, heads, out_dtype)
 
 
@@ -434,8 +455,11 @@ def _launch(
         out.stride(2),
     )
     cuda = out.is_cuda
+    order = pv_fp8 and qq.v_key_order  # V^T's keys in key_order (quantize_v(key_order=True))
     if cuda and config is not None:
         bm, bn, warps, stages, maxnreg = config
+        if order and bn != QBLOCK:
+            raise ValueError(f"V^T in key order needs 128-key blocks; the pinned config has BLOCK_N={bn}")
         meta = {
             "BLOCK_M": bm,
             "BLOCK_N": bn,
@@ -453,15 +477,20 @@ def _launch(
             PV_FP8=pv_fp8,
             BLOCK_M=bm,
             BLOCK_N=bn,
+            KEY_ORDER=order,
             num_warps=warps,
             num_stages=stages,
             **({"maxnreg": maxnreg} if maxnreg else {}),
         )
     elif cuda:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
-        _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8)
+        _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, KEY_ORDER=order)
     else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
+        bn = QBLOCK if order else 64
+        _set_block_shapes(
+            {"BLOCK_M": 64, "BLOCK_N": bn, "D": D, "PV_FP8": pv_fp8, "desc_q": desc_q, "desc_k": desc_k, "desc_v": desc_v}
+        )
         _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](
-            *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=64
+            *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=bn, KEY_ORDER=order
         )
     return out

@@ -94,6 +94,15 @@ def attention_cases(device: str, dtype: torch.dtype, shapes) -> dict[str, float]
             results[f"snr:{key}"] = snr_db(out, ref)
             results[f"emu:{key}"] = rel_err(out, emulate(q, k, v, pv_fp8))
             results[f"emu_vs_exact:{key}"] = rel_err(emulate(q, k, v, pv_fp8), ref)
+        # V^T with its keys in the Gluon kernel's order (lowp_quant.key_order): whichever kernel the
+        # dispatch picks (the Gluon one on Hopper for >= 4096 keys, else the Triton one) reads it
+        from lightx2v_quant.attention import lowp_quant, lowp_triton
+
+        qq = lowp_quant.quantize_qkv(*args, sm_scale=d**-0.5 * LOG2E, key_order=True)
+        out = lowp_triton._launch(qq, None, lq, lk, h, dtype).cpu()
+        key = f"{b}x{lq}x{lk}x{h}x{d}{'-ramp' if ramp else ''}-keyorder-fp8pv"
+        results[f"snr:{key}"] = snr_db(out, ref)
+        results[f"emu:{key}"] = rel_err(out, emulate(q, k, v, True))
     return results
 
 

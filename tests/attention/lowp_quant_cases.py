@@ -64,6 +64,10 @@ def prologue_cases(device: str, dtype: torch.dtype, shapes=SHAPES) -> dict[str, 
         res[f"v8_mismatch:{key}"] = float((v8.view(torch.uint8) != vref.view(torch.uint8)).double().mean())
         res[f"v8_maxrel:{key}"] = _rel(v8.float(), vref.float())
         res[f"pad_nonzero:{key}"] = float(k8[:, :, L:].abs().sum() + v8[..., L:].float().abs().sum())
+        # the same V^T with each block's keys in key_order: the same bytes, moved
+        v8o = lowp_quant.quantize_v(vd, key_order=True)[0].cpu().view(B, H, D, lp)
+        pos = torch.arange(lp) // 128 * 128 + lowp_quant.key_order().repeat(lp // 128)
+        res[f"v8_key_order_moved:{key}"] = float((v8o[..., pos].view(torch.uint8) != v8.view(torch.uint8)).sum())
     return res
 
 

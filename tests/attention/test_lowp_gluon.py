@@ -14,7 +14,8 @@ triton = pytest.importorskip("triton")
 @pytest.mark.parametrize("pingpong,num_wg,head_dim", [(True, 2, 128), (True, 3, 128), (False, 3, 128), (True, 3, 64)])
 def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg, head_dim):
     """Warp-specialized (a producer warp with few registers, consumer warpgroups with the rest), both
-    8-bit wgmmas with P.V's A operand (P) read from shared memory after an async-proxy fence, fits the
+    8-bit wgmmas with P.V's A operand (P) read from shared memory after an async-proxy fence (P stored
+    four keys per 32-bit word, 16 bytes per store, thanks to V^T's key order), fits the
     shared memory of an H100, O's rescale behind a warp vote and a uniform branch, and with ``pingpong``
     the consumers' turn barriers (named barriers 8, 9, 10 for warpgroups 0, 1, 2; 256 threads each)
     around the wgmma issue."""
@@ -36,6 +37,7 @@ def test_gluon_attention_builds_for_hopper(monkeypatch, pingpong, num_wg, head_d
     fp8_mma = re.findall(pv, ptx)
     assert fp8_mma and all(not a.startswith("{") for a in fp8_mma)  # A is a shared-memory descriptor
     assert "fence.proxy.async.shared::cta" in ptx
+    assert re.search(r"st\.shared\.v4\.b32", ptx) and not re.search(r"st\.shared\.(?:b16|u16)", ptx)
     # the rescale: one vote and one uniform branch over the thread's 64 x D / 128 accumulator registers
     assert "vote.sync.any.pred" in ptx and re.search(r"@!%p\d+ bra\.uni SKIP_\d+;", ptx)
     regs = {int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx)}
@@ -77,17 +79,23 @@ def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads, data):
         k = (k * torch.linspace(0.2, 3.0, lk, device="cuda")[None, :, None, None]).to(k.dtype)
     elif data == "peaky":
         q = q * 4
-    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, pv_fp8=True)
-    ref = _pinned_triton(qq, lq, lk, heads)
+    sm_scale = 128**-0.5 * lowp_triton.LOG2E
+    qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=sm_scale, pv_fp8=True, key_order=True)
+    ref = _pinned_triton(qq, lq, lk, heads)  # the Triton kernel, summing P.V in V^T's key order too
     for pingpong, num_wg in ((True, 2), (True, 3), (False, 3)):
         out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pingpong, num_wg=num_wg)
         assert out.shape == ref.shape and torch.isfinite(out).all()
         torch.testing.assert_close(out, ref, rtol=0, atol=0)  # same arithmetic, same order
+    # against keys in their natural order: the same P and V, summed in another order by the tensor cores
+    natural = lowp_quant.quantize_qkv(q, k, v, sm_scale=sm_scale, pv_fp8=True)
+    torch.testing.assert_close(_pinned_triton(natural, lq, lk, heads).float(), ref.float(), rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="key_order"):
+        lowp_gluon.launch(natural, lq, lk, heads, torch.bfloat16)
 
 
 @pytest.mark.gpu
 def test_gpu_dispatch_takes_gluon_kernel_on_hopper(monkeypatch):
-    from lightx2v_quant.attention import lowp_gluon, lowp_triton
+    from lightx2v_quant.attention import lowp_gluon, lowp_quant, lowp_triton
 
     if not lowp_gluon.supported(torch.device("cuda"), 128):
         pytest.skip("needs a Hopper GPU and a Triton with Gluon")
@@ -95,5 +103,15 @@ def test_gpu_dispatch_takes_gluon_kernel_on_hopper(monkeypatch):
     assert lowp_triton.use_gluon(cuda, 128, 32760)
     assert not lowp_triton.use_gluon(cuda, 64, 32760)
     assert not lowp_triton.use_gluon(cuda, 128, 512)  # cross-attention: the Triton kernel is faster there
+    # the DIT's stages: V^T is stored in the Gluon kernel's key order exactly when that kernel runs
+    gen = torch.Generator("cuda").manual_seed(0)
+    for lk, gluon in ((4224, True), (512, False)):
+        q, k, v = (torch.randn(1, n, 2, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for n in (300, lk, lk))
+        vq = lowp_triton.quantize_v(v)
+        out = lowp_triton.attend(lowp_triton.quantize_q(q), lowp_triton.quantize_k(k), vq, 300, lk, 2, q.dtype)
+        qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=128**-0.5 * lowp_triton.LOG2E, key_order=gluon)
+        assert torch.equal(vq[0].view(torch.uint8), qq.v.view(torch.uint8))
+        want = lowp_gluon.launch(qq, 300, lk, 2, q.dtype) if gluon else lowp_triton._launch(qq, None, 300, lk, 2, q.dtype)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
     monkeypatch.setenv("LIGHTX2V_QUANT_ATTN_KERNEL", "triton")
     assert not lowp_triton.use_gluon(cuda, 128, 32760)

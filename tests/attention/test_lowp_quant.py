@@ -27,6 +27,7 @@ def _check(res: dict[str, float], cuda: bool) -> None:
         assert res[f"ks_rel:{s}"] < ulp2, (s, res)
         assert res[f"v_stats_repeat:{s}"] == 0.0, (s, res)  # deterministic statistics
         assert res[f"pad_nonzero:{s}"] == 0.0, (s, res)
+        assert res[f"v8_key_order_moved:{s}"] == 0.0, (s, res)
         # int8 K: only a tie may round differently (127 / amax is not IEEE-rounded on the GPU)
         assert res[f"k8_mismatch:{s}"] <= (1e-4 if cuda else 0.0) and res[f"k8_maxdiff:{s}"] <= 1, (s, res)
         if cuda:
@@ -34,6 +35,18 @@ def _check(res: dict[str, float], cuda: bool) -> None:
         else:
             # the interpreter rounds fp32 -> fp8 one step low when rounding carries into the exponent
             assert res[f"v8_mismatch:{s}"] < 0.05 and res[f"v8_maxrel:{s}"] <= 1 / 7 + 1e-9, (s, res)
+
+
+def test_key_order_makes_each_threads_keys_contiguous():
+    from lightx2v_quant.attention.lowp_quant import key_order
+
+    pos = key_order(128)
+    assert sorted(pos.tolist()) == list(range(128))  # a permutation of the block
+    k = torch.arange(128)
+    for t in range(4):  # the keys 8g + 2t + e a thread holds in the wgmma accumulator layout
+        mine = pos[(k % 8) // 2 == t]
+        assert sorted(mine.tolist()) == list(range(32 * t, 32 * t + 32))
+    assert key_order(128)[[0, 1, 2, 8, 127]].tolist() == [0, 1, 32, 2, 127]
 
 
 def test_prologue_in_triton_interpreter():

@@ -15,6 +15,7 @@ import lightx2v_quant.config  # noqa: F401  (registers the schema)
 from lightx2v_quant.hardware import HardwareSpec
 from lightx2v_quant.models.wan import random_dit
 from lightx2v_quant.models.wan.attention import attention, backend_problem, backends
+from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK, default_token_chunk
 from lightx2v_quant.models.wan.speed import compile_blocks, configure_dit, speed_settings
 from lightx2v_quant.quant.apply import prepare_model
 from lightx2v_quant.validate import ConfigError, validate
@@ -95,6 +96,18 @@ def test_configure_dit_on_cpu_keeps_official_path():
     with pytest.raises(ValueError, match="token_chunk=-3"):
         configure_dit(model, token_chunk=-3)
     assert all(not b.fused and b.ffn.gelu_quant is None for b in model.blocks)
+    # token_chunk=None: 128 tokens per SM on a GPU, TOKEN_CHUNK elsewhere; the report gives the number used
+    assert configure_dit(model)["token_chunk"] == TOKEN_CHUNK == default_token_chunk("cpu")
+    assert all(b.token_chunk == TOKEN_CHUNK for b in model.blocks)
+    assert configure_dit(model, token_chunk=0)["token_chunk"] == 0
+
+
+@pytest.mark.gpu
+def test_default_token_chunk_fills_whole_gemm_waves():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    assert default_token_chunk("cuda") == 128 * sms  # 132 row tiles of 128 on an H100: whole waves
 
 
 def test_fused_path_matches_official_in_triton_interpreter():

@@ -27,8 +27,19 @@ from lightx2v_quant.quant.activation import QuantizedActivation
 
 # Tokens per chunk of the FFN and of the attention output projections on the fused path: a 480p Wan-14B
 # FFN hidden is [32760, 13824] (0.9 GB in bf16, more with its GELU output and quantized copy), a projection
-# output 0.3 GB; 8192-token chunks keep the GEMMs large and cut those by 4x.
-TOKEN_CHUNK = 16384  # speed.token_chunk's default (block.token_chunk; 0 = all tokens at once)
+# output 0.3 GB; chunks of ~16k tokens keep the GEMMs large and halve those.
+TOKEN_CHUNK = 16384  # block.token_chunk before configure_dit, and speed.token_chunk's default off CUDA
+CHUNK_TILE_ROWS = 128  # rows of the GEMMs' output tiles (every Gluon / TMA tile is 128 or 256 rows)
+
+
+def default_token_chunk(device: str = "cuda") -> int:
+    """speed.token_chunk=null: on a GPU, 128 tokens per SM (16,896 on an H100 / H200), so that a chunk's
+    GEMM has a whole number of output-tile waves on the persistent grid (one program per SM): 132 row tiles
+    times any number of column tiles. 16,384 tokens (128 row tiles) left a last wave of 52 of 132 tiles in
+    each N = 5120 projection of a 480p chunk. ``device``: the compute device type; elsewhere TOKEN_CHUNK."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return TOKEN_CHUNK
+    return CHUNK_TILE_ROWS * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
 if TYPE_CHECKING:
     from lightx2v_quant.models.wan.dit import WanAttentionBlock, WanFFN, WanSelfAttention

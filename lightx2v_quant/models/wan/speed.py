@@ -18,7 +18,7 @@ import torch
 
 from lightx2v_quant.attention.backends import LOWP_PV_FP8
 from lightx2v_quant.models.wan.attention import backend_problem, backends
-from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK
+from lightx2v_quant.models.wan.dit_fused import TOKEN_CHUNK, default_token_chunk
 from lightx2v_quant.models.wan.dit import (
     WanAttentionBlock,
     WanCrossAttention,
@@ -38,7 +38,7 @@ class SpeedSettings:
     fused: bool | None = None  # None: on where the kernels run (CUDA, Triton, bf16 / fp16 run dtype)
     compile: bool = False
     residual: str = "fp32"  # residual stream dtype: "fp32" (official) or "run_dtype"
-    token_chunk: int = TOKEN_CHUNK  # tokens per output-projection / FFN chunk on the fused path; 0 = all
+    token_chunk: int | None = None  # tokens per output-projection / FFN chunk (fused path); 0 = all; None = auto
     notes: list[str] = field(default_factory=list)
 
 
@@ -51,7 +51,6 @@ def speed_settings(cfg: Any) -> SpeedSettings:
     cross = sp.get("cross_attention") or attention
     residual = str(sp.get("residual") or "fp32")
     chunk = sp.get("token_chunk")
-    chunk = TOKEN_CHUNK if chunk is None else chunk
     return SpeedSettings(
         str(attention), str(cross), sp.get("fused"), bool(sp.get("compile", False)), residual, chunk
     )
@@ -90,7 +89,9 @@ def speed_problems(cfg: Any, device: str, sm: int | None) -> list[str]:
         problems.append(
             f"speed.residual={s.residual}: unknown residual stream dtype; use one of {', '.join(RESIDUAL_DTYPES)}"
         )
-    if isinstance(s.token_chunk, bool) or not isinstance(s.token_chunk, int) or s.token_chunk < 0:
+    if s.token_chunk is not None and (
+        isinstance(s.token_chunk, bool) or not isinstance(s.token_chunk, int) or s.token_chunk < 0
+    ):
         problems.append(
             f"speed.token_chunk={s.token_chunk}: give a number of tokens (e.g. {TOKEN_CHUNK}) or 0 for all at once"
         )
@@ -120,7 +121,7 @@ def configure_dit(
     prequant: bool = True,
     compile: bool = False,
     residual: str = "fp32",
-    token_chunk: int = TOKEN_CHUNK,
+    token_chunk: int | None = None,
     fuse_gelu: bool = True,
     fuse_residual: bool = True,
     device: str | None = None,
@@ -132,8 +133,9 @@ def configure_dit(
     ``compile`` compiles each block with ``torch.compile(fullgraph=True)``; the blocks share one compiled
     graph. ``residual`` is the dtype of the residual stream: "fp32" (the official numerics) or "run_dtype".
     ``token_chunk``: tokens per chunk of the output projections and the FFN on the fused path (0: all at
-    once); 16384 measured 1.3% faster than 8192 at the same fp8 peak on an H100, all at once adds ~0.6 GiB
-    (benchmarks/results/logs/token_chunk_nvidia-h100.json).
+    once; None: ``dit_fused.default_token_chunk``, 128 tokens per SM on a GPU so that each chunk's GEMMs
+    fill whole waves, 16,896 on an H100); 16384 measured 1.3% faster than 8192 at the same fp8 peak on an
+    H100, all at once adds ~0.6 GiB (benchmarks/results/logs/token_chunk_nvidia-h100.json).
     ``fuse_gelu`` (default on) emits the FFN hidden with GELU + quantization in one kernel when the down
     projection takes pre-quantized input; on CUDA it uses the GPU's approximate tanh (``fused.gelu_quantize(...,
     fast=True)``): on an H100 0.26 ms per [16384, 13824] chunk against 0.53 ms for GELU + the GEMM's own
@@ -149,9 +151,11 @@ def configure_dit(
     """
     if residual not in RESIDUAL_DTYPES:
         raise ValueError(f"residual={residual!r}: use one of {', '.join(RESIDUAL_DTYPES)}")
-    if isinstance(token_chunk, bool) or not isinstance(token_chunk, int) or token_chunk < 0:
-        raise ValueError(f"token_chunk={token_chunk!r}: a number of tokens, or 0 for all at once")
+    if token_chunk is not None and (isinstance(token_chunk, bool) or not isinstance(token_chunk, int) or token_chunk < 0):
+        raise ValueError(f"token_chunk={token_chunk!r}: a number of tokens, 0 for all at once, or None (auto)")
     device = device or next(model.parameters()).device.type
+    if token_chunk is None:
+        token_chunk = default_token_chunk(device)
     for name in (attention, cross_attention or attention):
         why = backend_problem(name, device, _sm(device))
         if why:
