@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             row["tl 128x256x128 s4/sub"] = bench(
                 lambda: triton_ops.w8a8_matmul(q, sa, wq, sb, bias, config=tl_cfg)
             )
-            tiles = [tuple(int(v) for v in t.split('x')) for t in args.tiles] if args.tiles else TILES
+            tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles] if args.tiles else TILES
             for (bm, bn, bk, warps, stages, per_sm), group_m in ((t, g) for t in tiles for g in args.group_m):
                 for instr in sorted({128, gluon_gemm.instr_n(bn, is_int8)}):
                     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)

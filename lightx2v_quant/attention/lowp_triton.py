@@ -454,43 +454,30 @@ def _launch(
         out.stride(1),
         out.stride(2),
     )
-    cuda = out.is_cuda
     order = pv_fp8 and qq.v_key_order  # V^T's keys in key_order (quantize_v(key_order=True))
-    if cuda and config is not None:
-        bm, bn, warps, stages, maxnreg = config
-        if order and bn != QBLOCK:
-            raise ValueError(f"V^T in key order needs 128-key blocks; the pinned config has BLOCK_N={bn}")
-        meta = {
-            "BLOCK_M": bm,
-            "BLOCK_N": bn,
-            "D": D,
-            "PV_FP8": pv_fp8,
-            "desc_q": desc_q,
-            "desc_k": desc_k,
-            "desc_v": desc_v,
-        }
-        _set_block_shapes(meta)
-        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](
-            *args,
-            D=D,
-            QB=QBLOCK,
-            PV_FP8=pv_fp8,
-            BLOCK_M=bm,
-            BLOCK_N=bn,
-            KEY_ORDER=order,
-            num_warps=warps,
-            num_stages=stages,
-            **({"maxnreg": maxnreg} if maxnreg else {}),
-        )
-    elif cuda:
+    if out.is_cuda and config is None:
         grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd[grid](*args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, KEY_ORDER=order)
-    else:  # Triton's CPU interpreter (TRITON_INTERPRET=1, tests) cannot autotune: one fixed config
-        bn = QBLOCK if order else 64
-        _set_block_shapes(
-            {"BLOCK_M": 64, "BLOCK_N": bn, "D": D, "PV_FP8": pv_fp8, "desc_q": desc_q, "desc_k": desc_k, "desc_v": desc_v}
-        )
-        _attn_fwd_kernel[(triton.cdiv(Lq, 64), B * H)](
-            *args, D=D, QB=QBLOCK, PV_FP8=pv_fp8, BLOCK_M=64, BLOCK_N=bn, KEY_ORDER=order
-        )
+        return out
+    # One fixed config: the pinned one, or under Triton's CPU interpreter (TRITON_INTERPRET=1, tests),
+    # which cannot autotune, 64-row tiles of 64 keys (128 for V^T in key order).
+    if not out.is_cuda:
+        config = (64, QBLOCK if order else 64, 4, 3, 0)
+    bm, bn, warps, stages, maxnreg = config
+    if order and bn != QBLOCK:
+        raise ValueError(f"V^T in key order needs 128-key blocks; the pinned config has BLOCK_N={bn}")
+    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "D": D, "PV_FP8": pv_fp8, "desc_q": desc_q, "desc_k": desc_k, "desc_v": desc_v}
+    _set_block_shapes(meta)
+    _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](
+        *args,
+        D=D,
+        QB=QBLOCK,
+        PV_FP8=pv_fp8,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        KEY_ORDER=order,
+        num_warps=warps,
+        num_stages=stages,
+        **({"maxnreg": maxnreg} if maxnreg else {}),
+    )
     return out
