@@ -119,17 +119,18 @@ def test_linear_routes():
     ampere = tf.linear_candidates(257, 5120, 1280, 80, 166912, mode="fused")
     assert all(r.num_warps == 4 and r.block_m * r.block_n <= 64 * 128 for r in ampere)
     # small M: pointer kernels only (their launches are replayed); medium M: pointer kernels, plus the
-    # Gluon W8A8 kernel on sm_90 (T5's GEMMs), never the tl TMA kernels
+    # Gluon W8A8 and W4A16 kernels on sm_90 (T5's GEMMs), never the tl TMA kernels
     for kind in tt.KINDS:
         for m in (1, 257, 512):
             cands = tt.candidates(kind, m, 90, 232448, 1, 2)
             assert not any(c.tma and not c.gluon for c in cands)
-            assert not any(c.gluon for c in cands) or (kind == tt.W8A8 and m > 64)
+            assert not any(c.gluon for c in cands) or (kind in (tt.W8A8, tt.W4A16) and m > 64)
 
 
 def test_gluon_tiles_only_where_they_run(monkeypatch):
-    """Gluon tiles (wgmma) are offered for medium and large per-channel W8A8 GEMMs on sm_90 only, with a Triton
-    that has Gluon, and only where their ring plus the half-tile staging buffer fits in shared memory."""
+    """Gluon tiles (wgmma) are offered for medium and large per-channel W8A8 and W4A16 GEMMs on sm_90 only,
+    with a Triton that has Gluon, and only where their ring plus the half-tile staging buffer fits in shared
+    memory."""
     pytest.importorskip("triton")
     from lightx2v_quant.quant.kernels import triton_tuning as tt
 
@@ -144,8 +145,14 @@ def test_gluon_tiles_only_where_they_run(monkeypatch):
     assert tt._g(128, 256, 128, 8, 4) not in tt.candidates(tt.W8A8, 32760, 90, 232448, 1, 4)
     for sm in (80, 89, 100, 120):
         assert not any(c.gluon for c in tt.candidates(tt.W8A8, 32760, sm, 232448, 1, 2))
-    for kind in (tt.FP8_BLOCK, tt.W4A16):
-        assert not any(c.gluon for c in tt.candidates(kind, 32760, 90, 232448, 1, 2))
+    assert not any(c.gluon for c in tt.candidates(tt.FP8_BLOCK, 32760, 90, 232448, 1, 2))
+    # W4A16 (gluon_w4a16): 16-bit activations; tokens x 128 weight rows, BLOCK_K 64
+    w4 = [c for c in tt.candidates(tt.W4A16, 32760, 90, 232448, 2, 2) if c.gluon]
+    assert w4 if tt.GLUON_GEMM else not w4
+    assert all(c.block_n == 128 and c.block_k == 64 and c.block_m <= 256 for c in w4)
+    assert all(c.smem_bytes(2, 0.5, 2) <= 232448 for c in w4)
+    for sm in (80, 89, 100):
+        assert not any(c.gluon for c in tt.candidates(tt.W4A16, 32760, sm, 232448, 2, 2))
     assert not any(c.gluon for c in tt.candidates(tt.W8A8, 16, 90, 232448, 1, 2))  # small M: pointer only
     for m in (257, 512):  # medium M (CLIP, T5): Gluon tiles of at most the rows M fills
         medium = [c for c in tt.candidates(tt.W8A8, m, 90, 232448, 1, 2) if c.gluon]

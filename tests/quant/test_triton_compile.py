@@ -121,3 +121,35 @@ def test_gluon_gemm_with_residual_add_builds_for_hopper(monkeypatch, a_dtype, ad
     plain = build(cfg, dtype).asm["ptx"]
     loads = re.compile(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global")  # (::cta / ::cluster by version)
     assert len(loads.findall(ptx)) == len(loads.findall(plain)) + 2
+
+
+@pytest.mark.parametrize("out_dtype", ["bfloat16", "float32"])
+def test_gluon_w4a16_builds_for_hopper_with_register_operand(monkeypatch, out_dtype):
+    """The Gluon W4A16 kernel builds for sm_90 for every tile the tuner offers at the DIT's and T5's
+    sizes, within the shared memory it is offered with; each consumer warpgroup issues its four
+    register-operand wgmmas per K step (A from registers: the unpacked W never goes to shared memory) and
+    waits once per K step, i.e. ptxas did not serialize the wgmmas (it would add a wait after each)."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.tools.disasm import get_sass
+
+    _, _, tt = _gluon_gemm_compiler(monkeypatch)
+    from lightx2v_quant.quant.kernels import gluon_w4a16
+
+    out = getattr(torch, out_dtype)
+    tiles = {c for m in (32760, 512) for c in tt.candidates(tt.W4A16, m, 90, 232448, 2, out.itemsize) if c.gluon}
+    assert tiles, "no Gluon W4A16 tile offered on sm_90"
+    for cfg in sorted(tiles, key=lambda c: (c.block_m, c.num_stages)):
+        src = gluon_w4a16.ast_source(cfg, torch.bfloat16, True, out)
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": gluon_w4a16.NUM_WARPS})
+        assert kernel.metadata.shared <= 232448, cfg.label()
+        ptx = kernel.asm["ptx"]
+        wgmmas = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16 \{[^}]*\}, \{([^}]*)\}", ptx)
+        assert len(wgmmas) == 2 * 4, cfg.label()  # two consumer warpgroups x BLOCK_K / 16
+        assert all(len(a.split(",")) == 4 and "%r" in a for a in wgmmas)  # A: four registers per thread
+        try:
+            sass = get_sass(kernel.asm["cubin"])
+        except Exception as exc:  # noqa: BLE001 - needs the bundled disassembler
+            pytest.skip(f"no SASS disassembler here: {exc}")
+        assert sass.count("HGMMA.64x") == 8 and sass.count("WARPGROUP.DEPBAR") == 2, cfg.label()

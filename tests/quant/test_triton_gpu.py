@@ -269,6 +269,36 @@ def test_gpu_w4a16_gemm(m, n, k, dtype, tol, poison, first_candidate):
     assert _rel(y, fmt.reference_linear(x, t, bias, torch.float32)) < tol
 
 
+# -- the Gluon W4A16 kernel (sm_90) ------------------------------------------------------------------------
+@pytest.mark.parametrize("m,n,k", [(4133, 1088, 1024), (300, 5120, 5120), (16896, 640, 13824), (40, 256, 128)])
+@pytest.mark.parametrize(
+    "x_dtype,out_dtype,with_bias",
+    [(torch.bfloat16, torch.float32, True), (torch.float16, torch.float16, False), (torch.bfloat16, torch.bfloat16, True)],
+)
+def test_gpu_gluon_w4a16(m, n, k, x_dtype, out_dtype, with_bias, poison):
+    """Every Gluon W4A16 tile (and the tuner's route) against the exact product with W rounded once to
+    the activation dtype, as the kernel unpacks it: edges in tokens and weight rows (TMA zero-fills and
+    clips, the group scales are masked), K from one group of 128 up to 13824, with and without bias."""
+    from lightx2v_quant.quant.kernels import gluon_w4a16
+    from lightx2v_quant.quant.kernels.triton_tuning import TileConfig
+
+    if torch.cuda.get_device_capability() != (9, 0) or not gluon_w4a16.AVAILABLE:
+        pytest.skip("the Gluon W4A16 kernel needs sm_90 and a Triton with Gluon")
+    T = _ops()
+    fmt, t, x, bias = problem(INT4, m, n, k, x_dtype)
+    bias = bias if with_bias else None
+    w = fmt.dequantize_weight(t).to(x_dtype).double()
+    exact = x.double() @ w.t() + (0 if bias is None else bias.double())
+    tol = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 5e-3}[out_dtype]
+    for block_t, stages in [(256, 4), (128, 6), (64, 8)]:
+        cfg = TileConfig(block_t, 128, 64, 4, stages, tma=True, gluon=True)
+        y = T.w4a16_matmul(x, t["weight"], t["weight_scale"], bias, out_dtype, config=cfg)
+        assert y.dtype == out_dtype
+        err = _rel(y, exact)
+        assert err < tol, f"{cfg.label()}: rel err {err:.2e}"
+    assert _rel(T.w4a16_matmul(x, t["weight"], t["weight_scale"], bias, out_dtype), exact) < tol
+
+
 # -- the Gluon W8A8 kernel (sm_90): same results as the tl TMA kernel ---------------------------------------
 @pytest.mark.parametrize("fmt_name", [FP8, INT8])
 @pytest.mark.parametrize("m,n,k", [(2048, 1088, 1040), (4133, 5120, 5120), (1500, 5120, 13824)])
@@ -579,3 +609,33 @@ def test_gpu_gluon_medium_m_replays(scheme, m, monkeypatch, poison, first_candid
     tensors = {"weight": layer.weight, "weight_scale": layer.weight_scale}
     ref = layer.format.reference_linear(x2, tensors, layer.bias, torch.float32)
     assert _rel(layer(x2), ref) < LINEAR_TOL[scheme] + BF16_OUT
+
+
+@pytest.mark.parametrize("m", [512, 4133])
+def test_gpu_gluon_w4a16_layer_replays(m, monkeypatch, poison, first_candidate):
+    """An int4-g128-triton layer on the Gluon W4A16 kernel (its tile first in the list, no tuning): the
+    second call replays the recorded launch with descriptors rebuilt around the new tensors, in the
+    kernel's argument order (x, W, scales, bias, out), with the same bits; a fresh input matches the
+    exact product."""
+    from lightx2v_quant.quant.kernels import gluon_w4a16, triton_launch
+    from lightx2v_quant.quant.kernels import triton_tuning as tt
+    from lightx2v_quant.quant.linear import QuantLinear
+
+    _ops()
+    if torch.cuda.get_device_capability() != (9, 0) or not gluon_w4a16.AVAILABLE:
+        pytest.skip("the Gluon W4A16 kernel runs on sm_90 with a Triton that has Gluon")
+    cls = tt.m_class(m)
+    monkeypatch.setitem(tt._SM90_W4A16, cls, [tt._g(128, 128, 64, 4, 6), *tt._SM90_W4A16[cls]])
+    monkeypatch.setattr(tt.TUNER, "best", {})
+    linear = torch.nn.Linear(1024, 640, bias=True, device="cuda", dtype=torch.bfloat16)
+    torch.nn.init.normal_(linear.weight, std=1024**-0.5)
+    layer = QuantLinear.from_linear(linear, "int4-g128-triton")
+    x = torch.randn(m, 1024, device="cuda").bfloat16()
+    y1 = layer(x)
+    (plan,) = layer.k_triton_plans.values()
+    assert isinstance(plan.launches[0], triton_launch.DescriptorReplay)
+    assert_same_bits("replayed call", layer(x), y1)
+    x2 = torch.randn(m, 1024, device="cuda").bfloat16()
+    w = layer.format.dequantize_weight({"weight": layer.weight, "weight_scale": layer.weight_scale})
+    exact = x2.double() @ w.to(torch.bfloat16).double().t() + layer.bias.double()
+    assert _rel(layer(x2), exact) < 5e-3

@@ -54,6 +54,7 @@ try:  # Gluon ships with Triton >= 3.5; older Tritons simply never offer these t
     _thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # (renamed after Triton 3.6)
     _GL_DTYPES = {
         torch.int8: gl.int8,
+        torch.uint8: gl.uint8,  # packed int4 (gluon_w4a16)
         torch.float8_e4m3fn: gl.float8e4nv,
         torch.bfloat16: gl.bfloat16,
         torch.float16: gl.float16,

@@ -7,7 +7,7 @@ grid and the arguments that stay fixed (sizes, strides, constexprs), and launche
 (``CompiledKernel[grid](*args, stream=...)``, Triton's own entry point for a compiled kernel).
 
 A replay is only valid for arguments that Triton would specialize the same way: same dtypes, same
-16-byte alignment of pointers, same integer values. The Gluon GEMM's TMA descriptors are rebuilt per
+16-byte alignment of pointers, same integer values. The Gluon GEMMs' TMA descriptors are rebuilt per
 call around the new tensors (same block shapes and layouts, :class:`DescriptorReplay`). Callers key their replays on exactly that (M, the
 activation's dtype, row stride and alignment, the device) and pass freshly allocated, hence aligned,
 buffers; layer tensors are checked once when the replay is made.
@@ -54,26 +54,28 @@ class Replay:
 
 
 class DescriptorReplay(Replay):
-    """A replay whose leading dynamic arguments are TMA descriptors (the Gluon GEMM's): each call
-    rebuilds them around the tensors it is given, with the block shapes and shared-memory layouts of the
-    captured launch (the compiled kernel is specialized on those, not on the tensors' addresses)."""
+    """A replay some of whose dynamic arguments are TMA descriptors (the Gluon GEMMs'): each call rebuilds
+    them around the tensors it is given in their places, with the block shapes and shared-memory layouts
+    of the captured launch (the compiled kernel is specialized on those, not on the tensors' addresses)."""
 
     __slots__ = ("_descs",)
 
-    def __init__(self, run: Callable, tail: tuple, label: str, descs: list) -> None:
+    def __init__(self, run: Callable, tail: tuple, label: str, dynamic: list) -> None:
         super().__init__(run, tail, label)
-        self._descs = [(type(d), list(d.block_shape), d.layout) for d in descs]
+        self._descs = [
+            (type(d), list(d.block_shape), d.layout) if _is_gluon_descriptor(d) else None for d in dynamic
+        ]
 
     def __call__(self, stream: int, *dynamic) -> None:
-        n = len(self._descs)
-        descs = [cls.from_tensor(t, block, layout) for (cls, block, layout), t in zip(self._descs, dynamic[:n])]
-        self._run(*descs, *dynamic[n:], *self._tail, stream=stream)
+        args = [t if d is None else d[0].from_tensor(t, d[1], d[2]) for d, t in zip(self._descs, dynamic)]
+        self._run(*args, *self._tail, stream=stream)
 
 
 def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: int) -> Replay | None:
     """A replay of ``kernel[grid](*args, **meta)``, whose result ``compiled`` is; None when this Triton
-    returned no compiled kernel (interpreter) or the launch used arguments a replay cannot hold. Leading
-    Gluon TMA descriptors become a :class:`DescriptorReplay` (called with the tensors instead)."""
+    returned no compiled kernel (interpreter) or the launch used arguments a replay cannot hold. Gluon TMA
+    descriptors among the dynamic arguments make a :class:`DescriptorReplay` (called with the tensors
+    instead)."""
     if compiled is None or not hasattr(compiled, "__getitem__"):
         return None
     names = list(kernel.arg_names)
@@ -81,17 +83,15 @@ def capture(compiled, kernel, grid: tuple, args: tuple, meta: dict, n_dynamic: i
         full = list(args) + [meta[name] for name in names[len(args) :]]
     except KeyError:  # a parameter left to its default: not worth supporting
         return None
-    n_desc = 0
-    while n_desc < n_dynamic and _is_gluon_descriptor(full[n_desc]):
-        n_desc += 1
-    if any(not isinstance(a, torch.Tensor) for a in full[n_desc:n_dynamic]) or any(
+    dynamic = full[:n_dynamic]
+    if any(not isinstance(a, torch.Tensor) and not _is_gluon_descriptor(a) for a in dynamic) or any(
         isinstance(a, torch.Tensor) or hasattr(a, "base") for a in full[n_dynamic:]
     ):
-        return None  # dynamic part must be tensors; fixed part must hold no tensors or descriptors
+        return None  # dynamic part must be tensors or descriptors; fixed part must hold neither
     grid3 = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's runner reads three dimensions
     name = getattr(getattr(kernel, "fn", kernel), "__name__", "?")
-    if n_desc:
-        return DescriptorReplay(compiled[grid3], tuple(full[n_dynamic:]), name, full[:n_desc])
+    if any(_is_gluon_descriptor(a) for a in dynamic):
+        return DescriptorReplay(compiled[grid3], tuple(full[n_dynamic:]), name, dynamic)
     return Replay(compiled[grid3], tuple(full[n_dynamic:]), name)
 
 

@@ -15,7 +15,7 @@ import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lightx2v_quant.quant import formats as qf
-from lightx2v_quant.quant.kernels import gluon_gemm
+from lightx2v_quant.quant.kernels import gluon_gemm, gluon_w4a16
 from lightx2v_quant.quant.kernels.triton_gemm import w4a16_kernel, w8a8_kernel, w8a8_tma_kernel
 from lightx2v_quant.quant.kernels.triton_launch import Launched, run_kernel
 from lightx2v_quant.quant.kernels.triton_quant import (
@@ -447,7 +447,12 @@ def w4a16_matmul(
     )
     _check(bias is None or bias.numel() == n, f"bias must have {n} values")
     _check(out_dtype in _OUT_DTYPES, f"output dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
-    if config is not None:
+    if config is not None and config.gluon:
+        _check(
+            x.is_cuda and device_info(x.device)[0] == 90 and config.block_k <= 64 and config.block_m <= 256,
+            f"the Gluon W4A16 kernel runs on sm_90 (Hopper) with BLOCK_K <= 64 and up to 256 tokens: {config}",
+        )
+    elif config is not None:
         _check(
             128 % config.block_k == 0 and not config.tma,
             f"W4A16 needs a pointer config with BLOCK_K | 128: {config}",
@@ -457,6 +462,11 @@ def w4a16_matmul(
     w_scale = w_scale if w_scale.stride(1) == 1 else w_scale.contiguous()
     bias = None if bias is None else bias.reshape(n).contiguous()
     out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
+    if config is not None and config.gluon:
+        _check(
+            gluon_w4a16.supports(x, out, n, k) and _tma_ok(w_packed),
+            "the Gluon W4A16 kernel needs bf16/fp16 x and 16-byte aligned rows of x, W and the output",
+        )
     launch_w4a16(x, w_packed, w_scale, bias, out, config)
     return out
 
@@ -469,7 +479,14 @@ def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
     bias_arg = w_scale if bias is None else bias
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
 
+    sm, num_sms, _ = device_info(x.device)
+
     def launch(cfg: TileConfig, warmup: bool = False):
+        if cfg.gluon:
+            meta = _META.get((cfg, bias is not None, "gluon-w4a16"))
+            grid, args, meta = gluon_w4a16.launch(x, w_packed, w_scale, bias, out, cfg, num_sms, meta)
+            _META[(cfg, bias is not None, "gluon-w4a16")] = meta
+            return run_kernel(gluon_w4a16.w4a16_gluon_kernel, grid, args, meta, warmup)
         grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
         args = (
             x,
@@ -503,6 +520,8 @@ def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
 
     if config is None:
         key = (W4A16, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
-        config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), False, launch)
+        tma = sm == 90 and gluon_w4a16.supports(x, out, n, k) and _tma_ok(w_packed)  # the Gluon tiles
+        key = key + ("tma",) if tma else key
+        config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), tma, launch)
     return launch(config)
 

@@ -86,7 +86,7 @@ class TileConfig:
         stage = self.block_m * self.block_k * a_bytes + self.block_n * self.block_k * b_bytes
         halved = self.subtile or self.gluon  # the Gluon kernel always stores column halves
         store = self.block_m * self.block_n * out_bytes // (2 if halved else 1) if self.tma else 0
-        unpacked = self.block_n * self.block_k * a_bytes if b_bytes < 1 and not self.swap_ab else 0
+        unpacked = self.block_n * self.block_k * a_bytes if b_bytes < 1 and not (self.swap_ab or self.gluon) else 0
         return int(self.num_stages * stage + store + unpacked)
 
 
@@ -175,6 +175,10 @@ _SM90_BLOCK = {
 # BLOCK_K divides 128 (one group scale per tile row).
 _SM90_W4A16 = {
     "large": [
+        # Gluon (gluon_w4a16): tokens x 128 weight rows, warp-specialized, the unpacked W in registers
+        _g(256, 128, 64, 4, 4),
+        _g(256, 128, 64, 4, 5),
+        _g(128, 128, 64, 4, 6),
         _c(128, 128, 64, 8, 4, swap=True),
         _c(256, 128, 64, 8, 3, swap=True),
         _c(256, 128, 64, 8, 4, swap=True),
@@ -184,6 +188,9 @@ _SM90_W4A16 = {
         _c(256, 128, 64, 8, 3),
     ],
     "medium": [
+        _g(128, 128, 64, 4, 6),
+        _g(64, 128, 64, 4, 8),
+        _g(256, 128, 64, 4, 4),
         _c(64, 128, 64, 4, 4, swap=True),
         _c(128, 128, 64, 8, 4, swap=True),
         _c(64, 256, 64, 8, 4, swap=True),
