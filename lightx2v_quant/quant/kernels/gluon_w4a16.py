@@ -115,18 +115,15 @@ if AVAILABLE:
                 item += 1
 
     @gluon.jit
-    def _dequant(buf, scale, WG: gl.constexpr, out_dtype: gl.constexpr, op_layout: gl.constexpr):
-        """Warpgroup WG's rows of a packed W tile (shared memory) -> wgmma's A operand in registers:
-        (n - 8) * s in fp32 for each nibble n, rounded once to ``out_dtype``.
+    def _unpack(p, scale):
+        """Packed bytes p (int32 [R, C], any layout) and the rows' fp32 group scales ([R]) -> the fp32
+        values [R, 2C] in k order (k = 2j + e for nibble e of byte j): (n - 8) * s for each nibble n.
 
-        No shifts and no int-to-float conversions: with the byte p, the bits (p & 0xF) | 0x4B000000 are
-        the float 2^23 + n_lo and (p & 0xF0) | 0x4B000000 the float 2^23 + 16 n_hi. Subtracting 2^23 + 8
+        No shifts and no int-to-float conversions: the bits (p & 0xF) | 0x4B000000 are the float
+        2^23 + n_lo and (p & 0xF0) | 0x4B000000 the float 2^23 + 16 n_hi. Subtracting 2^23 + 8
         (2^23 + 128) is exact and leaves n_lo - 8 (16 (n_hi - 8)); times s (s / 16, a power-of-two
         scaling, exact) that is the exact (n - 8) * s rounded once, as the reference computes it. The
         magic number sits in a register (one lop3 per nibble instead of two instructions)."""
-        ROWS: gl.constexpr = op_layout.parent.warps_per_cta[0] * 16
-        BLOCK_K: gl.constexpr = buf.shape[1] * 2
-        p = buf.slice(WG * ROWS, ROWS, dim=0).load(_packed_layout(ROWS, BLOCK_K, 4)).to(gl.int32)
         s = gl.expand_dims(scale, 1)
         magic = gl.full(p.shape, 0, gl.int32, layout=p.type.layout) + gl.inline_asm_elementwise(
             "mov.b32 $0, 1258291200;", "=r", [], dtype=gl.int32, is_pure=True, pack=1
@@ -147,8 +144,16 @@ if AVAILABLE:
             is_pure=True,
             pack=1,
         )
-        w = gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]).to(out_dtype)
-        return gl.convert_layout(w, op_layout, assert_trivial=True)
+        return gl.reshape(gl.join(lo, hi), [p.shape[0], 2 * p.shape[1]])
+
+    @gluon.jit
+    def _dequant(buf, scale, WG: gl.constexpr, out_dtype: gl.constexpr, op_layout: gl.constexpr):
+        """Warpgroup WG's rows of a packed W tile (shared memory) -> wgmma's A operand in registers,
+        rounded once to ``out_dtype`` (``_unpack``)."""
+        ROWS: gl.constexpr = op_layout.parent.warps_per_cta[0] * 16
+        BLOCK_K: gl.constexpr = buf.shape[1] * 2
+        p = buf.slice(WG * ROWS, ROWS, dim=0).load(_packed_layout(ROWS, BLOCK_K, 4)).to(gl.int32)
+        return gl.convert_layout(_unpack(p, scale).to(out_dtype), op_layout, assert_trivial=True)
 
     @gluon.jit
     def _w4_consumer(args, WG: gl.constexpr):
