@@ -155,12 +155,14 @@ def test_fused_path_matches_official_cuda(quant):
 def test_fused_gelu_quant_in_dit_cuda(quant):
     """The FFN's GELU + quantization kernel vs nn.GELU + the down projection's own quantization. On CUDA
     the DIT's kernel uses the approximate tanh: ~0.1% of the quantized codes move by one step
-    (tests/fused/test_gelu.py), so the outputs differ slightly (and triton may tune another tile config)."""
+    (tests/fused/test_gelu.py), so the outputs differ slightly (and triton may tune another tile config).
+    One fp8 step is 2^-4 to 2^-3 of a value, so 0.1% of codes moving gives a relative difference of
+    about sqrt(1e-3) * 2^-4 = 2e-3 (fp8 runs landed on both sides of that); int8 steps are far finer."""
     from tests.models.dit_speed_cases import gelu_fusion
 
     res = gelu_fusion("cuda", torch.bfloat16, quant)
     assert res["ffn_hidden_blocks"] == 2, res
-    assert res["gelu_fusion"] <= 2e-3, res
+    assert res["gelu_fusion"] <= (4e-3 if quant.startswith("fp8") else 2e-3), res
 
 
 @pytest.mark.gpu
