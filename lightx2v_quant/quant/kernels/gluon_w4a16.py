@@ -52,9 +52,8 @@ from lightx2v_quant.quant.kernels import gluon_gemm
 AVAILABLE = gluon_gemm.AVAILABLE
 ROWS = 64  # weight rows per consumer warpgroup (wgmma M)
 BLOCK_N = 2 * ROWS  # weight rows per tile: two consumer warpgroups
-NUM_WARPS = 4  # the default partition (consumer warpgroup 0); the other warpgroup and the producer are workers
-PRODUCER_REGS = 24
-CONSUMER_REGS = 240
+NUM_WARPS = 4  # the default partition (the producer); the two consumer warpgroups are workers
+CONSUMER_REGS = 240  # per consumer thread (setmaxnreg): a 64 x 256 fp32 accumulator is 128 of them
 
 if AVAILABLE:
     from triton.experimental import gluon
@@ -69,8 +68,6 @@ if AVAILABLE:
 
     from lightx2v_quant.quant.kernels.gluon_gemm import _tma_store, tma_load
     from lightx2v_quant.quant.kernels.triton_gemm import _tile_coords
-
-    PRODUCER_REGS_C = gl.constexpr(PRODUCER_REGS)
 
     @gluon.constexpr_function
     def _packed_layout(block_n, block_k, num_warps):
@@ -91,8 +88,9 @@ if AVAILABLE:
 
     @gluon.jit
     def _w4_producer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
-        """One warp: the x and packed-W tiles of every (tile, K step) of this program into the ring, each
-        slot as soon as both consumer warpgroups have released it."""
+        """The default partition (one of its threads issues the copies): the x and packed-W tiles of every
+        (tile, K step) of this program into the ring, each slot as soon as both consumer warpgroups have
+        released it."""
         STAGES: gl.constexpr = x_bufs.shape[0]
         BLOCK_T: gl.constexpr = x_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
