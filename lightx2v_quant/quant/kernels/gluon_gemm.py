@@ -367,6 +367,35 @@ if AVAILABLE:
         if RESIDUAL:
             mbarrier.invalidate(r_bar)
 
+    # -- a producer partition for warp-specialized kernels (gluon_w4a16) ------------------------------
+    @gluon.jit
+    def ring_producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
+        """A producer partition (one of its threads issues the copies): the A and B tiles of every (tile,
+        K step) of this program into the ring, each slot once the ``empty`` barrier says both consumer
+        warpgroups released it. B's K coordinate is in its own elements (BLOCK_K / 2 bytes of packed
+        int4 for ``gluon_w4a16``)."""
+        STAGES: gl.constexpr = a_bufs.shape[0]
+        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+        BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+        B_K: gl.constexpr = b_desc.block_type.shape[1]
+        start = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        k_tiles = gl.cdiv(K, BLOCK_K)
+        item = 0
+        for tile in range(start, num_pid_m * num_pid_n, nprog):
+            pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+            for kk in range(k_tiles):
+                slot = item % STAGES
+                mbarrier.wait(empty.index(slot), ((item // STAGES) & 1) ^ 1, pred=item >= STAGES)
+                bar = ready.index(slot)
+                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+                tma_load(a_desc, [pid_m * BLOCK_M, kk * BLOCK_K], bar, a_bufs.index(slot))
+                tma_load(b_desc, [pid_n * BLOCK_N, kk * B_K], bar, b_bufs.index(slot))
+                item += 1
+
     @functools.lru_cache(maxsize=None)
     def shared_layout(block_shape: tuple[int, ...], torch_dtype) -> "gl.NVMMASharedLayout":
         """The TMA / wgmma shared-memory layout of a block (cached: descriptors are made per call)."""

@@ -66,7 +66,7 @@ if AVAILABLE:
         warpgroup_mma_wait,
     )
 
-    from lightx2v_quant.quant.kernels.gluon_gemm import _tma_store, tma_load
+    from lightx2v_quant.quant.kernels.gluon_gemm import _tma_store, ring_producer
     from lightx2v_quant.quant.kernels.triton_gemm import _tile_coords
 
     @gluon.constexpr_function
@@ -85,32 +85,6 @@ if AVAILABLE:
         """fp32 group scales of rows ``off_n + rows`` for K step ``kk`` (masked past N)."""
         r = off_n + rows
         return gl.load(s_ptr + r * stride_sn + (kk * BLOCK_K) // 128, mask=r < N, other=0.0)
-
-    @gluon.jit
-    def _w4_producer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
-        """The default partition (one of its threads issues the copies): the x and packed-W tiles of every
-        (tile, K step) of this program into the ring, each slot as soon as both consumer warpgroups have
-        released it."""
-        STAGES: gl.constexpr = x_bufs.shape[0]
-        BLOCK_T: gl.constexpr = x_desc.block_type.shape[0]
-        BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-        start = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        num_pid_t = gl.cdiv(M, BLOCK_T)
-        num_pid_n = gl.cdiv(N, BLOCK_N)
-        k_tiles = K // BLOCK_K
-        item = 0
-        for tile in range(start, num_pid_t * num_pid_n, nprog):
-            pid_t, pid_n = _tile_coords(tile, num_pid_t, num_pid_n, GROUP_M)
-            for kk in range(k_tiles):
-                slot = item % STAGES
-                mbarrier.wait(empty.index(slot), ((item // STAGES) & 1) ^ 1, pred=item >= STAGES)
-                bar = ready.index(slot)
-                mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
-                tma_load(x_desc, [pid_t * BLOCK_T, kk * BLOCK_K], bar, x_bufs.index(slot))
-                tma_load(w_desc, [pid_n * BLOCK_N, kk * (BLOCK_K // 2)], bar, w_bufs.index(slot))
-                item += 1
 
     @gluon.jit
     def _unpack(p, scale):
@@ -262,7 +236,7 @@ if AVAILABLE:
                 GROUP_M, HAS_BIAS)  # fmt: skip
         gl.warp_specialize(
             [
-                (_w4_producer, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M)),
+                (ring_producer, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, K, GROUP_M)),
                 (_w4_consumer0, (args,)),
                 (_w4_consumer1, (args,)),
             ],
