@@ -16,44 +16,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-SHAPES = {
-    "qkvo": (32760, 5120, 5120),
-    "ffn-up": (32760, 13824, 5120),
-    "ffn-down": (32760, 5120, 13824),
-    "t5:ffn-up": (512, 10240, 4096),
-    "t5:ffn-down": (512, 4096, 10240),
-    "1.3b:qkvo": (32760, 1536, 1536),
-}
-
+from gemm_cases import SHAPES, bench, problem, write
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=["qkvo", "ffn-up", "ffn-down", "t5:ffn-up", "t5:ffn-down", "1.3b:qkvo"])
     parser.add_argument("--gluon", nargs="*", default=None, help="TOKENSxSTAGES Gluon tiles (default: the tuner's)")
     parser.add_argument("--tl", action="store_true", help="also time every tl tile (default: the first three)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    import triton
-
-    from lightx2v_quant.quant import formats as qf
     from lightx2v_quant.quant.kernels import triton_ops, triton_tuning as tt
 
-    def bench(fn) -> float:
-        return float(triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median"))
-
-    fmt = qf.get_format("w4a16-int4-g128")
     sm, _, smem = triton_ops.device_info(torch.device("cuda"))
     rows = []
     for name in args.shapes:
         m, n, k = SHAPES[name]
-        torch.manual_seed(0)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        t = {key: v.cuda() for key, v in fmt.checkpoint_tensors(torch.randn(n, k) * 0.02).items()}
-        w = fmt.dequantize_weight(t).to(torch.bfloat16)
+        x, t, w = problem("w4a16-int4-g128", m, n, k)
         ref = F.linear(x, w).float()
         row = {"shape": name, "m": m, "n": n, "k": k, "bf16_ms": bench(lambda: F.linear(x, w))}
         cands = tt.candidates(tt.W4A16, m, sm, smem, 2, 2)
@@ -83,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[label] = {"ms": ms, "x_bf16": row["bf16_ms"] / ms, "rel_err": err, "elements_differing": diff}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+    write(args.out, rows)
     return 0
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lightx2v_quant.quant.kernels import gluon_gemm, gluon_w4a16 as g4
+from gemm_cases import SHAPES, bench, problem, write
+
+from lightx2v_quant.quant.kernels import gluon_w4a16 as g4
 
 if g4.AVAILABLE:
     from triton.experimental import gluon
@@ -227,40 +229,22 @@ def ast_source(block_t=256, stages=4, w_stages=3, t_warps=4, p_regs=0, c_regs=17
     return GluonASTSource(w4a16_transform_kernel, sig, constexprs={(names.index(k),): v for k, v in cons.items()})
 
 
-SHAPES = {
-    "small": (1000, 640, 1024),
-    "qkvo": (32760, 5120, 5120),
-    "ffn-up": (32760, 13824, 5120),
-    "ffn-down": (32760, 5120, 13824),
-}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=["small", "qkvo", "ffn-up", "ffn-down"])
     parser.add_argument("--variants", nargs="*", default=["256x4x3", "256x4x2"], help="TOKENSxSTAGESxW_STAGES")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    import triton
-
-    from lightx2v_quant.quant import formats as qf
     from lightx2v_quant.quant.kernels import triton_ops
     from lightx2v_quant.quant.kernels.triton_tuning import TileConfig
 
-    def bench(fn) -> float:
-        return float(triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median"))
-
-    fmt = qf.get_format("w4a16-int4-g128")
     rows = []
     for name in args.shapes:
         m, n, k = SHAPES[name]
-        torch.manual_seed(0)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        t = {key: v.cuda() for key, v in fmt.checkpoint_tensors(torch.randn(n, k) * 0.02).items()}
-        w_bf16 = fmt.dequantize_weight(t).to(torch.bfloat16)
+        x, t, w_bf16 = problem("w4a16-int4-g128", m, n, k)
         ref = F.linear(x, w_bf16)
         row = {"shape": name, "bf16_ms": bench(lambda: F.linear(x, w_bf16))}
         cfg = TileConfig(256, 128, 64, 4, 5, tma=True, gluon=True)
@@ -285,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 val["x_bf16"] = row["bf16_ms"] / val["ms"]
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+    write(args.out, rows)
     return 0
 
 

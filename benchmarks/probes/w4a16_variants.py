@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gemm_cases import SHAPES, bench, problem, write
+
 from lightx2v_quant.quant.kernels import gluon_w4a16 as g
 
-SHAPES = {"qkvo": (32760, 5120, 5120), "ffn-up": (32760, 13824, 5120), "ffn-down": (32760, 5120, 13824)}
 
 if g.AVAILABLE:
     from triton.experimental import gluon
@@ -47,30 +48,19 @@ if g.AVAILABLE:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=["qkvo", "ffn-up", "ffn-down"])
     parser.add_argument("--variant", default="current")
     parser.add_argument("--tiles", nargs="*", default=["256x5"], help="TOKENSxSTAGES")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    import triton
-
-    from lightx2v_quant.quant import formats as qf
     from lightx2v_quant.quant.kernels import triton_ops
     from lightx2v_quant.quant.kernels.triton_tuning import TileConfig
 
-    def bench(fn) -> float:
-        return float(triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median"))
-
-    fmt = qf.get_format("w4a16-int4-g128")
     rows = []
     for name in args.shapes:
-        m, n, k = SHAPES[name]
-        torch.manual_seed(0)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        t = {key: v.cuda() for key, v in fmt.checkpoint_tensors(torch.randn(n, k) * 0.02).items()}
-        w_bf16 = fmt.dequantize_weight(t).to(torch.bfloat16)
+        x, t, w_bf16 = problem("w4a16-int4-g128", *SHAPES[name])
         ref = F.linear(x, w_bf16)
         row = {"shape": name, "bf16_ms": bench(lambda: F.linear(x, w_bf16))}
         g._dequant = VARIANTS[args.variant]
@@ -86,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[label] = {"ms": ms, "x_bf16": row["bf16_ms"] / ms, "equals_bf16_linear": exact}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+    write(args.out, rows)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gemm_cases import SHAPES, bench, write
+
 from lightx2v_quant.quant.kernels import gluon_gemm as gg
 
 if gg.AVAILABLE:
@@ -176,10 +178,6 @@ def launch(a, w, sa, sb, bias, out, stages=4):
     return run_kernel(w8a8_gluon_ws_kernel, grid, args, meta, False)
 
 
-SHAPES = {"qkvo": (32760, 5120, 5120), "ffn-up": (32760, 13824, 5120), "ffn-down": (32760, 5120, 13824),
-          "qkvo-chunk": (16896, 5120, 5120), "small": (1000, 640, 1024)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -189,14 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    import triton
-
     from lightx2v_quant.quant import formats as qf
     from lightx2v_quant.quant.kernels import triton_ops
     from lightx2v_quant.quant.kernels.triton_tuning import TileConfig
-
-    def bench(fn) -> float:
-        return float(triton.testing.do_bench(fn, warmup=10, rep=80, return_mode="median"))
 
     rows = []
     for name in args.shapes:
@@ -230,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.setdefault(f"{f} {label}", []).append(bench(fn))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+    write(args.out, rows)
     return 0
 
 
