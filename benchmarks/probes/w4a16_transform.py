@@ -35,7 +35,7 @@ if g4.AVAILABLE:
         warpgroup_mma_wait,
     )
 
-    from lightx2v_quant.quant.kernels.gluon_gemm import _tma_store, tma_load
+    from lightx2v_quant.quant.kernels.gluon_gemm import tma_load
     from lightx2v_quant.quant.kernels.triton_gemm import _tile_coords
 
     @gluon.jit
@@ -110,7 +110,6 @@ if g4.AVAILABLE:
         BLOCK_K: gl.constexpr = x_bufs.shape[2]
         BLOCK_N: gl.constexpr = w_bufs.shape[1]
         ROWS: gl.constexpr = c_desc.block_type.shape[1]
-        HALF_T: gl.constexpr = c_desc.block_type.shape[0]
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_T, 16]
         )
@@ -142,17 +141,7 @@ if g4.AVAILABLE:
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(empty.index((item + STAGES - 1) % STAGES))
             mbarrier.arrive(wempty.index((item + W_STAGES - 1) % W_STAGES))
-            off_n = pid_n * BLOCK_N + WG * ROWS
-            if HAS_BIAS:
-                cols = off_n + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma_layout))
-                bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-                acc = acc + gl.expand_dims(bias, 1)
-            halves = gl.split(gl.permute(gl.reshape(acc, [ROWS, 2, HALF_T]), [0, 2, 1]))
-            for h in gl.static_range(2):
-                tma.store_wait(pendings=0)
-                c_buf.store(gl.permute(halves[h].to(c_desc.dtype), [1, 0]))
-                fence_async_shared()
-                _tma_store(c_desc, [pid_t * BLOCK_T + h * HALF_T, off_n], c_buf)
+            g4._store_transposed(acc, c_desc, c_buf, bias_ptr, pid_t * BLOCK_T, pid_n * BLOCK_N + WG * ROWS, N, HAS_BIAS)
         tma.store_wait(pendings=0)
 
     @gluon.jit

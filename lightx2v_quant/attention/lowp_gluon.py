@@ -489,8 +489,9 @@ def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128,
     """What the JIT builds for one launch: a GluonASTSource for ``triton.compile(src,
     target=GPUTarget("cuda", 90, 32), options=dict(num_warps=NUM_WARPS))``, so the kernel can be
     compiled for sm_90 without a GPU (tests, SASS checks)."""
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
+
+    from lightx2v_quant.quant.kernels.gluon_gemm import gluon_source
 
     q8 = torch.empty(1, WG_ROWS * num_wg, head_dim, dtype=torch.int8)
     k8 = torch.empty(1, BLOCK_N, head_dim, dtype=torch.int8)
@@ -502,6 +503,4 @@ def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128,
     cons = dict(
         STAGES=stages, PINGPONG=pingpong, NUM_WG=num_wg, CONSUMER_REGS=consumer_regs(num_wg), num_warps=NUM_WARPS
     )
-    sig.update({name: "constexpr" for name in cons})
-    names = list(sig)
-    return GluonASTSource(_attn_pingpong_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})
+    return gluon_source(_attn_pingpong_kernel, sig, cons)

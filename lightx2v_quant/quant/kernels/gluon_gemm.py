@@ -413,12 +413,21 @@ def instr_n(block_n: int, is_int8: bool) -> int:
     return min(block_n, 128) if is_int8 else min(block_n, 256)
 
 
+def gluon_source(kernel, sig: dict, constexprs: dict):
+    """A GluonASTSource of ``kernel`` for ``triton.compile``: ``sig`` maps the runtime parameters, in
+    order, to their mangled types; ``constexprs`` (the rest, in order) to their values."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    names = list(sig) + list(constexprs)
+    sig = {**sig, **{name: "constexpr" for name in constexprs}}
+    return GluonASTSource(kernel, sig, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+
+
 def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = False, add: str | None = None):
     """What the JIT builds for one tile config (``triton_tuning.TileConfig``): a GluonASTSource for
     ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))``, so the
     kernel can be compiled for sm_90 without a GPU (tests, ``benchmarks/triton_compile_check.py``).
     ``add``: the residual-add kernel instead, "gate" or "plain"."""
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     k = 256  # any row length that keeps TMA's 16-byte row alignment
@@ -444,7 +453,4 @@ def ast_source(cfg, a_dtype, out_dtype, has_bias: bool = True, use_pdl: bool = F
     }
     cons.update({"HAS_GATE": add == "gate", "num_warps": cfg.num_warps} if add else
                 {"num_warps": cfg.num_warps, "USE_PDL": use_pdl})
-    sig.update({name: "constexpr" for name in cons})
-    names = list(sig)
-    kernel = w8a8_gluon_add_kernel if add else w8a8_gluon_kernel
-    return GluonASTSource(kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})
+    return gluon_source(w8a8_gluon_add_kernel if add else w8a8_gluon_kernel, sig, cons)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import torch
 
 from lightx2v_quant.quant.kernels import gluon_gemm
+from lightx2v_quant.quant.kernels.triton_quant import cdiv
 
 AVAILABLE = gluon_gemm.AVAILABLE
 ROWS = 64  # weight rows per consumer warpgroup (wgmma M)
@@ -138,7 +139,6 @@ if AVAILABLE:
         BLOCK_K: gl.constexpr = x_bufs.shape[2]
         BLOCK_N: gl.constexpr = w_bufs.shape[1]
         ROWS: gl.constexpr = c_desc.block_type.shape[1]  # 64: one warpgroup's weight rows
-        HALF_T: gl.constexpr = c_desc.block_type.shape[0]
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_T, 16]
         )
@@ -183,18 +183,25 @@ if AVAILABLE:
                 acc, w = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w))
                 mbarrier.arrive(empty.index(slot))
                 item += 1
-            off_n = pid_n * BLOCK_N + WG * ROWS
-            if HAS_BIAS:
-                cols = off_n + gl.arange(0, ROWS, layout=gl.SliceLayout(1, mma_layout))
-                bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-                acc = acc + gl.expand_dims(bias, 1)
-            halves = gl.split(gl.permute(gl.reshape(acc, [ROWS, 2, HALF_T]), [0, 2, 1]))
-            for h in gl.static_range(2):
-                tma.store_wait(pendings=0)  # the previous store has left the staging buffer
-                c_buf.store(gl.permute(halves[h].to(c_desc.dtype), [1, 0]))
-                fence_async_shared()
-                _tma_store(c_desc, [pid_t * BLOCK_T + h * HALF_T, off_n], c_buf)
+            _store_transposed(acc, c_desc, c_buf, bias_ptr, pid_t * BLOCK_T, pid_n * BLOCK_N + WG * ROWS, N, HAS_BIAS)
         tma.store_wait(pendings=0)
+
+    @gluon.jit
+    def _store_transposed(acc, c_desc, c_buf, bias_ptr, off_t, off_n, N, HAS_BIAS: gl.constexpr):
+        """The epilogue: acc ([weight rows, tokens], fp32) + bias, rounded to the output dtype, transposed
+        into the staging buffer and stored by TMA at (tokens off_t, columns off_n), in two token halves."""
+        ROWS: gl.constexpr = acc.shape[0]
+        HALF_T: gl.constexpr = acc.shape[1] // 2
+        if HAS_BIAS:
+            cols = off_n + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc.type.layout))
+            bias = gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+            acc = acc + gl.expand_dims(bias, 1)
+        halves = gl.split(gl.permute(gl.reshape(acc, [ROWS, 2, HALF_T]), [0, 2, 1]))
+        for h in gl.static_range(2):
+            tma.store_wait(pendings=0)  # the previous store has left the staging buffer
+            c_buf.store(gl.permute(halves[h].to(c_desc.dtype), [1, 0]))
+            fence_async_shared()
+            _tma_store(c_desc, [off_t + h * HALF_T, off_n], c_buf)
 
     @gluon.jit
     def _w4_consumer0(args):
@@ -255,45 +262,40 @@ if AVAILABLE:
         )
 
 
-def supports(x: torch.Tensor, out: torch.Tensor, n: int, k: int) -> bool:
-    """Whether the Gluon kernel takes this GEMM: 16-bit activations; TMA's 16-byte aligned rows and
-    bases for x, the packed W (K/2 bytes) and the output."""
+def supports(x_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether this Triton has the kernel and it takes these dtypes (16-bit activations). The caller also
+    checks TMA's alignment of x, the packed W and the output (``triton_ops._tma_ok``)."""
     return (
         AVAILABLE
-        and x.dtype in (torch.bfloat16, torch.float16)
-        and out.dtype in (torch.bfloat16, torch.float16, torch.float32)
-        and k % 128 == 0
-        and (n * out.element_size()) % 16 == 0
-        and x.data_ptr() % 16 == 0
-        and out.data_ptr() % 16 == 0
-        and (x.stride(0) * 2) % 16 == 0
-        and (out.stride(0) * out.element_size()) % 16 == 0
+        and x_dtype in (torch.bfloat16, torch.float16)
+        and out_dtype in (torch.bfloat16, torch.float16, torch.float32)
     )
 
 
-def launch(x, w_packed, w_scale, bias, out, cfg, num_sms: int, meta: dict | None = None):
-    """Grid, arguments and launch keywords of one persistent launch (``cfg.block_m`` tokens x 128 weight
-    rows per tile, ``cfg.block_k`` <= 64, ``cfg.num_stages`` ring slots) for ``run_kernel``."""
+def meta(cfg, has_bias: bool) -> dict:
+    """The launch keywords of a tile config (``cfg.block_m`` tokens x 128 weight rows, ``cfg.block_k``
+    <= 64, ``cfg.num_stages`` ring slots)."""
+    return dict(
+        GROUP_M=cfg.group_m,
+        STAGES=cfg.num_stages,
+        HAS_BIAS=has_bias,
+        CONSUMER_REGS=CONSUMER_REGS,
+        num_warps=NUM_WARPS,
+    )
+
+
+def grid_and_args(x, w_packed, w_scale, bias, out, cfg, num_sms: int) -> tuple[tuple, tuple]:
+    """Grid (persistent: at most one program per SM) and arguments of one launch."""
     (m, k), n = x.shape, w_packed.shape[0]
     x_desc, w_desc, c_desc = descriptors(x, w_packed, out, cfg.block_m, BLOCK_N, cfg.block_k)
     bias_arg = w_scale if bias is None else bias
     args = (x_desc, w_desc, w_scale, bias_arg, c_desc, m, n, k, w_scale.stride(0))
-    if meta is None:
-        meta = dict(
-            GROUP_M=cfg.group_m,
-            STAGES=cfg.num_stages,
-            HAS_BIAS=bias is not None,
-            CONSUMER_REGS=CONSUMER_REGS,
-            num_warps=NUM_WARPS,
-        )
-    tiles = -(-m // cfg.block_m) * -(-n // BLOCK_N)
-    return (min(num_sms, tiles),), args, meta
+    return (min(num_sms, cdiv(m, cfg.block_m) * cdiv(n, BLOCK_N)),), args
 
 
 def ast_source(cfg, x_dtype=torch.bfloat16, has_bias: bool = True, out_dtype=None):
     """What the JIT builds for one tile config (block_m = tokens, block_n = weight rows), for
     ``triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=...))`` without a GPU."""
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     k = 256
@@ -304,8 +306,4 @@ def ast_source(cfg, x_dtype=torch.bfloat16, has_bias: bool = True, out_dtype=Non
     out_ty = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[out_dtype or x_dtype]
     sig = {"x_desc": mangle_type(descs[0]), "w_desc": mangle_type(descs[1]), "s_ptr": "*fp32", "bias_ptr": out_ty}
     sig.update(c_desc=mangle_type(descs[2]), M="i32", N="i32", K="i32", stride_sn="i32")
-    cons = {"GROUP_M": cfg.group_m, "STAGES": cfg.num_stages, "HAS_BIAS": has_bias, "CONSUMER_REGS": CONSUMER_REGS,
-            "num_warps": NUM_WARPS}
-    sig.update({name: "constexpr" for name in cons})
-    names = list(sig)
-    return GluonASTSource(w4a16_gluon_kernel, sig, constexprs={(names.index(n),): v for n, v in cons.items()})
+    return gluon_gemm.gluon_source(w4a16_gluon_kernel, sig, meta(cfg, has_bias))

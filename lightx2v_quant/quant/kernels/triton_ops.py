@@ -447,12 +447,7 @@ def w4a16_matmul(
     )
     _check(bias is None or bias.numel() == n, f"bias must have {n} values")
     _check(out_dtype in _OUT_DTYPES, f"output dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
-    if config is not None and config.gluon:
-        _check(
-            x.is_cuda and device_info(x.device)[0] == 90 and config.block_k <= 64 and config.block_m <= 256,
-            f"the Gluon W4A16 kernel runs on sm_90 (Hopper) with BLOCK_K <= 64 and up to 256 tokens: {config}",
-        )
-    elif config is not None:
+    if config is not None and not config.gluon:
         _check(
             128 % config.block_k == 0 and not config.tma,
             f"W4A16 needs a pointer config with BLOCK_K | 128: {config}",
@@ -464,11 +459,22 @@ def w4a16_matmul(
     out = torch.empty((x.shape[0], n), dtype=out_dtype, device=x.device)
     if config is not None and config.gluon:
         _check(
-            gluon_w4a16.supports(x, out, n, k) and _tma_ok(w_packed),
-            "the Gluon W4A16 kernel needs bf16/fp16 x and 16-byte aligned rows of x, W and the output",
+            _gluon_w4a16_ok(x, w_packed, out) and config.block_k <= 64 and config.block_m <= 256,
+            "the Gluon W4A16 kernel runs on sm_90 (Hopper) with bf16/fp16 x, 16-byte aligned rows of x, W and "
+            f"the output, BLOCK_K <= 64 and up to 256 tokens: {config}",
         )
     launch_w4a16(x, w_packed, w_scale, bias, out, config)
     return out
+
+
+def _gluon_w4a16_ok(x, w_packed, out) -> bool:
+    """The Gluon W4A16 kernel can take this GEMM: a Hopper GPU, its dtypes, TMA-aligned tensors."""
+    return (
+        x.is_cuda
+        and device_info(x.device)[0] == 90
+        and gluon_w4a16.supports(x.dtype, out.dtype)
+        and _tma_ok(x, w_packed, out)
+    )
 
 
 def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
@@ -479,13 +485,11 @@ def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
     bias_arg = w_scale if bias is None else bias
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
 
-    sm, num_sms, _ = device_info(x.device)
-
     def launch(cfg: TileConfig, warmup: bool = False):
         if cfg.gluon:
-            meta = _META.get((cfg, bias is not None, "gluon-w4a16"))
-            grid, args, meta = gluon_w4a16.launch(x, w_packed, w_scale, bias, out, cfg, num_sms, meta)
-            _META[(cfg, bias is not None, "gluon-w4a16")] = meta
+            meta_key = (cfg, bias is not None, "gluon-w4a16")
+            meta = _META.get(meta_key) or _META.setdefault(meta_key, gluon_w4a16.meta(cfg, bias is not None))
+            grid, args = gluon_w4a16.grid_and_args(x, w_packed, w_scale, bias, out, cfg, device_info(x.device)[1])
             return run_kernel(gluon_w4a16.w4a16_gluon_kernel, grid, args, meta, warmup)
         grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
         args = (
@@ -520,7 +524,7 @@ def launch_w4a16(x, w_packed, w_scale, bias, out, config) -> Launched | None:
 
     if config is None:
         key = (W4A16, str(x.dtype), str(out.dtype), m_bucket(m), n, k)
-        tma = sm == 90 and gluon_w4a16.supports(x, out, n, k) and _tma_ok(w_packed)  # the Gluon tiles
+        tma = _gluon_w4a16_ok(x, w_packed, out)  # the Gluon tiles may run
         key = key + ("tma",) if tma else key
         config = TUNER.best.get(key) or _tuned(W4A16, key, x, out, x.element_size(), tma, launch)
     return launch(config)
