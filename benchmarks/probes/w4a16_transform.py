@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from gemm_cases import SHAPES, bench, problem, write
 
-from lightx2v_quant.quant.kernels import gluon_w4a16 as g4
+from lightx2v_quant.quant.kernels import gluon_gemm, gluon_w4a16 as g4
+from lightx2v_quant.quant.kernels.triton_quant import cdiv
 
 if g4.AVAILABLE:
     from triton.experimental import gluon
@@ -156,7 +157,7 @@ if g4.AVAILABLE:
     def w4a16_transform_kernel(
         x_desc, w_desc, s_ptr, bias_ptr, c_desc, M, N, K, stride_sn,
         GROUP_M: gl.constexpr, STAGES: gl.constexpr, W_STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-        P_REGS: gl.constexpr, C_REGS: gl.constexpr, num_warps: gl.constexpr,
+        C_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):  # fmt: skip
         x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
         w_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
@@ -188,21 +189,19 @@ if g4.AVAILABLE:
         )
 
 
-def launch(x, w_packed, w_scale, out, block_t=256, stages=4, w_stages=3, t_warps=4, p_regs=0, c_regs=176):
+def launch(x, w_packed, w_scale, out, block_t=256, stages=4, w_stages=3, c_regs=176):
     from lightx2v_quant.quant.kernels.triton_launch import run_kernel
 
     (m, k), n = x.shape, w_packed.shape[0]
     x_desc, w_desc, c_desc = g4.descriptors(x, w_packed, out, block_t, g4.BLOCK_N, 64)
     args = (x_desc, w_desc, w_scale, w_scale, c_desc, m, n, k, w_scale.stride(0))
-    meta = dict(GROUP_M=8, STAGES=stages, W_STAGES=w_stages, HAS_BIAS=False, P_REGS=p_regs, C_REGS=c_regs,
-                num_warps=t_warps)
+    meta = dict(GROUP_M=8, STAGES=stages, W_STAGES=w_stages, HAS_BIAS=False, C_REGS=c_regs, num_warps=4)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    tiles = -(-m // block_t) * -(-n // g4.BLOCK_N)
+    tiles = cdiv(m, block_t) * cdiv(n, g4.BLOCK_N)
     return run_kernel(w4a16_transform_kernel, (min(sms, tiles),), args, meta, False)
 
 
-def ast_source(block_t=256, stages=4, w_stages=3, t_warps=4, p_regs=0, c_regs=176):
-    from triton.experimental.gluon._runtime import GluonASTSource
+def ast_source(block_t=256, stages=4, w_stages=3, c_regs=176):
     from triton.runtime.jit import mangle_type
 
     x = torch.empty(block_t, 256, dtype=torch.bfloat16)
@@ -211,11 +210,8 @@ def ast_source(block_t=256, stages=4, w_stages=3, t_warps=4, p_regs=0, c_regs=17
     d = g4.descriptors(x, w, out, block_t, 128, 64)
     sig = {"x_desc": mangle_type(d[0]), "w_desc": mangle_type(d[1]), "s_ptr": "*fp32", "bias_ptr": "*bf16",
            "c_desc": mangle_type(d[2]), "M": "i32", "N": "i32", "K": "i32", "stride_sn": "i32"}
-    cons = {"GROUP_M": 8, "STAGES": stages, "W_STAGES": w_stages, "HAS_BIAS": False, "P_REGS": p_regs,
-            "C_REGS": c_regs, "num_warps": t_warps}
-    sig.update({name: "constexpr" for name in cons})
-    names = list(sig)
-    return GluonASTSource(w4a16_transform_kernel, sig, constexprs={(names.index(k),): v for k, v in cons.items()})
+    cons = {"GROUP_M": 8, "STAGES": stages, "W_STAGES": w_stages, "HAS_BIAS": False, "C_REGS": c_regs, "num_warps": 4}
+    return gluon_gemm.gluon_source(w4a16_transform_kernel, sig, cons)
 
 
 def main(argv: list[str] | None = None) -> int:

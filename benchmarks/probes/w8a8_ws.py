@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from gemm_cases import SHAPES, bench, write
 
 from lightx2v_quant.quant.kernels import gluon_gemm as gg
+from lightx2v_quant.quant.kernels.triton_quant import cdiv
 
 if gg.AVAILABLE:
     from triton.experimental import gluon
@@ -173,7 +174,7 @@ def launch(a, w, sa, sb, bias, out, stages=4):
     meta = dict(GROUP_M=8, STAGES=stages, INSTR_N=gg.instr_n(256, is_int8), HAS_BIAS=bias is not None,
                 IS_INT8=is_int8, num_warps=4)
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-    grid = (min(sms, -(-m // 128) * -(-n // 256)),)
+    grid = (min(sms, cdiv(m, 128) * cdiv(n, 256)),)
     args = (*descs, sa, sb, sb if bias is None else bias, m, n, k)
     return run_kernel(w8a8_gluon_ws_kernel, grid, args, meta, False)
 
