@@ -82,10 +82,17 @@ def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads, data):
     sm_scale = 128**-0.5 * lowp_triton.LOG2E
     qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=sm_scale, pv_fp8=True, key_order=True)
     ref = _pinned_triton(qq, lq, lk, heads)  # the Triton kernel, summing P.V in V^T's key order too
+    first = None
     for pingpong, num_wg in ((True, 2), (True, 3), (False, 3)):
         out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pingpong, num_wg=num_wg)
         assert out.shape == ref.shape and torch.isfinite(out).all()
-        torch.testing.assert_close(out, ref, rtol=0, atol=0)  # same arithmetic, same order
+        # the same P, the same P.V order; only the fp32 row sums of P may add their parts in another order
+        # (the Gluon kernel keeps four parts per row, _quad_sums): at most one bf16 step apart
+        torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-5)
+        assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 1e-4
+        # the schedules (turns or not, two or three warpgroups) change nothing in the arithmetic
+        first = out if first is None else first
+        torch.testing.assert_close(out, first, rtol=0, atol=0)
     # against keys in their natural order: the same P and V, summed in another order by the tensor cores
     natural = lowp_quant.quantize_qkv(q, k, v, sm_scale=sm_scale, pv_fp8=True)
     torch.testing.assert_close(_pinned_triton(natural, lq, lk, heads).float(), ref.float(), rtol=2e-2, atol=2e-2)
