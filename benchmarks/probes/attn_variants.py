@@ -68,9 +68,9 @@ PATCHES = {
             "        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))\n",
         ),
         (
-            "        out = o / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)\n",
+            "        out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)\n",
             "        o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))\n"
-            "        out = o / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)\n",
+            "        out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)\n",
         ),
         (
             "        o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)\n",
