@@ -128,6 +128,24 @@ class Sampler:
     def stop(self):
         self._stop = True
 
+    def sustained(self, fn, seconds: float) -> dict:
+        """``fn()`` back to back for ``seconds`` (after one warm call), as in a DIT forward: mean GPU time per
+        call from CUDA events, and the clock and power sampled after the first second."""
+        fn()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0, n = time.time(), 0
+        start.record()
+        while time.time() - t0 < seconds:
+            for _ in range(10):
+                fn()
+            n += 10
+            torch.cuda.synchronize()
+        stop.record()
+        torch.cuda.synchronize()
+        clock, watts = self.mean(t0 + 1.0, time.time())
+        return {"sustained_ms": start.elapsed_time(stop) / n, "launches": n, "sm_mhz": clock, "watts": watts}
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,21 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name + " ms" not in res["cases"][-1]:
                     continue
                 x = inputs[name]
-                m.launch(x, lq, lk, heads, torch.bfloat16)
-                torch.cuda.synchronize()
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0, n = time.time(), 0
-                start.record()
-                while time.time() - t0 < a.seconds:
-                    for _ in range(10):
-                        m.launch(x, lq, lk, heads, torch.bfloat16)
-                    n += 10
-                    torch.cuda.synchronize()
-                stop.record()
-                torch.cuda.synchronize()
-                clock, watts = sampler.mean(t0 + 1.0, time.time())  # after the first second
-                entry = {"variant": name, "sustained_ms": start.elapsed_time(stop) / n, "launches": n,
-                         "sm_mhz": clock, "watts": watts}
+                run = sampler.sustained(lambda m=m, x=x: m.launch(x, lq, lk, heads, torch.bfloat16), a.seconds)
+                entry = {"variant": name, **run}
                 res["sustained"].append(entry)
                 print(json.dumps(entry), flush=True)
         sampler.stop()

@@ -1,5 +1,6 @@
-"""Shared pieces of the GEMM probes (``w4a16_*.py``, ``w8a8_ws.py``): the Wan shapes, seeded problems,
-the timer and the output file. (The probes run as scripts, so their folder is on ``sys.path``.)"""
+"""Shared pieces of the GEMM probes (``w4a16_*.py``, ``w8a8_ws.py``, ``gluon_gemm_probe.py``,
+``gemm_power.py``): the Wan shapes, seeded problems, a Gluon W8A8 launch of a chosen tile, the timer and
+the output file. (The probes run as scripts, so their folder is on ``sys.path``.)"""
 
 from __future__ import annotations
 
@@ -31,6 +32,28 @@ def problem(fmt_name: str, m: int, n: int, k: int, seed: int = 0):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     tensors = {key: v.cuda() for key, v in fmt.checkpoint_tensors(torch.randn(n, k) * 0.02).items()}
     return x, tensors, fmt.dequantize_weight(tensors).to(torch.bfloat16)
+
+
+def gluon_w8a8(q, sa, wq, sb, bias, tile: tuple[int, int, int, int, int], instr: int, group_m: int = 8,
+               per_sm: int = 1):
+    """(launch, out): ``gluon_gemm.w8a8_gluon_kernel`` on pre-quantized operands (per-token ``sa``, per-channel
+    ``sb``, both flat fp32) with tile (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) and wgmma width ``instr``
+    (which the tuner's configs do not choose), ``per_sm`` programs per SM; ``launch()`` writes ``out``."""
+    import triton
+
+    from lightx2v_quant.quant.kernels import gluon_gemm
+    from lightx2v_quant.quant.kernels.triton_launch import run_kernel
+
+    bm, bn, bk, warps, stages = tile
+    (m, k), n = q.shape, wq.shape[0]
+    out = torch.empty(m, n, device=q.device, dtype=torch.bfloat16)
+    args = (*gluon_gemm.descriptors(q, wq, out, bm, bn, bk), sa, sb, bias, m, n, k)
+    meta = dict(
+        GROUP_M=group_m, STAGES=stages, INSTR_N=instr, HAS_BIAS=True, IS_INT8=q.dtype == torch.int8, num_warps=warps
+    )
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    grid = (min(per_sm * sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+    return (lambda: run_kernel(gluon_gemm.w8a8_gluon_kernel, grid, args, meta, False)), out
 
 
 def bench(fn) -> float:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from attn_variants import Sampler
-from gemm_cases import SHAPES, write
+from gemm_cases import SHAPES, gluon_w8a8, write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from lightx2v_quant.quant.kernels import gluon_gemm, triton_ops
-    from lightx2v_quant.quant.kernels.triton_launch import run_kernel
 
-    bm, bn, bk, warps, stages = (int(v) for v in a.tile.split("x"))
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tile = tuple(int(v) for v in a.tile.split("x"))
     sampler = Sampler()
     rows = []
     for shape in a.shapes:
@@ -54,16 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             q, sa = triton_ops.quantize_per_token(x, fmt)
             wq, sb = triton_ops.quantize_per_token(w16, fmt)
             sa, sb = sa.reshape(-1).contiguous(), sb.reshape(-1).contiguous()
-            is_int8 = q.dtype == torch.int8
-            for instr in sorted({128, gluon_gemm.instr_n(bn, is_int8)}):
-                out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                descs = gluon_gemm.descriptors(q, wq, out, bm, bn, bk)
-                meta = dict(GROUP_M=8, STAGES=stages, INSTR_N=instr, HAS_BIAS=True, IS_INT8=is_int8, num_warps=warps)
-                grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-                args_ = (*descs, sa, sb, bias, m, n, k)
-                fns[f"{label} n{instr}"] = (
-                    lambda g=grid, ar=args_, me=meta: run_kernel(gluon_gemm.w8a8_gluon_kernel, g, ar, me, False)
-                )
+            for instr in sorted({128, gluon_gemm.instr_n(tile[1], q.dtype == torch.int8)}):
+                fns[f"{label} n{instr}"] = gluon_w8a8(q, sa, wq, sb, bias, tile, instr)[0]
         flops = 2.0 * m * n * k
         for name, fn in fns.items():
             fn()
@@ -73,21 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
         for r in range(a.rounds):
             for name, fn in fns.items():
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0, count = time.time(), 0
-                start.record()
-                while time.time() - t0 < a.seconds:
-                    for _ in range(10):
-                        fn()
-                    count += 10
-                    torch.cuda.synchronize()
-                stop.record()
-                torch.cuda.synchronize()
-                ms = start.elapsed_time(stop) / count
-                clock, watts = sampler.mean(t0 + 1.0, time.time())
+                run = sampler.sustained(fn, a.seconds)
+                ms = run["sustained_ms"]
                 rows.append(
                     {"shape": shape, "kernel": name, "mode": f"sustained {r}", "ms": ms,
-                     "tflops": flops / ms / 1e9, "sm_mhz": clock, "watts": watts}
+                     "tflops": flops / ms / 1e9, "sm_mhz": run["sm_mhz"], "watts": run["watts"]}
                 )  # fmt: skip
                 print(rows[-1], flush=True)
     sampler.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gemm_cases import gluon_w8a8
 
 SHAPES = {"qkvo": (32760, 5120, 5120), "ffn-up": (32760, 13824, 5120), "ffn-down": (32760, 5120, 13824)}
 # the DIT's token chunks (speed.token_chunk: 128 tokens per SM on an H100)
@@ -47,13 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from lightx2v_quant.quant.kernels import gluon_gemm, triton_ops
-    from lightx2v_quant.quant.kernels.triton_launch import run_kernel
     from lightx2v_quant.quant.kernels.triton_tuning import TileConfig
 
     def bench(fn) -> float:
         return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
 
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for name in args.shapes:
         m, n, k = SHAPES[name]
@@ -75,26 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles] if args.tiles else TILES
             for (bm, bn, bk, warps, stages, per_sm), group_m in ((t, g) for t in tiles for g in args.group_m):
                 for instr in sorted({128, gluon_gemm.instr_n(bn, is_int8)}):
-                    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                    descs = gluon_gemm.descriptors(q, wq, out, bm, bn, bk)
-                    meta = dict(
-                        GROUP_M=group_m,
-                        STAGES=stages,
-                        INSTR_N=instr,
-                        HAS_BIAS=True,
-                        IS_INT8=is_int8,
-                        num_warps=warps,
-                    )
-                    grid = (min(per_sm * sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-                    args_ = (*descs, sa, sb, bias, m, n, k)
                     label = f"gluon {bm}x{bn}x{bk} w{warps} s{stages} n{instr}" + (f" x{per_sm}/SM" if per_sm > 1 else "")
                     label += f" g{group_m}" if group_m != 8 else ""
                     try:
-                        run_kernel(gluon_gemm.w8a8_gluon_kernel, grid, args_, meta, False)
+                        launch, out = gluon_w8a8(q, sa, wq, sb, bias, (bm, bn, bk, warps, stages), instr, group_m, per_sm)
+                        launch()
                         row[label + " same_bits"] = bool(torch.equal(out, want))
-                        row[label] = bench(
-                            lambda: run_kernel(gluon_gemm.w8a8_gluon_kernel, grid, args_, meta, False)
-                        )
+                        row[label] = bench(launch)
                     except Exception as exc:  # a variant that does not build here
                         row[label + " error"] = str(exc).splitlines()[0][:200]
             rows.append(row)
