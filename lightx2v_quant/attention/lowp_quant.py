@@ -1,6 +1,6 @@
 """Quantization prologue of the low-precision attention: int8 Q (per token), int8 K (smoothed, per block
 of 128 keys), fp8 V (smoothed, per channel, stored transposed). Triton kernels, one pass each after a
-statistics pass over K and V.
+statistics pass over K (every ``KMEAN_STRIDE``-th token) and V (all tokens).
 
 Every output buffer is padded to a multiple of 128 tokens and fully written (zeros past the sequence),
 so the attention kernel loads whole tiles without masks and never meets a NaN bit pattern.
@@ -351,11 +351,26 @@ def quantize_q(q: torch.Tensor, sm_scale: float) -> tuple[torch.Tensor, torch.Te
     return q8, qs
 
 
+# K's channel mean is taken over every KMEAN_STRIDE-th token. Any per-channel vector m may be removed from K:
+# q . (k - m) = q . k - q . m shifts every logit of a query row by the same amount, which the softmax
+# cancels exactly. m only needs to be close to K's channel offsets (its large, token-independent part) for
+# int8 to spend its range on what varies; a strided sample estimates them as well as all tokens do, for an
+# eighth of the statistics pass's reads (V's mean, added back after P.V, is exact for any m too, but V's
+# fp8 scale needs the extremes of all tokens, so V's pass reads them all anyway).
+KMEAN_STRIDE = 8
+
+
+def key_mean(k: torch.Tensor) -> torch.Tensor:
+    """fp32 [BH, D]: the channel mean ``quantize_k`` removes from [B, L, H, D] k (tokens 0, 8, 16, ...)."""
+    return _stats(k[:, ::KMEAN_STRIDE], minmax=False)[0]
+
+
 def quantize_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, L, H, D] -> int8 [BH, LP, D] after removing the per-channel mean, and fp32 [BH, LP / 128] scales."""
+    """[B, L, H, D] -> int8 [BH, LP, D] after removing a per-channel mean (``key_mean``), and fp32
+    [BH, LP / 128] scales (one per block of 128 keys, over all of its keys)."""
     B, L, H, D = k.shape
     lp = _padded(L)
-    (kmean,) = _stats(k, minmax=False)
+    kmean = key_mean(k)
     k8 = torch.empty(B * H, lp, D, device=k.device, dtype=torch.int8)
     ks = torch.empty(B * H, lp // QBLOCK, device=k.device, dtype=torch.float32)
     _quant_k_kernel[(lp // QBLOCK, B * H)](

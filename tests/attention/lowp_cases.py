@@ -31,7 +31,9 @@ def reference_quantize(q, k, v):
     qf = q.double() * (D**-0.5 * LOG2E)
     qs = qf.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127  # [B, Lq, H, 1]
     q8 = _round_away(qf / qs)
-    kc = k.double() - k.double().mean(1, keepdim=True)
+    from lightx2v_quant.attention.lowp_quant import KMEAN_STRIDE
+
+    kc = k.double() - k[:, ::KMEAN_STRIDE].double().mean(1, keepdim=True)  # (any m: softmax-invariant)
     nb = -(-Lk // 128)
     pad = torch.zeros(B, nb * 128, H, D, dtype=torch.float64, device=k.device)
     pad[:, :Lk] = kc

@@ -20,6 +20,7 @@ def _check(res: dict[str, float], cuda: bool) -> None:
     for s in shapes:
         # fp32 sums in a different order than float64: a few ulp of the mean
         assert res[f"kmean_rel:{s}"] < 1e-6 and res[f"vmean_rel:{s}"] < 1e-6, (s, res)
+        assert res[f"kmean_strided_rel:{s}"] < 1e-6, (s, res)
         # min / max are exact in any order, so V's amax follows the mean bit-exactly; the scales are
         # divisions, within 2 ulp of IEEE division (Triton emits div.full.f32; the interpreter also differs)
         ulp2 = 3e-7
