@@ -1,7 +1,7 @@
 """Probe: variants of the Gluon attention kernel (``lowp_gluon``), timed short and sustained.
 
     PYTHONPATH=. python benchmarks/probes/attn_variants.py --out $OUT/attn_variants.json \
-        [--variants current no-rescale overlap] [--file old=/tmp/old_lowp_gluon.py] [--seconds 4]
+        [--variants current no-rescale] [--file old=/tmp/old_lowp_gluon.py] [--seconds 4]
 
 Each variant is a copy of ``lowp_gluon.py`` loaded as its own module: ``current`` as it is, the others
 with a text patch applied (``PATCHES``; a patch that no longer applies is reported, not run) or read
@@ -41,42 +41,6 @@ PATCHES = {
             "        return p8, m_new, l_i, _rescale(o, gl.expand_dims(gl.convert_layout(alpha, row_o), 1))\n",
             "        return p8, m_new, l_i, o\n",
         )
-    ],
-    # FA3's in-warpgroup overlap on top of the turns: S(j+1) is issued before P.V(j) and the softmax of
-    # block j+1 starts once S(j+1) lands, while P.V(j) still runs; O is rescaled after P.V(j) is waited for
-    "overlap": [
-        (
-            "        return p8, m_new, l_i, _rescale(o, gl.expand_dims(gl.convert_layout(alpha, row_o), 1))\n",
-            "        return p8, m_new, l_i, gl.expand_dims(gl.convert_layout(alpha, row_o), 1)\n",
-        ),
-        (
-            "        p8, m_i, l_i, o = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, MASKED, row_o)\n",
-            "        p8, m_i, l_i, alpha = _softmax_step(s, q_sc * ks, m_i, l_i, o, j * BN, L_K, MASKED, row_o)\n"
-            "        o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))\n"
-            "        mbarrier.arrive(empty.index((j + STAGES - 1) % STAGES), pred=j > 0)\n"
-            "        o = _rescale(o, alpha)\n",
-        ),
-        (
-            "        o = warpgroup_mma(p_buf, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)\n"
-            "        s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)\n",
-            "        s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)\n"
-            "        o = warpgroup_mma(p_buf, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)\n",
-        ),
-        (
-            "        o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))\n"
-            "        mbarrier.arrive(empty.index(j % STAGES))\n",
-            "        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))\n",
-        ),
-        (
-            "        out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)\n",
-            "        o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))\n"
-            "        out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)\n",
-        ),
-        (
-            "        o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)\n",
-            "        o = warpgroup_mma_init(gl.zeros((BM, D), dtype=gl.float32, layout=o_layout))\n",
-        ),
-        ("        warpgroup_mma,\n", "        warpgroup_mma,\n        warpgroup_mma_init,\n"),
     ],
 }
 
@@ -150,7 +114,7 @@ class Sampler:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variants", nargs="*", default=["current", "no-rescale", "overlap"])
+    p.add_argument("--variants", nargs="*", default=["current", "no-rescale"])
     p.add_argument("--file", nargs="*", default=[], help="NAME=PATH: a lowp_gluon.py to load as variant NAME")
     p.add_argument("--seconds", type=float, default=4.0, help="sustained run per variant (0: skip)")
     p.add_argument("--rounds", type=int, default=2, help="sustained runs per variant, interleaved")

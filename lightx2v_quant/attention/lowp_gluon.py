@@ -28,6 +28,12 @@ with three warpgroups (26.5 ms with P in registers), 26.1 ms with two, 28.7 ms f
 and MUFU pipes run ~51% / 53% busy (Nsight Compute): per 64x128 block a warpgroup needs ~512 cycles of
 each and ~520 issue slots, and they still overlap only partly.
 
+The grid is persistent (one program per SM, ``_attn_pingpong_kernel``): Q has two buffers, and the K / V^T
+ring, like the warpgroups' turns, runs on from one tile into the next, so a tile's start-up (Q and the
+first key blocks in flight, the first turns) overlaps the previous tile's end. That halved the fixed cost
+per tile (``benchmarks/probes/attn_cta_cost.py``) and takes 5% off short runs, but none off a sustained
+one: at the H100's 700 W cap the energy per key block sets the pace (docs/speed.md).
+
 Per key block j, for each consumer warpgroup:
 
 1. softmax of S(j) (CUDA cores), rescale O (P.V(j-1) finished in step 3 of the previous block) unless
@@ -170,23 +176,37 @@ if AVAILABLE:
             _barrier(_ARRIVE_10, num_warps)
 
     @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty, q_row, k_row0, v_row0, n_blocks):
-        """One warp: the Q tile (64 rows per warpgroup), then K and V^T of every key block into the ring,
-        each slot as soon as every warpgroup has released it."""
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, ready, empty, n_m, n_tiles, LQP,
+                  LKP, n_blocks):
+        """One warp, over the program's tiles: the tile's Q (64 rows per warpgroup) into one of two Q
+        buffers as soon as the consumers released the tile before last from it, then K and V^T of every key
+        block into the ring (one sequence across tiles), each slot as soon as every warpgroup released it."""
         STAGES: gl.constexpr = k_bufs.shape[0]
         BN: gl.constexpr = k_desc.block_type.shape[0]
-        NUM_WG: gl.constexpr = q_smem.shape[0]
+        NUM_WG: gl.constexpr = q_smem.shape[0] // 2
         PART: gl.constexpr = q_desc.block_type.shape[0]
-        mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
-        for g in gl.static_range(NUM_WG):
-            tma_load(q_desc, [q_row + g * PART, 0], q_bar, q_smem.index(g))
-        for j in range(n_blocks):
-            slot = j % STAGES
-            mbarrier.wait(empty.index(slot), ((j // STAGES) & 1) ^ 1, pred=j >= STAGES)
-            bar = ready.index(slot)
-            mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            tma_load(k_desc, [k_row0 + j * BN, 0], bar, k_bufs.index(slot))
-            tma_load(v_desc, [v_row0, j * BN], bar, v_bufs.index(slot))
+        D: gl.constexpr = q_desc.block_type.shape[1]
+        it = 0  # key blocks loaded so far (all tiles): ring slot and phase
+        i = 0  # tiles so far: Q buffer and phase
+        for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            pid_m = t % n_m
+            bh = t // n_m
+            qb = i % 2
+            mbarrier.wait(q_empty.index(qb), ((i // 2) & 1) ^ 1, pred=i >= 2)
+            mbarrier.expect(q_ready.index(qb), NUM_WG * q_desc.block_type.nbytes)
+            for g in gl.static_range(NUM_WG):
+                tma_load(
+                    q_desc, [bh * LQP + (pid_m * NUM_WG + g) * PART, 0], q_ready.index(qb), q_smem.index(qb * NUM_WG + g)
+                )
+            for j in range(n_blocks):
+                slot = it % STAGES
+                mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1, pred=it >= STAGES)
+                bar = ready.index(slot)
+                mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+                tma_load(k_desc, [bh * LKP + j * BN, 0], bar, k_bufs.index(slot))
+                tma_load(v_desc, [bh * D, j * BN], bar, v_bufs.index(slot))
+                it += 1
+            i += 1
 
     @gluon.jit
     def _softmax_step(s, sc, m_i, l_i, o, start, L_K, MASKED: gl.constexpr, row_o: gl.constexpr):
@@ -243,11 +263,13 @@ if AVAILABLE:
 
     @gluon.jit
     def _block_step(
-        j, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
+        j, it, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
         MASKED: gl.constexpr, WG: gl.constexpr, NEXT: gl.constexpr, PINGPONG: gl.constexpr, row_o: gl.constexpr,
     ):
-        """Key block j for one consumer warpgroup (module docstring, steps 1-3)."""
+        """Key block j of the tile for one consumer warpgroup (module docstring, steps 1-3); ``it``: the
+        ring's blocks before the tile's first (its slots and phases run on across tiles)."""
         STAGES: gl.constexpr = k_bufs.shape[0]
+        LOG2_STAGES: gl.constexpr = STAGES.bit_length() - 1  # (a power of two: slots and phases by bits)
         BN: gl.constexpr = k_bufs.shape[1]
         W: gl.constexpr = 4
         # 1. softmax of S(j) on the CUDA cores, O rescaled (P.V(j-1) finished last block)
@@ -263,28 +285,32 @@ if AVAILABLE:
         jn = gl.minimum(j + 1, n_blocks - 1)
         if PINGPONG:
             _wait_turn(WG, W)
-        o = warpgroup_mma(p_buf, v_bufs.index(j % STAGES).permute((1, 0)), o, is_async=True)
-        s = warpgroup_mma(q_tile, k_bufs.index(jn % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        o = warpgroup_mma(p_buf, v_bufs.index((it + j) & (STAGES - 1)).permute((1, 0)), o, is_async=True)
+        s = warpgroup_mma(
+            q_tile, k_bufs.index((it + jn) & (STAGES - 1)).permute((1, 0)), s_zero, use_acc=False, is_async=True
+        )
         if PINGPONG:
             _hand_over(NEXT, W)
         # K scale of block j+1, loaded while the wgmmas run: the fence above (MEMBAR.ALL.CTA in SASS)
         # would otherwise wait for this load's global-memory latency before the turn
         ks = gl.load(ks_base + jn)
-        # 3. both done: release block j's slot (S(j) finished a block earlier), then wait for block j+2
-        #    (right after the release, whose barrier covers the wait)
+        # 3. both done: release block j's slot (S(j) finished a block earlier), then wait for block j+2 of
+        #    the tile (right after the release, whose barrier covers the wait). Not past the tile's last
+        #    block: a slot released here may already hold a later block, whose phase the wait would misread.
         o, s = warpgroup_mma_wait(num_outstanding=0, deps=(o, s))
-        mbarrier.arrive(empty.index(j % STAGES))
-        jw = gl.minimum(j + 2, n_blocks - 1)
-        mbarrier.wait(ready.index(jw % STAGES), (jw // STAGES) & 1)
+        mbarrier.arrive(empty.index((it + j) & (STAGES - 1)))
+        gw = it + j + 2
+        mbarrier.wait(ready.index(gw & (STAGES - 1)), (gw >> LOG2_STAGES) & 1, pred=j + 2 < n_blocks)
         return o, s, m_i, l_i, ks
 
     @gluon.jit
     def _consumer(args, WG: gl.constexpr, PINGPONG: gl.constexpr):
-        """Warpgroup WG (its own 64 query rows), taking turns with the others on the tensor cores."""
-        (q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
-         pid_m, bh, b, h, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks) = args
+        """Warpgroup WG (its own 64 query rows of each tile), taking turns with the others on the tensor
+        cores; the turns run on across the program's tiles."""
+        (q_smem, p_smem, k_bufs, v_bufs, q_ready, q_empty, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+         H, n_m, n_tiles, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks) = args
         STAGES: gl.constexpr = k_bufs.shape[0]
-        NUM_WG: gl.constexpr = q_smem.shape[0]
+        NUM_WG: gl.constexpr = q_smem.shape[0] // 2
         NEXT: gl.constexpr = (WG + 1) % NUM_WG
         BM: gl.constexpr = q_smem.shape[1]
         D: gl.constexpr = q_smem.shape[2]
@@ -295,56 +321,66 @@ if AVAILABLE:
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
-        q_tile = q_smem.index(WG)
         p_buf = p_smem.index(WG)
-        row0 = pid_m * NUM_WG * BM + WG * BM
-
-        q_rows = row0 + gl.arange(0, BM, layout=row_s)
-        q_sc = gl.load(qs_ptr + bh * LQP + q_rows, mask=q_rows < LQP, other=0.0)  # (tiles may pass LQP)
-        ks_base = ks_ptr + bh * (LKP // BN)
-        ks = gl.load(ks_base)  # K scale of block 0
         s_zero = gl.zeros((BM, BN), dtype=gl.int32, layout=s_layout)
-
-        mbarrier.wait(q_bar, 0)
-        mbarrier.wait(ready.index(0), 0)
+        offs_d = gl.arange(0, D, layout=col_o)
+        n_full = L_K // BN
         if PINGPONG:
             if WG == NUM_WG - 1:
                 _hand_over(0, W)  # warpgroup 0 takes the first turn
-            _wait_turn(WG, W)
-        s = warpgroup_mma(q_tile, k_bufs.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        if PINGPONG:
-            _hand_over(NEXT, W)
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        j1 = gl.minimum(1, n_blocks - 1)
-        mbarrier.wait(ready.index(j1 % STAGES), (j1 // STAGES) & 1)
 
-        m_i = gl.full([BM], float("-inf"), gl.float32, layout=row_s)
-        l_i = _quad_sums(gl.zeros([BM, BN], gl.float32, layout=s_layout))  # [BM, 4] parts (_quad_sums)
-        o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)
-        n_full = L_K // BN
-        for j in range(n_full):
-            o, s, m_i, l_i, ks = _block_step(
-                j, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks, L_K,
-                False, WG, NEXT, PINGPONG, row_o,
-            )
-        if n_full < n_blocks:  # the ragged last block: the only one with masks (kept out of the loop body)
-            o, s, m_i, l_i, ks = _block_step(
-                n_full, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero, n_blocks,
-                L_K, True, WG, NEXT, PINGPONG, row_o,
-            )
+        it = 0  # key blocks of the program's earlier tiles: ring slot and phase
+        i = 0  # tiles so far: Q buffer and phase
+        for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            pid_m = t % n_m
+            bh = t // n_m
+            qb = i % 2
+            q_tile = q_smem.index(qb * NUM_WG + WG)
+            row0 = pid_m * NUM_WG * BM + WG * BM
+            q_rows = row0 + gl.arange(0, BM, layout=row_s)
+            q_sc = gl.load(qs_ptr + bh * LQP + q_rows, mask=q_rows < LQP, other=0.0)  # (tiles may pass LQP)
+            ks_base = ks_ptr + bh * (LKP // BN)
+            ks = gl.load(ks_base)  # K scale of block 0
+
+            mbarrier.wait(q_ready.index(qb), (i // 2) & 1)
+            mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1)
+            if PINGPONG:
+                _wait_turn(WG, W)
+            s = warpgroup_mma(q_tile, k_bufs.index(it % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            if PINGPONG:
+                _hand_over(NEXT, W)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            j1 = it + gl.minimum(1, n_blocks - 1)  # (block 0 itself is not released before its step)
+            mbarrier.wait(ready.index(j1 % STAGES), (j1 // STAGES) & 1)
+
+            m_i = gl.full([BM], float("-inf"), gl.float32, layout=row_s)
+            l_i = _quad_sums(gl.zeros([BM, BN], gl.float32, layout=s_layout))  # [BM, 4] parts (_quad_sums)
+            o = gl.zeros((BM, D), dtype=gl.float32, layout=o_layout)
+            for j in range(n_full):
+                o, s, m_i, l_i, ks = _block_step(
+                    j, it, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base, s_zero,
+                    n_blocks, L_K, False, WG, NEXT, PINGPONG, row_o,
+                )
+            if n_full < n_blocks:  # the ragged last block: the only one with masks (kept out of the loop body)
+                o, s, m_i, l_i, ks = _block_step(
+                    n_full, it, o, s, m_i, l_i, ks, q_sc, q_tile, p_buf, k_bufs, v_bufs, ready, empty, ks_base,
+                    s_zero, n_blocks, L_K, True, WG, NEXT, PINGPONG, row_o,
+                )
+            mbarrier.arrive(q_empty.index(qb))  # every wgmma that read this Q has finished
+
+            out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)
+            vs = gl.load(vs_ptr + bh * D + offs_d)
+            vm = gl.load(vm_ptr + bh * D + offs_d)
+            out = out * gl.expand_dims(vs, 0) + gl.expand_dims(vm, 0)  # undo V's channel scale, add its mean
+            rows = row0 + gl.arange(0, BM, layout=row_o)
+            ptrs = o_ptr + (bh // H) * stride_ob + (bh % H) * stride_oh + gl.expand_dims(rows, 1) * stride_ol
+            ptrs = ptrs + gl.expand_dims(offs_d, 0)
+            gl.store(ptrs, out.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(rows < L_Q, 1))
+            it += n_blocks
+            i += 1
         if PINGPONG:
             if WG == 0:
                 _wait_turn(0, W)  # take the last warpgroup's last hand-over: no arrival left pending
-
-        out = o / gl.expand_dims(gl.convert_layout(gl.sum(l_i, 1), row_o), 1)
-        offs_d = gl.arange(0, D, layout=col_o)
-        vs = gl.load(vs_ptr + bh * D + offs_d)
-        vm = gl.load(vm_ptr + bh * D + offs_d)
-        out = out * gl.expand_dims(vs, 0) + gl.expand_dims(vm, 0)  # undo V's channel scale, add its mean
-        rows = row0 + gl.arange(0, BM, layout=row_o)
-        ptrs = o_ptr + b * stride_ob + h * stride_oh + gl.expand_dims(rows, 1) * stride_ol
-        ptrs = ptrs + gl.expand_dims(offs_d, 0)
-        gl.store(ptrs, out.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(rows < L_Q, 1))
 
     # Worker partitions take IR values only: their constexprs are bound here (``args``: _consumer's tuple).
     @gluon.jit
@@ -378,6 +414,7 @@ if AVAILABLE:
         LQP,
         LKP,
         H,
+        BH,
         stride_ob,
         stride_ol,
         stride_oh,
@@ -387,31 +424,37 @@ if AVAILABLE:
         CONSUMER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
     ):
+        """Persistent: program p takes the tiles (NUM_WG * 64 query rows of one batch x head) p, p + P, ...,
+        query tiles of one head next to each other (the programs running at once share its K and V^T in
+        L2). Q has two buffers, so that the producer loads the next tile's Q, K and V^T while the
+        consumers finish the current tile."""
         gl.static_assert(k_desc.block_type.shape[0] == 128, "one K scale per block of 128 keys")
         gl.static_assert(num_warps == 4, "the default partition is warpgroup 0")
         gl.static_assert(NUM_WG == 2 or NUM_WG == 3, "two or three consumer warpgroups")
-        pid_m = gl.program_id(0)
-        bh = gl.program_id(1)
         n_blocks = gl.cdiv(L_K, k_desc.block_type.shape[0])
         PART: gl.constexpr = q_desc.block_type.shape[0]
-        D: gl.constexpr = q_desc.block_type.shape[1]
+        n_m = gl.cdiv(L_Q, NUM_WG * PART)
+        n_tiles = n_m * BH
 
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_WG] + q_desc.block_type.shape, q_desc.layout)
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * NUM_WG] + q_desc.block_type.shape, q_desc.layout)
         p_smem = gl.allocate_shared_memory(gl.float8e4nv, [NUM_WG, PART, k_desc.block_type.shape[0]], P_LAYOUT)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(q_ready.index(i), count=1)
+            mbarrier.init(q_empty.index(i), count=NUM_WG)  # one arrival per warpgroup
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=NUM_WG)  # one arrival per warpgroup
+            mbarrier.init(empty.index(i), count=NUM_WG)
 
-        args = (q_smem, p_smem, k_bufs, v_bufs, q_bar, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
-                pid_m, bh, bh // H, bh % H, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks)
-        prod_args = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, ready, empty,
-                     bh * LQP + pid_m * NUM_WG * PART, bh * LKP, bh * D, n_blocks)
+        args = (q_smem, p_smem, k_bufs, v_bufs, q_ready, q_empty, ready, empty, qs_ptr, ks_ptr, vs_ptr, vm_ptr, o_ptr,
+                H, n_m, n_tiles, L_Q, L_K, LQP, LKP, stride_ob, stride_ol, stride_oh, n_blocks)
+        prod_args = (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, ready, empty, n_m, n_tiles,
+                     LQP, LKP, n_blocks)
         if NUM_WG == 2:
             gl.warp_specialize(
                 [
@@ -460,9 +503,11 @@ def supported(device: torch.device, head_dim: int) -> bool:
 def launch(
     qq, lq: int, lk: int, heads: int, out_dtype: torch.dtype, pingpong: bool = True, stages: int = STAGES,
     num_wg: int = NUM_WG,
+    programs: int | None = None,
 ):
     """The attention over quantized inputs ``qq`` (``lowp_quant.QuantizedQKV`` with fp8 V^T, its keys in
-    ``key_order``): [B, lq, heads, D] in ``out_dtype``."""
+    ``key_order``): [B, lq, heads, D] in ``out_dtype``. ``programs``: at most this many persistent programs
+    (default: one per SM; tests use few to give each program many tiles)."""
     if qq.v is None or not qq.v_key_order:
         raise ValueError(
             "the Gluon attention kernel reads fp8 V^T with its keys in key_order: quantize V with "
@@ -471,7 +516,8 @@ def launch(
     bh, lqp, d = qq.q.shape
     out = torch.empty(bh // heads, lq, heads, d, device=qq.q.device, dtype=out_dtype)
     q_desc, k_desc, v_desc = descriptors(qq.q, qq.k, qq.v)
-    grid = (-(-lq // (WG_ROWS * num_wg)), bh)
+    tiles = -(-lq // (WG_ROWS * num_wg)) * bh
+    grid = (min(tiles, programs or torch.cuda.get_device_properties(qq.q.device).multi_processor_count),)
     _attn_pingpong_kernel[grid](
         q_desc,
         k_desc,
@@ -486,6 +532,7 @@ def launch(
         lqp,
         qq.k.shape[1],
         heads,
+        bh,
         out.stride(0),
         out.stride(1),
         out.stride(2),
@@ -512,7 +559,7 @@ def ast_source(pingpong: bool = True, stages: int = STAGES, head_dim: int = 128,
     descs = descriptors(q8, k8, v8)
     sig = {name: mangle_type(d) for name, d in zip(("q_desc", "k_desc", "v_desc"), descs)}
     sig.update(qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", vm_ptr="*fp32", o_ptr="*bf16")
-    sig.update({n: "i32" for n in ("L_Q", "L_K", "LQP", "LKP", "H", "stride_ob", "stride_ol", "stride_oh")})
+    sig.update({n: "i32" for n in ("L_Q", "L_K", "LQP", "LKP", "H", "BH", "stride_ob", "stride_ol", "stride_oh")})
     cons = dict(
         STAGES=stages, PINGPONG=pingpong, NUM_WG=num_wg, CONSUMER_REGS=consumer_regs(num_wg), num_warps=NUM_WARPS
     )

@@ -65,6 +65,12 @@ def _pinned_triton(qq, lq, lk, heads):
         (1, 4100, 640, 2, "randn"),
         (1, 1000, 4100, 2, "ramp"),  # the row max grows block after block: O's rescale runs, skipped or not
         (1, 2000, 2000, 2, "peaky"),  # large logits: maxima found early, most rescales skipped
+        # persistent programs with many tiles each: the K / V ring's slots and phases and the two Q buffers
+        # run on across tiles of 1, 2, 3 and 6 key blocks (ragged or not)
+        (2, 4100, 700, 40, "randn"),
+        (1, 8000, 100, 16, "randn"),
+        (1, 6000, 256, 24, "ramp"),
+        (1, 3000, 384, 8, "peaky"),
     ],
 )
 def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads, data):
@@ -83,14 +89,15 @@ def test_gpu_gluon_attention_matches_triton_kernel(b, lq, lk, heads, data):
     qq = lowp_quant.quantize_qkv(q, k, v, sm_scale=sm_scale, pv_fp8=True, key_order=True)
     ref = _pinned_triton(qq, lq, lk, heads)  # the Triton kernel, summing P.V in V^T's key order too
     first = None
-    for pingpong, num_wg in ((True, 2), (True, 3), (False, 3)):
-        out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pingpong, num_wg=num_wg)
+    for pingpong, num_wg, programs in ((True, 2, None), (True, 3, None), (False, 3, None), (True, 3, 5), (True, 2, 3)):
+        out = lowp_gluon.launch(qq, lq, lk, heads, torch.bfloat16, pingpong=pingpong, num_wg=num_wg, programs=programs)
         assert out.shape == ref.shape and torch.isfinite(out).all()
         # the same P, the same P.V order; only the fp32 row sums of P may add their parts in another order
         # (the Gluon kernel keeps four parts per row, _quad_sums): at most one bf16 step apart
         torch.testing.assert_close(out, ref, rtol=2**-7, atol=1e-5)
         assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 1e-4
-        # the schedules (turns or not, two or three warpgroups) change nothing in the arithmetic
+        # the schedules (turns or not, two or three warpgroups, how many tiles each program takes) change
+        # nothing in the arithmetic
         first = out if first is None else first
         torch.testing.assert_close(out, first, rtol=0, atol=0)
     # against keys in their natural order: the same P and V, summed in another order by the tensor cores
