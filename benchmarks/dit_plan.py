@@ -129,6 +129,16 @@ def _plan(kind: str) -> list[Entry]:
             warmup=2,
             residual="run_dtype",
         ),
+        # the same with our attention in cross-attention too (q's norm + int8 in one pass)
+        _ours(
+            f"ours int8-triton {LOWP} (cross-attention too) fused compiled res-bf16",
+            "int8-triton",
+            LOWP,
+            cross_attention=LOWP,
+            compile=True,
+            warmup=2,
+            residual="run_dtype",
+        ),
     ]
     for scheme in ("int8-triton", "fp8-triton"):  # the fastest settings without the fused GELU + quantization
         full.append(

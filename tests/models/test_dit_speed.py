@@ -192,6 +192,29 @@ def test_compiled_fused_dit_with_lowp_attention_cuda(quant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["int8qk-fp8pv", "int8qk"])
+def test_fused_lowp_cross_attention_cuda(backend):
+    """Cross-attention on the fast path with our attention: q's RMSNorm and int8 quantization in one pass
+    give the same bytes as normalizing q in place and quantizing it inside the attention (text and image
+    keys, two samples)."""
+    from lightx2v_quant.models.wan import dit_fused
+    from lightx2v_quant.models.wan.attention import split_heads
+
+    cfg = tiny(i2v=True, dim=512, num_heads=4)
+    ca = random_dit(cfg, torch.bfloat16, "cuda", seed=0).blocks[0].cross_attn
+    assert ca.has_image
+    g = torch.Generator("cuda").manual_seed(0)
+    x, ctx, ci = (torch.randn(2, n, 512, device="cuda", generator=g, dtype=torch.bfloat16) for n in (300, 77, 257))
+    ca.attention_backend, ca.fused = backend, True
+    with torch.no_grad():
+        out = ca.attend_all(x, ctx, ci)
+        q = split_heads(dit_fused.cross_q_norm(ca, ca.q(x)), ca.num_heads)
+        ref = ca._attend(q, ca.norm_k(ca.k(ctx)), ca.v(ctx)).float()
+        ref = (ref + ca._attend(q, ca.norm_k_img(ca.k_img(ci)), ca.v_img(ci)).float()).to(torch.bfloat16)
+    assert out.shape == ref.shape and torch.equal(out, ref)
+
+
+@pytest.mark.gpu
 def test_fused_path_with_phase_offload_cuda():
     """Phase offload brings each phase's weights to the GPU when one of its modules starts: the fused path
     must read weights only inside those modules' forwards (norm3 included)."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightx2v_quant.attention.backends import LOWP_PV_FP8
 from lightx2v_quant.models.wan import dit_fused
 from lightx2v_quant.models.wan.attention import attention, get_backend, split_heads
 from lightx2v_quant.models.wan.dit_config import WanDiTConfig
@@ -177,6 +178,8 @@ class WanCrossAttention(nn.Module):
         chunks of tokens, dit_fused.cross_attn_phase)."""
         x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
         context = context.to(self.run_dtype)
+        if self.fused and self.attention_backend in LOWP_PV_FP8:
+            return dit_fused.cross_attention_lowp(self, x, context, context_img)
         q = dit_fused.cross_q_norm(self, self.q(x)) if self.fused else self.norm_q(self.q(x))
         del x
         q = split_heads(q, self.num_heads).to(self.run_dtype)

@@ -187,6 +187,38 @@ def self_attention(
     return lowp.attend(q, k, v, lq, lq, heads, dtype).flatten(2)
 
 
+def cross_attention_lowp(
+    attn, x: torch.Tensor | QuantizedActivation, context: torch.Tensor, context_img: torch.Tensor | None
+) -> torch.Tensor:
+    """WanCrossAttention.attend_all on the fast path with a low-precision backend: q's RMSNorm and its int8
+    quantization in one pass (``fused.rms_norm_rope_quant`` without RoPE: the bf16 q is neither normalized
+    in place nor read again; the same bytes as quantizing the normalized q), then the text (and image)
+    keys' quantization and the attention kernel. ``x`` in the run dtype or pre-quantized, passed without
+    another reference held."""
+    from lightx2v_quant import fused
+    from lightx2v_quant.attention import lowp_triton as lowp
+
+    heads = attn.num_heads
+    q = attn.q(x)
+    del x
+    lq, dtype = q.shape[1], q.dtype
+    sm_scale = (q.shape[-1] // heads) ** -0.5 * lowp.LOG2E
+    q = fused.rms_norm_rope_quant(q, attn.norm_q.weight, None, None, heads, attn.norm_q.eps, sm_scale)
+
+    def attend(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kq = lowp.quantize_k(split_heads(k, heads).to(dtype))
+        v = split_heads(v, heads).to(dtype)
+        vq = lowp.quantize_v(v) if LOWP_PV_FP8[attn.attention_backend] else v
+        return lowp.attend(q, kq, vq, lq, k.shape[1], heads, dtype).flatten(2)
+
+    out = attend(attn.norm_k(attn.k(context)), attn.v(context))
+    if attn.has_image:
+        ci = context_img.to(dtype)
+        out_img = attend(attn.norm_k_img(attn.k_img(ci)), attn.v_img(ci))
+        out = out.float() + out_img.float()  # summed in fp32 as the official code does
+    return out.to(dtype)
+
+
 def cross_q_norm(attn, q: torch.Tensor) -> torch.Tensor:
     """The cross-attention's q RMSNorm in place (one pass instead of an fp32 copy of [tokens, dim])."""
     from lightx2v_quant import fused
