@@ -7,7 +7,9 @@ Each config is ``quant:attention`` (quant ``bf16`` = unquantized); ``--compile``
 ``--residual run_dtype`` keeps a bf16 stream (the fastest settings). After two warm-up forwards (autotuning, compilation),
 one forward runs under ``torch.profiler``: the JSON lists the kernels by total GPU time, their share of
 the forward, and the forward's wall time against the summed kernel time (the gap is launch / CPU time
-the GPU spent idle).
+the GPU spent idle). ``--sustain SECONDS`` then runs forwards back to back for that long with the board
+power and SM clock sampled by nvidia-smi every 0.2 s (``attn_variants.Sampler``): mean and range of both,
+and the share of samples within 3% of the highest power seen (the cap, when the GPU sits at it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from lightx2v_quant.quant.apply import prepare_model
 
 
 def profile(
-    quant: str, attention: str, residual: str, top: int, compile: bool = False, fuse_gelu: bool = False
+    quant: str, attention: str, residual: str, top: int, compile: bool = False, fuse_gelu: bool = False,
+    sustain: float = 0.0,
 ) -> dict:
     cfg = WanDiTConfig.preset("wan2.1-t2v-14b")
     model = random_dit(cfg, torch.bfloat16, "cuda", seed=0, quant=None if quant == "bf16" else quant)
@@ -48,6 +51,7 @@ def profile(
         with torch.profiler.profile(activities=acts) as prof:
             model(**inp)
             torch.cuda.synchronize()
+        power = _sustained(model, inp, sustain) if sustain > 0 else None
     kernels = [
         {"name": e.key[:160], "ms": e.device_time_total / 1e3, "count": e.count}
         for e in prof.key_averages()
@@ -69,6 +73,38 @@ def profile(
         "wall_ms": round(wall_ms, 1),
         "kernel_ms": round(total, 1),
         "kernels": kernels[:top],
+        "sustained": power,
+    }
+
+
+def _sustained(model, inp: dict, seconds: float) -> dict:
+    """Forwards back to back for ``seconds``: ms per forward, and board power / SM clock over them."""
+    from benchmarks.probes.attn_variants import Sampler
+
+    sampler = Sampler()
+    time.sleep(1.0)  # a few idle samples first
+    t0, n = time.perf_counter(), 0
+    w0 = time.time()
+    while time.perf_counter() - t0 < seconds:
+        model(**inp)
+        torch.cuda.synchronize()
+        n += 1
+    ms = (time.perf_counter() - t0) * 1e3 / n
+    sampler.stop()
+    window = [(c, w) for t, c, w in sampler.samples if w0 + 0.5 <= t <= time.time()]
+    if not window:
+        return {"forwards": n, "ms_per_forward": round(ms, 1), "samples": 0}
+    clocks, watts = [c for c, _ in window], [w for _, w in window]
+    top = max(watts)
+    return {
+        "forwards": n,
+        "ms_per_forward": round(ms, 1),
+        "samples": len(window),
+        "watts_mean": round(sum(watts) / len(watts), 1),
+        "watts_min_max": [min(watts), top],
+        "share_within_3pct_of_max_watts": round(sum(w >= 0.97 * top for w in watts) / len(watts), 3),
+        "sm_mhz_mean": round(sum(clocks) / len(clocks), 1),
+        "sm_mhz_min_max": [min(clocks), max(clocks)],
     }
 
 
@@ -79,6 +115,7 @@ def main() -> int:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--compile", action="store_true", help="torch.compile every block (speed.compile=true)")
     p.add_argument("--fuse-gelu", action="store_true", help="the FFN's fused GELU + quantization kernel")
+    p.add_argument("--sustain", type=float, default=0.0, help="seconds of back-to-back forwards with power sampling")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -87,9 +124,11 @@ def main() -> int:
     runs = []
     for item in a.configs:
         quant, attention = item.split(":")
-        run = profile(quant, attention, a.residual, a.top, a.compile, a.fuse_gelu)
+        run = profile(quant, attention, a.residual, a.top, a.compile, a.fuse_gelu, a.sustain)
         runs.append(run)
         print(f"{item}: wall {run['wall_ms']} ms, kernels {run['kernel_ms']} ms", flush=True)
+        if run["sustained"]:
+            print(f"   sustained: {run['sustained']}", flush=True)
         for k in run["kernels"][:25]:
             print(f"   {k['ms']:9.1f} ms {k['share']:6.1%} x{k['count']:<5} {k['name'][:110]}", flush=True)
     with open(a.out, "w") as f:
