@@ -89,21 +89,36 @@ class Sampler:
             return None, None
         return sum(c for c, _ in window) / len(window), sum(w for _, w in window) / len(window)
 
+    def spread(self, t0: float, t1: float) -> dict:
+        """The samples between t0 and t1: how many, the ranges of clock and power, and the share of power
+        samples within 3% of the highest (the cap, when the GPU sits at it)."""
+        window = [(c, w) for t, c, w in self.samples if t0 <= t <= t1]
+        if not window:
+            return {"samples": 0}
+        clocks, watts = [c for c, _ in window], [w for _, w in window]
+        return {
+            "samples": len(window),
+            "sm_mhz_min_max": [min(clocks), max(clocks)],
+            "watts_min_max": [min(watts), max(watts)],
+            "share_within_3pct_of_max_watts": round(sum(w >= 0.97 * max(watts) for w in watts) / len(watts), 3),
+        }
+
     def stop(self):
         self._stop = True
 
-    def sustained(self, fn, seconds: float) -> dict:
-        """``fn()`` back to back for ``seconds`` (after one warm call), as in a DIT forward: mean GPU time per
-        call from CUDA events, and the clock and power sampled after the first second."""
+    def sustained(self, fn, seconds: float, batch: int = 10) -> dict:
+        """``fn()`` back to back for ``seconds`` (after one warm call; ``batch`` calls between host syncs), as
+        in a DIT forward: mean GPU time per call from CUDA events, and the clock and power sampled after the
+        first second."""
         fn()
         torch.cuda.synchronize()
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         t0, n = time.time(), 0
         start.record()
         while time.time() - t0 < seconds:
-            for _ in range(10):
+            for _ in range(batch):
                 fn()
-            n += 10
+            n += batch
             torch.cuda.synchronize()
         stop.record()
         torch.cuda.synchronize()

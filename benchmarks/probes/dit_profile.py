@@ -78,34 +78,16 @@ def profile(
 
 
 def _sustained(model, inp: dict, seconds: float) -> dict:
-    """Forwards back to back for ``seconds``: ms per forward, and board power / SM clock over them."""
+    """Forwards back to back for ``seconds`` (``attn_variants.Sampler.sustained``, one forward per host
+    sync): ms per forward, and board power / SM clock over them with their ranges."""
     from benchmarks.probes.attn_variants import Sampler
 
     sampler = Sampler()
-    time.sleep(1.0)  # a few idle samples first
-    t0, n = time.perf_counter(), 0
-    w0 = time.time()
-    while time.perf_counter() - t0 < seconds:
-        model(**inp)
-        torch.cuda.synchronize()
-        n += 1
-    ms = (time.perf_counter() - t0) * 1e3 / n
+    t0 = time.time()
+    res = sampler.sustained(lambda: model(**inp), seconds, batch=1)
+    res.update(sampler.spread(t0 + 1.0, time.time()))
     sampler.stop()
-    window = [(c, w) for t, c, w in sampler.samples if w0 + 0.5 <= t <= time.time()]
-    if not window:
-        return {"forwards": n, "ms_per_forward": round(ms, 1), "samples": 0}
-    clocks, watts = [c for c, _ in window], [w for _, w in window]
-    top = max(watts)
-    return {
-        "forwards": n,
-        "ms_per_forward": round(ms, 1),
-        "samples": len(window),
-        "watts_mean": round(sum(watts) / len(watts), 1),
-        "watts_min_max": [min(watts), top],
-        "share_within_3pct_of_max_watts": round(sum(w >= 0.97 * top for w in watts) / len(watts), 3),
-        "sm_mhz_mean": round(sum(clocks) / len(clocks), 1),
-        "sm_mhz_min_max": [min(clocks), max(clocks)],
-    }
+    return res
 
 
 def main() -> int:

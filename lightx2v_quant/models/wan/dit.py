@@ -9,6 +9,7 @@ embedding and the head are fp32; block matmuls and attention run in the run dtyp
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections.abc import Sequence
 
@@ -179,16 +180,18 @@ class WanCrossAttention(nn.Module):
         x = x if isinstance(x, QuantizedActivation) else x.to(self.run_dtype)
         context = context.to(self.run_dtype)
         if self.fused and self.attention_backend in LOWP_PV_FP8:
-            return dit_fused.cross_attention_lowp(self, x, context, context_img)
-        q = dit_fused.cross_q_norm(self, self.q(x)) if self.fused else self.norm_q(self.q(x))
+            attend = dit_fused.cross_attend_lowp(self, self.q(x))  # q normalized and quantized in one pass
+        else:
+            q = dit_fused.cross_q_norm(self, self.q(x)) if self.fused else self.norm_q(self.q(x))
+            attend = functools.partial(self._attend, split_heads(q, self.num_heads).to(self.run_dtype))
+            del q
         del x
-        q = split_heads(q, self.num_heads).to(self.run_dtype)
-        out = self._attend(q, self.norm_k(self.k(context)), self.v(context))
+        out = attend(self.norm_k(self.k(context)), self.v(context))
         if self.has_image:
             ci = context_img.to(self.run_dtype)
-            out_img = self._attend(q, self.norm_k_img(self.k_img(ci)), self.v_img(ci))
+            out_img = attend(self.norm_k_img(self.k_img(ci)), self.v_img(ci))
             out = out.float() + out_img.float()  # summed in fp32 as the official code does
-        del q
+        del attend  # (and the q it holds)
         return out.to(self.run_dtype)
 
 

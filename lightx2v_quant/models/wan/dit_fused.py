@@ -174,49 +174,49 @@ def self_attention(
 
     q = attn.q(x)
     lq, dtype = q.shape[1], q.dtype
-    # q's norm + RoPE and its int8 quantization in one pass; the bf16 q is freed by the rebinding
-    q = fused.rms_norm_rope_quant(
-        q, attn.norm_q.weight, cos, sin, heads, attn.norm_q.eps, (q.shape[-1] // heads) ** -0.5 * lowp.LOG2E
-    )
+    q = lowp_q(attn, q, cos, sin)  # the bf16 q is freed by the rebinding
     k = fused.rms_norm_rope_(attn.k(x), attn.norm_k.weight, cos, sin, heads, attn.norm_k.eps)
     k = lowp.quantize_k(split_heads(k, heads))
     v = split_heads(attn.v(x), heads)
     del x
-    if LOWP_PV_FP8[attn.attention_backend]:
-        v = lowp.quantize_v(v)
+    v = lowp_v(attn, v)  # the bf16 v is freed by the rebinding
     return lowp.attend(q, k, v, lq, lq, heads, dtype).flatten(2)
 
 
-def cross_attention_lowp(
-    attn, x: torch.Tensor | QuantizedActivation, context: torch.Tensor, context_img: torch.Tensor | None
-) -> torch.Tensor:
-    """WanCrossAttention.attend_all on the fast path with a low-precision backend: q's RMSNorm and its int8
-    quantization in one pass (``fused.rms_norm_rope_quant`` without RoPE: the bf16 q is neither normalized
-    in place nor read again; the same bytes as quantizing the normalized q), then the text (and image)
-    keys' quantization and the attention kernel. ``x`` in the run dtype or pre-quantized, passed without
-    another reference held."""
+def lowp_q(attn, q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
+    """q [B, L, D] for our low-precision attention: its RMSNorm (and RoPE, unless ``cos`` is None) and int8
+    quantization in one pass, softmax scale and log2(e) folded in (``fused.rms_norm_rope_quant``: the same
+    bytes as quantizing the normalized q); the (int8 q, scales) pair ``lowp_triton.attend`` takes."""
     from lightx2v_quant import fused
+    from lightx2v_quant.attention.lowp_triton import LOG2E
+
+    sm_scale = (q.shape[-1] // attn.num_heads) ** -0.5 * LOG2E
+    return fused.rms_norm_rope_quant(q, attn.norm_q.weight, cos, sin, attn.num_heads, attn.norm_q.eps, sm_scale)
+
+
+def lowp_v(attn, v: torch.Tensor):
+    """v [B, L, H, D] as the attention's backend reads it: fp8 V^T with its statistics, or v itself."""
     from lightx2v_quant.attention import lowp_triton as lowp
 
-    heads = attn.num_heads
-    q = attn.q(x)
-    del x
-    lq, dtype = q.shape[1], q.dtype
-    sm_scale = (q.shape[-1] // heads) ** -0.5 * lowp.LOG2E
-    q = fused.rms_norm_rope_quant(q, attn.norm_q.weight, None, None, heads, attn.norm_q.eps, sm_scale)
+    return lowp.quantize_v(v) if LOWP_PV_FP8[attn.attention_backend] else v
+
+
+def cross_attend_lowp(attn, q: torch.Tensor):
+    """WanCrossAttention.attend_all's ``attend(k, v)`` on the fast path with a low-precision backend, for
+    q = attn.q(x) [B, L, D] (passed without another reference held): q's RMSNorm and int8 quantization in
+    one pass (``lowp_q`` without RoPE: the bf16 q is neither normalized in place nor read again), then per
+    call the text (or image) keys' quantization and the attention kernel."""
+    from lightx2v_quant.attention import lowp_triton as lowp
+
+    lq, dtype, heads = q.shape[1], q.dtype, attn.num_heads
+    q = lowp_q(attn, q, None, None)
 
     def attend(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kq = lowp.quantize_k(split_heads(k, heads).to(dtype))
-        v = split_heads(v, heads).to(dtype)
-        vq = lowp.quantize_v(v) if LOWP_PV_FP8[attn.attention_backend] else v
+        vq = lowp_v(attn, split_heads(v, heads).to(dtype))
         return lowp.attend(q, kq, vq, lq, k.shape[1], heads, dtype).flatten(2)
 
-    out = attend(attn.norm_k(attn.k(context)), attn.v(context))
-    if attn.has_image:
-        ci = context_img.to(dtype)
-        out_img = attend(attn.norm_k_img(attn.k_img(ci)), attn.v_img(ci))
-        out = out.float() + out_img.float()  # summed in fp32 as the official code does
-    return out.to(dtype)
+    return attend
 
 
 def cross_q_norm(attn, q: torch.Tensor) -> torch.Tensor:
